@@ -1,0 +1,303 @@
+//! The one forward pass, for every architecture and every backend.
+//!
+//! Read it top to bottom: embed, then per layer attention and MLP with their norms and residuals,
+//! then the final norm and the output head for the tokens whose logits are wanted. Every
+//! architectural difference is a field of `ModelConfig`.
+
+use crate::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams};
+use crate::config::ModelConfig;
+use crate::weights::Weights;
+use crate::ModelError;
+
+/// One sequence's share of a batch: a run of consecutive tokens starting at `start_pos`.
+#[derive(Debug, Clone)]
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    /// KV blocks of this sequence, covering positions up to `start_pos + tokens.len()`.
+    pub block_table: &'a [u32],
+    /// Which tokens need logits.
+    pub logits: LogitsWanted,
+}
+
+/// Which tokens of a chunk return logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    None,
+    Last,
+    All,
+}
+
+/// Activation buffers, sized once at load for `max_tokens` tokens per step.
+struct RunState<B: Backend> {
+    x: B::Buf,      // [T, n_embd] residual stream
+    xn: B::Buf,     // [T, n_embd] normed input of a sub-block
+    q: B::Buf,      // [T, q_dim]
+    k: B::Buf,      // [T, kv_dim]
+    v: B::Buf,      // [T, kv_dim]
+    attn: B::Buf,   // [T, q_dim] attention output
+    o: B::Buf,      // [T, n_embd] sub-block output
+    gate: B::Buf,   // [T, n_ff]
+    up: B::Buf,     // [T, n_ff]
+    picked: B::Buf, // [T, n_embd] rows that need logits
+    logits: B::Buf, // [T, vocab]
+}
+
+/// A loaded model on a backend: config, resident weights, buffers and the KV cache.
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub backend: B,
+    weights: Weights<B::Weight>,
+    state: RunState<B>,
+    kv: B::Kv,
+    max_tokens: usize,
+    block_size: usize,
+    n_blocks: usize,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds a model from uploaded weights with a KV cache of `n_blocks` blocks of
+    /// `block_size` tokens, processing at most `max_tokens` tokens per internal step.
+    pub fn new(
+        cfg: ModelConfig,
+        backend: B,
+        weights: Weights<B::Weight>,
+        max_tokens: usize,
+        block_size: usize,
+        n_blocks: usize,
+        kv_type: KvType,
+    ) -> Result<Self, ModelError> {
+        let t = max_tokens.max(1);
+        let b = &backend;
+        let state = RunState {
+            x: b.alloc(t, cfg.n_embd)?,
+            xn: b.alloc(t, cfg.n_embd)?,
+            q: b.alloc(t, cfg.q_dim())?,
+            k: b.alloc(t, cfg.kv_dim())?,
+            v: b.alloc(t, cfg.kv_dim())?,
+            attn: b.alloc(t, cfg.q_dim())?,
+            o: b.alloc(t, cfg.n_embd)?,
+            gate: b.alloc(t, cfg.n_ff)?,
+            up: b.alloc(t, cfg.n_ff)?,
+            picked: b.alloc(t, cfg.n_embd)?,
+            logits: b.alloc(t, cfg.vocab_size)?,
+        };
+        let kv = backend.alloc_kv(cfg.n_layers, n_blocks * block_size, cfg.kv_dim(), kv_type)?;
+        Ok(Model {
+            cfg,
+            backend,
+            weights,
+            state,
+            kv,
+            max_tokens: t,
+            block_size,
+            n_blocks,
+        })
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Runs a batch and returns the logits wanted, in batch order: one `vocab`-long row per
+    /// token with logits. Chunks longer than the step size are processed in several steps.
+    pub fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = Vec::new();
+        // Split into steps of at most max_tokens tokens, keeping each piece of a chunk in order.
+        let mut pieces: Vec<SeqChunk<'_>> = Vec::new();
+        let mut used = 0;
+        for chunk in batch {
+            self.check_chunk(chunk)?;
+            let mut start = 0;
+            while start < chunk.tokens.len() {
+                if used == self.max_tokens {
+                    out.extend(self.step(&pieces)?);
+                    pieces.clear();
+                    used = 0;
+                }
+                let n = (chunk.tokens.len() - start).min(self.max_tokens - used);
+                let last_piece = start + n == chunk.tokens.len();
+                pieces.push(SeqChunk {
+                    tokens: &chunk.tokens[start..start + n],
+                    start_pos: chunk.start_pos + start,
+                    block_table: chunk.block_table,
+                    logits: match chunk.logits {
+                        LogitsWanted::Last if !last_piece => LogitsWanted::None,
+                        w => w,
+                    },
+                });
+                used += n;
+                start += n;
+            }
+        }
+        if !pieces.is_empty() {
+            out.extend(self.step(&pieces)?);
+        }
+        Ok(out)
+    }
+
+    fn check_chunk(&self, c: &SeqChunk<'_>) -> Result<(), ModelError> {
+        let end = c.start_pos + c.tokens.len();
+        if end > c.block_table.len() * self.block_size {
+            return Err(ModelError::Batch(format!(
+                "positions up to {end} need more than the {} KV blocks given",
+                c.block_table.len()
+            )));
+        }
+        if let Some(&b) = c.block_table.iter().find(|&&b| b as usize >= self.n_blocks) {
+            return Err(ModelError::Batch(format!(
+                "KV block {b} out of range (have {})",
+                self.n_blocks
+            )));
+        }
+        if let Some(&t) = c
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.cfg.vocab_size)
+        {
+            return Err(ModelError::Batch(format!(
+                "token id {t} outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// One step of at most `max_tokens` tokens.
+    fn step(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let cfg = &self.cfg;
+        let b = &self.backend;
+        let s = &mut self.state;
+        let w = &self.weights;
+
+        // Flatten the batch: one entry per token.
+        let mut ids = Vec::new();
+        let mut plan = AttnPlan {
+            block_size: self.block_size,
+            ..AttnPlan::default()
+        };
+        let mut want_rows = Vec::new();
+        for (si, c) in batch.iter().enumerate() {
+            plan.seqs.push(c.block_table.to_vec());
+            for (i, &tok) in c.tokens.iter().enumerate() {
+                let pos = c.start_pos + i;
+                let blk = c.block_table[pos / self.block_size] as usize;
+                let wanted = match c.logits {
+                    LogitsWanted::All => true,
+                    LogitsWanted::Last => i + 1 == c.tokens.len(),
+                    LogitsWanted::None => false,
+                };
+                if wanted {
+                    want_rows.push(ids.len());
+                }
+                ids.push(tok);
+                plan.positions.push(pos as u32);
+                plan.slots
+                    .push((blk * self.block_size + pos % self.block_size) as u32);
+                plan.seq_of.push(si as u32);
+            }
+        }
+        let t = ids.len();
+        for buf in [
+            &mut s.x,
+            &mut s.xn,
+            &mut s.q,
+            &mut s.k,
+            &mut s.v,
+            &mut s.attn,
+            &mut s.o,
+            &mut s.gate,
+            &mut s.up,
+        ] {
+            b.set_rows(buf, t);
+        }
+
+        b.embed(&w.tok_embd, &ids, cfg.embed_scale.unwrap_or(1.0), &mut s.x)?;
+        for (il, lw) in w.layers.iter().enumerate() {
+            let sliding = cfg.sliding_layers[il];
+            // Attention block.
+            b.rms_norm(&s.x, &lw.attn_norm, cfg.norm_eps, &mut s.xn);
+            b.matmul(&lw.wq, &s.xn, &mut s.q)?;
+            b.matmul(&lw.wk, &s.xn, &mut s.k)?;
+            b.matmul(&lw.wv, &s.xn, &mut s.v)?;
+            if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
+                b.add_bias(&mut s.q, bq);
+                b.add_bias(&mut s.k, bk);
+                b.add_bias(&mut s.v, bv);
+            }
+            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                b.rms_norm_heads(&mut s.q, qn, cfg.head_dim, cfg.norm_eps);
+                b.rms_norm_heads(&mut s.k, kn, cfg.head_dim, cfg.norm_eps);
+            }
+            let rope = RopeParams {
+                theta: if sliding {
+                    cfg.rope_theta_local
+                } else {
+                    cfg.rope_theta
+                },
+                scale: if sliding { 1.0 } else { cfg.rope_scale },
+                rope_dim: cfg.rope_dim,
+                head_dim: cfg.head_dim,
+                layout: cfg.rope_layout,
+            };
+            b.rope(&mut s.q, &plan.positions, rope);
+            b.rope(&mut s.k, &plan.positions, rope);
+            b.kv_store(&mut self.kv, il, &s.k, &s.v, &plan.slots);
+            let attn = AttnParams {
+                n_head: cfg.n_head,
+                n_head_kv: cfg.n_head_kv,
+                head_dim: cfg.head_dim,
+                scale: cfg.attn_scale,
+                window: if sliding { cfg.sliding_window } else { None },
+            };
+            b.attention(&s.q, &self.kv, il, &plan, attn, &mut s.attn);
+            b.matmul(&lw.wo, &s.attn, &mut s.o)?;
+            if let Some(pn) = &lw.post_attn_norm {
+                b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.xn);
+                b.add(&mut s.x, &s.xn);
+            } else {
+                b.add(&mut s.x, &s.o);
+            }
+
+            // MLP block.
+            b.rms_norm(&s.x, &lw.ffn_norm, cfg.norm_eps, &mut s.xn);
+            b.matmul(&lw.ffn_gate, &s.xn, &mut s.gate)?;
+            b.matmul(&lw.ffn_up, &s.xn, &mut s.up)?;
+            b.glu(&mut s.gate, &s.up, cfg.activation);
+            b.matmul(&lw.ffn_down, &s.gate, &mut s.o)?;
+            if let Some(pn) = &lw.post_ffn_norm {
+                b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.xn);
+                b.add(&mut s.x, &s.xn);
+            } else {
+                b.add(&mut s.x, &s.o);
+            }
+        }
+
+        if want_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = want_rows.len();
+        b.set_rows(&mut s.picked, n);
+        b.set_rows(&mut s.xn, n);
+        b.set_rows(&mut s.logits, n);
+        b.gather_rows(&s.x, &want_rows, &mut s.picked);
+        b.rms_norm(&s.picked, &w.output_norm, cfg.norm_eps, &mut s.xn);
+        b.matmul(
+            w.output.as_ref().unwrap_or(&w.tok_embd),
+            &s.xn,
+            &mut s.logits,
+        )?;
+        if let Some(cap) = cfg.final_logit_softcap {
+            b.softcap(&mut s.logits, cap);
+        }
+        let flat = b.read(&s.logits, n)?;
+        Ok(flat
+            .chunks_exact(cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}
