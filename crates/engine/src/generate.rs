@@ -1,0 +1,242 @@
+//! Single-sequence generation: prompt ids in, a stream of token events out.
+//!
+//! `Generator` owns a model and its tokenizer, keeps the tokens whose KV entries are cached so a
+//! follow-up prompt that extends them (a chat's next turn) only prefills the new part, and runs
+//! prefill -> sample -> detokenize -> stop checks. The server's continuous-batching engine is a
+//! separate scheduler over the same model.
+
+use std::time::Instant;
+
+use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
+
+use crate::detok::Detokenizer;
+use crate::sampler::{
+    token_logprob, top_logprobs, Sampler, SamplingParams, StopChecker, StopReason,
+};
+use crate::tokenizer::Tokenizer;
+use crate::EngineError;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// How many top log-probabilities to report per token (0 for none).
+    pub top_logprobs: usize,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+/// One generated token.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// Text released by this token (may be empty while a UTF-8 character or a possible stop
+    /// string is incomplete).
+    pub text: String,
+    /// Log-probability of `id` under the unmodified distribution.
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// max_tokens or the context was reached.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+/// Figures of one generation.
+#[derive(Debug, Clone)]
+pub struct GenSummary {
+    pub prompt_tokens: usize,
+    /// Prompt tokens actually computed (the rest were already cached).
+    pub prefilled: usize,
+    pub generated: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+    pub finish: FinishReason,
+    /// Text held back at the end (flushed detokenizer bytes), already included in events.
+    pub tail: String,
+}
+
+/// A model, its tokenizer and one cached sequence.
+pub struct Generator<B: Backend> {
+    pub model: Model<B>,
+    pub tokenizer: Tokenizer,
+    /// Tokens whose KV entries are in the cache, in order from position 0.
+    cached: Vec<u32>,
+    table: Vec<u32>,
+}
+
+impl<B: Backend> Generator<B> {
+    pub fn new(model: Model<B>, tokenizer: Tokenizer) -> Self {
+        let table = (0..model.n_blocks() as u32).collect();
+        Generator {
+            model,
+            tokenizer,
+            cached: Vec::new(),
+            table,
+        }
+    }
+
+    /// Tokens the KV cache holds for one sequence.
+    pub fn context_size(&self) -> usize {
+        self.model.n_blocks() * self.model.block_size()
+    }
+
+    /// Forgets the cached sequence.
+    pub fn reset(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Computes the logits after `tokens`, reusing the cached prefix. Returns the logits of the
+    /// last token and how many tokens were computed.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, usize), EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::Request("the prompt is empty".into()));
+        }
+        if tokens.len() > self.context_size() {
+            return Err(EngineError::Request(format!(
+                "the prompt has {} tokens, more than the context of {}",
+                tokens.len(),
+                self.context_size()
+            )));
+        }
+        let common = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // Recompute at least the last token to get its logits.
+        let start = common.min(tokens.len() - 1);
+        self.cached.truncate(start);
+        let chunk = SeqChunk {
+            tokens: &tokens[start..],
+            start_pos: start,
+            block_table: &self.table,
+            logits: LogitsWanted::Last,
+        };
+        let logits = self
+            .model
+            .forward(&[chunk])?
+            .pop()
+            .ok_or_else(|| EngineError::Request("no logits".into()))?;
+        self.cached.extend_from_slice(&tokens[start..]);
+        Ok((logits, tokens.len() - start))
+    }
+
+    /// Generates, calling `on_token` for each token; generation stops early when it returns
+    /// false.
+    pub fn generate(
+        &mut self,
+        req: &GenRequest,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<GenSummary, EngineError> {
+        let vocab = self.model.cfg.vocab_size;
+        let mut sampler = Sampler::new(req.params.clone(), vocab)?;
+        let stop_tokens = if req.ignore_eos {
+            Vec::new()
+        } else {
+            self.tokenizer.eog_ids().to_vec()
+        };
+        let mut stop = StopChecker::new(req.stop.clone(), stop_tokens, Some(req.max_tokens));
+        let mut detok = Detokenizer::new();
+        let t0 = Instant::now();
+        let (mut logits, prefilled) = self.prefill(&req.prompt)?;
+        let prefill_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut history = req.prompt.clone();
+        let mut finish = FinishReason::Length;
+        let mut generated = 0;
+        while generated < req.max_tokens {
+            if req.ignore_eos {
+                for &id in self.tokenizer.eog_ids() {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let id = sampler.sample(&logits, &history)?;
+            generated += 1;
+            history.push(id);
+            let piece = if self.tokenizer.is_eog(id) && !req.ignore_eos {
+                String::new()
+            } else {
+                detok.push(&self.tokenizer, id)
+            };
+            let out = stop.push(id, &piece);
+            let event = TokenEvent {
+                id,
+                text: out.text,
+                logprob: token_logprob(&logits, id).unwrap_or(f32::NEG_INFINITY),
+                top_logprobs: if req.top_logprobs > 0 {
+                    top_logprobs(&logits, req.top_logprobs)
+                } else {
+                    Vec::new()
+                },
+            };
+            if !on_token(&event) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            match out.stop {
+                Some(StopReason::Token(_)) | Some(StopReason::String(_)) => {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+                Some(StopReason::MaxTokens) => break,
+                None => {}
+            }
+            if self.cached.len() >= self.context_size() {
+                break;
+            }
+            let pos = self.cached.len();
+            let chunk = SeqChunk {
+                tokens: &[id],
+                start_pos: pos,
+                block_table: &self.table,
+                logits: LogitsWanted::Last,
+            };
+            logits = self
+                .model
+                .forward(&[chunk])?
+                .pop()
+                .ok_or_else(|| EngineError::Request("no logits".into()))?;
+            self.cached.push(id);
+        }
+        let mut tail = detok.flush();
+        if finish != FinishReason::Stop {
+            tail.push_str(&stop.finish());
+        }
+        Ok(GenSummary {
+            prompt_tokens: req.prompt.len(),
+            prefilled,
+            generated,
+            prefill_secs,
+            decode_secs: t1.elapsed().as_secs_f64(),
+            finish,
+            tail,
+        })
+    }
+
+    /// Log-likelihood evaluation for perplexity: the logits at every position of `tokens`,
+    /// evaluated as a fresh sequence.
+    pub fn all_logits(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.cached.clear();
+        let chunk = SeqChunk {
+            tokens,
+            start_pos: 0,
+            block_table: &self.table,
+            logits: LogitsWanted::All,
+        };
+        Ok(self.model.forward(&[chunk])?)
+    }
+}
