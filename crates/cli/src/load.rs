@@ -1,0 +1,70 @@
+//! Opening a model for the commands: the file, the CPU model, the tokenizer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use realizar_engine::{Generator, Tokenizer};
+use realizar_formats::ModelFile;
+use realizar_model::{load_cpu_from, CpuBackend, LoadOptions};
+
+/// Sizes the rayon pool (once per process). `None` uses the physical core count.
+pub fn set_threads(threads: Option<usize>) {
+    let n = threads.unwrap_or_else(physical_cores).max(1);
+    // A second call keeps the first pool; that is fine for a CLI.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+}
+
+/// Physical cores (logical CPUs without SMT siblings), as llama.cpp counts its default threads.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in info.lines() {
+        let val = || line.split(':').nth(1).map(|v| v.trim().to_string());
+        if line.starts_with("physical id") {
+            phys = val();
+        } else if line.starts_with("core id") {
+            core = val();
+        } else if line.trim().is_empty() {
+            if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                cores.insert((p, c));
+            }
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+/// The tokenizer of an opened model: GGUF metadata, or tokenizer.json beside safetensors.
+pub fn tokenizer(file: &ModelFile) -> Result<Tokenizer> {
+    let tok = match file.gguf() {
+        Some(g) => Tokenizer::from_gguf(g),
+        None => Tokenizer::from_hf_dir(file.dir()),
+    };
+    tok.context("loading the tokenizer")
+}
+
+/// Opens a model and its tokenizer on the CPU with a KV cache of `ctx` tokens.
+pub fn generator(path: &Path, ctx: usize) -> Result<Generator<CpuBackend>> {
+    let file =
+        Arc::new(ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let tok = tokenizer(&file)?;
+    let opts = LoadOptions {
+        kv_tokens: ctx,
+        ..LoadOptions::default()
+    };
+    let model =
+        load_cpu_from(file, &opts).with_context(|| format!("loading {}", path.display()))?;
+    Ok(Generator::new(model, tok))
+}
