@@ -147,10 +147,26 @@ impl TokenizerSpec {
                 "gpt2 vocabulary without tokenizer.ggml.merges".into(),
             ));
         }
-        // llama.cpp ignores a special id outside the vocabulary (keeping its default); so do we.
+        // A special-token id outside the vocabulary is a broken file: say so at load rather
+        // than emit or stop on a token that cannot exist.
         let id = |key: &str| -> Result<Option<u32>> {
-            Ok(gguf.opt_u32(key)?.filter(|&v| (v as usize) < n))
+            match gguf.opt_u32(key)? {
+                Some(v) if v as usize >= n => Err(EngineError::Tokenizer(format!(
+                    "{key} = {v} is outside the vocabulary of {n} tokens"
+                ))),
+                v => Ok(v),
+            }
         };
+        // Byte tokens must spell one byte as `<0xNN>`.
+        for (i, (text, &ty)) in tokens.iter().zip(&token_types).enumerate() {
+            if TokenType::from_i32(ty) == TokenType::Byte
+                && super::spm::parse_byte_token(text).is_none()
+            {
+                return Err(EngineError::Tokenizer(format!(
+                    "token {i} {text:?} has type BYTE but is not of the form <0xNN>"
+                )));
+            }
+        }
         Ok(TokenizerSpec {
             kind,
             pre: gguf.opt_str("tokenizer.ggml.pre")?.map(str::to_owned),
