@@ -10,18 +10,7 @@ fn bin() -> Command {
 }
 
 fn model() -> PathBuf {
-    let base = std::env::var_os("REALIZAR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/realizar")
-        });
-    let p = base.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "default model missing at {}: run scripts/get-default-model.sh",
-        p.display()
-    );
-    p
+    realizar_testkit::default_model()
 }
 
 #[test]

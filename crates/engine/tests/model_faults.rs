@@ -10,7 +10,7 @@ use realizar_formats::{GgufFile, GgufWriter, Value, ValueType};
 use realizar_model::{load_cpu, LoadOptions};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama/model-f32.gguf")
+    realizar_testkit::tiny_fixture("llama").join("model-f32.gguf")
 }
 
 /// Copies the fixture with metadata and tensors edited by the closures.

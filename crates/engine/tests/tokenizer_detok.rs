@@ -1,38 +1,10 @@
 //! Incremental detokenization with the default model's byte-level BPE: emoji and CJK are split
 //! over several tokens, and no step may emit half a character.
 
-use std::path::{Path, PathBuf};
+use realizar_testkit::default_model;
 
 use realizar_engine::{Detokenizer, Tokenizer};
 use realizar_formats::GgufFile;
-
-fn shared_dir() -> PathBuf {
-    std::env::var_os("REALIZAR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-fn default_model() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let path = home.join(".cache/realizar/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return path;
-    }
-    let script = shared_dir().join("scripts/get-default-model.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
 
 fn tokenizer() -> Tokenizer {
     let gguf = GgufFile::open(&default_model()).expect("open GGUF");

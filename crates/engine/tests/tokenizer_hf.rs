@@ -4,39 +4,12 @@
 //! GPT-2 byte-level pre-tokenization; special added tokens; `<|im_start|>`/`<|im_end|>` as
 //! BOS/EOS in tokenizer_config.json).
 
-use std::path::{Path, PathBuf};
+use realizar_testkit::{default_model, shared_dir};
+use std::path::Path;
 
 use realizar_engine::{ChatMessage, ChatTemplate, Tokenizer};
 use realizar_formats::GgufFile;
 use serde_json::{json, Value};
-
-fn shared_dir() -> PathBuf {
-    std::env::var_os("REALIZAR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-fn default_model() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let path = home.join(".cache/realizar/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return path;
-    }
-    let script = shared_dir().join("scripts/get-default-model.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()

@@ -4,48 +4,13 @@
 //! The model is fetched by `shared/scripts/get-default-model.sh` when missing; if it still
 //! cannot be had, the test fails (it never passes silently).
 
-use std::path::{Path, PathBuf};
+use realizar_testkit::{default_model, shared_dir};
 
 use realizar_engine::Tokenizer;
 use realizar_formats::GgufFile;
 use serde_json::Value;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn shared_dir() -> PathBuf {
-    std::env::var_os("REALIZAR_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
 /// The default model, downloading it with the shared script if needed.
-fn default_model() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let path = home.join(".cache/realizar/models").join(MODEL_FILE);
-    if path.is_file() {
-        return path;
-    }
-    let script = shared_dir().join("scripts/get-default-model.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        printed.is_file(),
-        "model not found at {}",
-        printed.display()
-    );
-    printed
-}
 
 fn reference() -> Value {
     let path = shared_dir().join("reference/smollm2-135m-instruct-q4_1.json");

@@ -3,14 +3,12 @@
 //! backend in reference mode (f32 activations, no activation quantization) must agree closely
 //! at every position, through prefill and through token-by-token decode.
 
-mod common;
-
 use std::process::Command;
 
 use realizar_model::{load_cpu, Backend, LoadOptions, LogitsWanted, SeqChunk};
 
 fn numpy_logprobs(model: &std::path::Path, ids: &[u32]) -> Vec<Vec<f64>> {
-    common::ensure_python_packages(&["gguf", "numpy"]);
+    realizar_testkit::ensure_python_packages(&["gguf", "numpy"]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/exact_forward.py");
     let out = Command::new("python3")
         .arg(script)
@@ -28,7 +26,7 @@ fn numpy_logprobs(model: &std::path::Path, ids: &[u32]) -> Vec<Vec<f64>> {
 
 #[test]
 fn reference_mode_matches_exact_numpy_evaluation() {
-    let path = common::default_model();
+    let path = realizar_testkit::default_model();
     // A prompt with special tokens, then a few continuation tokens decoded one at a time.
     let ids: Vec<u32> = vec![
         1, 9690, 198, 2683, 359, 253, 5356, 5646, 2, 198, 504, 3575, 282, 4649, 314, 7042, 30, 198,
@@ -66,7 +64,7 @@ fn reference_mode_matches_exact_numpy_evaluation() {
     assert_eq!(ours.len(), ids.len());
     let mut worst = 0.0f64;
     for (p, (row, exp)) in ours.iter().zip(&expected).enumerate() {
-        let lp = common::log_softmax(row);
+        let lp = realizar_testkit::log_softmax(row);
         let best = |v: &[f64]| {
             v.iter()
                 .enumerate()

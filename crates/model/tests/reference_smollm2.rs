@@ -1,10 +1,8 @@
 //! Golden test against llama.cpp: greedy tokens and top-5 log-probabilities of the default
 //! model (SmolLM2-135M-Instruct Q4_1) for the prompts in ../shared/reference, from their token ids.
 
-mod common;
-
-use common::{default_model, log_softmax, shared_dir};
 use realizar_model::{load_cpu, LoadOptions, LogitsWanted, SeqChunk};
+use realizar_testkit::{default_model, log_softmax, shared_dir};
 use serde_json::Value;
 
 /// What the comparison found for one prompt.

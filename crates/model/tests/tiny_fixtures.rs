@@ -4,18 +4,10 @@
 //! positions must match transformers' within a relative error of 1e-3 (f32 weights, f32 KV cache),
 //! and 16 greedy tokens decoded one at a time through the KV cache must equal transformers'.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use realizar_model::{load_cpu, Arch, KvType, LoadOptions, LogitsWanted, SeqChunk};
 use serde_json::Value;
-
-fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/tiny")
-        .join(arch)
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -101,7 +93,7 @@ fn check(path: &Path, reference: &Value, arch: Arch) {
 }
 
 fn run(arch_dir: &str, arch: Arch) {
-    let dir = fixture(arch_dir);
+    let dir = realizar_testkit::tiny_fixture(arch_dir);
     let reference: Value =
         serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference.json"))
             .expect("json");

@@ -19,7 +19,7 @@ mod spec;
 mod special;
 mod spm;
 
-pub use bpe::PreTokenizerConfig;
+pub use bpe::{byte_to_char_table, PreTokenizerConfig};
 pub use spec::{TokenType, TokenizerSpec, VocabKind};
 pub use spm::parse_byte_token;
 
