@@ -1,9 +1,20 @@
 //! realizar-cuda: the CUDA backend.
 //!
-//! The CUDA driver is loaded at run time (`libcuda.so.1`), so the workspace builds and its tests
-//! run on machines without CUDA. This first part answers "is there a usable GPU?" for
-//! `--device auto`; the kernels, weight upload and the `Backend` implementation come with the
-//! CUDA backend issue.
+//! The CUDA driver and NVRTC are loaded at run time (`libcuda.so.1`, `libnvrtc.so.13`), so the
+//! workspace builds and its tests run on machines without CUDA. [`probe`] answers "is there a
+//! usable GPU?" for `--device auto`; [`CudaBackend`] implements `realizar_model::Backend` with
+//! kernels from `kernels/*.cu`, compiled by NVRTC for the device's own architecture
+//! (`compile.rs`); [`load_cuda_from`] loads a model onto it.
+
+mod backend;
+mod compile;
+
+use std::sync::Arc;
+
+use realizar_formats::ModelFile;
+use realizar_model::{config_of, LoadOptions, Model, ModelError, Weights};
+
+pub use backend::{CudaBackend, CudaBuf, CudaKv, CudaWeight, SUPPORTED_TYPES};
 
 use std::ffi::c_int;
 
@@ -16,6 +27,52 @@ pub enum CudaError {
     Driver { call: &'static str, code: c_int },
     #[error("no CUDA device found")]
     NoDevice,
+    #[error("no NVRTC: cannot load libnvrtc (install the CUDA runtime compiler, or add its folder to LD_LIBRARY_PATH)")]
+    NoNvrtc,
+    #[error("NVRTC call {call} failed for {file}: {e:?}")]
+    Nvrtc {
+        call: &'static str,
+        file: &'static str,
+        e: cudarc::nvrtc::result::NvrtcError,
+    },
+    #[error("NVRTC could not compile {file}:\n{log}")]
+    Compile { file: &'static str, log: String },
+    #[error("kernel {0} is not loaded")]
+    MissingKernel(&'static str),
+    #[error("CUDA kernel {kernel} failed: {e}")]
+    Kernel {
+        kernel: &'static str,
+        e: cudarc::driver::DriverError,
+    },
+    #[error("CUDA call {call} failed: {e}")]
+    Call {
+        call: &'static str,
+        e: cudarc::driver::DriverError,
+    },
+    #[error("not supported on the CUDA backend: {0}")]
+    Unsupported(String),
+    #[error("out of GPU memory: {what} needs {need} bytes, {free} free")]
+    OutOfMemory {
+        what: String,
+        need: usize,
+        free: usize,
+    },
+}
+
+impl CudaError {
+    pub(crate) fn call(call: &'static str, e: cudarc::driver::DriverError) -> Self {
+        CudaError::Call { call, e }
+    }
+
+    pub(crate) fn kernel(kernel: &'static str, e: cudarc::driver::DriverError) -> Self {
+        CudaError::Kernel { kernel, e }
+    }
+}
+
+impl From<CudaError> for ModelError {
+    fn from(e: CudaError) -> Self {
+        ModelError::Backend(e.to_string())
+    }
 }
 
 /// What the CUDA driver reports.
@@ -71,9 +128,71 @@ pub fn probe() -> Result<DeviceInfo, CudaError> {
     }
 }
 
+/// Loads an already opened model file onto GPU 0 (weights uploaded once in their file format,
+/// KV cache on the GPU).
+pub fn load_cuda_from(
+    file: Arc<ModelFile>,
+    opts: &LoadOptions,
+) -> Result<Model<CudaBackend>, ModelError> {
+    let cfg = config_of(&file)?;
+    let backend = CudaBackend::new(0)?;
+    let block_size = opts.block_size.max(1);
+    let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);
+    let kv_bytes = 2
+        * cfg.n_layers
+        * n_blocks
+        * block_size
+        * cfg.kv_dim()
+        * match opts.kv_type {
+            realizar_model::KvType::F16 => 2,
+            realizar_model::KvType::F32 => 4,
+        };
+    let weight_bytes: usize = file
+        .tensors()
+        .iter()
+        .map(|t| file.tensor_bytes(t).len())
+        .sum();
+    backend.check_fits("weights and KV cache", weight_bytes + kv_bytes)?;
+    let weights = Weights::load(&file, &cfg, &backend)?;
+    Model::new(
+        cfg,
+        backend,
+        weights,
+        opts.max_batch_tokens,
+        block_size,
+        n_blocks,
+        opts.kv_type,
+    )
+}
+
+/// Opens a model file and loads it onto GPU 0.
+pub fn load_cuda(
+    path: &std::path::Path,
+    opts: &LoadOptions,
+) -> Result<(Arc<ModelFile>, Model<CudaBackend>), ModelError> {
+    let file = Arc::new(ModelFile::open(path)?);
+    let model = load_cuda_from(file.clone(), opts)?;
+    Ok((file, model))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_on_the_gpu_can_move_to_an_engine_thread() {
+        fn send<T: Send>() {}
+        send::<CudaBackend>();
+        send::<Model<CudaBackend>>();
+    }
+
+    #[test]
+    fn loading_without_a_gpu_is_an_error_not_a_panic() {
+        if probe().is_ok() {
+            return;
+        }
+        assert!(CudaBackend::new(0).is_err());
+    }
 
     #[test]
     fn probe_answers_without_panicking() {

@@ -1,0 +1,133 @@
+// The KV cache and causal grouped-query attention over it.
+//
+// Cache layout per layer: K and V each `n_slots x kv_dim`, element f16 or f32; a token's slot is
+// block * block_size + offset, and each sequence's block table maps its positions to blocks.
+// Attention: one block per (query head, token); its warps take keys round-robin, each keeping an
+// online softmax (running max, sum and value accumulator in f32), and merge at the end.
+// Queries are rounded to the cache's element type first, as the CPU reference does.
+
+#define ATT_WARPS 8
+#define MAX_HD 256
+
+template <bool F16>
+__device__ __forceinline__ float kv_ld(const u8* base, size_t i) {
+    return F16 ? h2f(((const u16*)base)[i]) : ((const float*)base)[i];
+}
+
+template <bool F16>
+__device__ __forceinline__ void kv_st(u8* base, size_t i, float v) {
+    if (F16) {
+        ((u16*)base)[i] = f2h(v);
+    } else {
+        ((float*)base)[i] = v;
+    }
+}
+
+// kc[slots[t]] = k[t], vc[slots[t]] = v[t]. Grid (tokens), threads over kv_dim.
+template <bool F16>
+__device__ __forceinline__ void kv_store(u8* kc, u8* vc, const float* __restrict__ k,
+                                         const float* __restrict__ v, const u32* __restrict__ slots,
+                                         int kv_dim) {
+    int t = blockIdx.x;
+    size_t dst = (size_t)slots[t] * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kv_st<F16>(kc, dst + i, k[(size_t)t * kv_dim + i]);
+        kv_st<F16>(vc, dst + i, v[(size_t)t * kv_dim + i]);
+    }
+}
+
+extern "C" __global__ void kv_store_f16(u8* kc, u8* vc, const float* k, const float* v,
+                                        const u32* slots, int kv_dim) {
+    kv_store<true>(kc, vc, k, v, slots, kv_dim);
+}
+
+extern "C" __global__ void kv_store_f32(u8* kc, u8* vc, const float* k, const float* v,
+                                        const u32* slots, int kv_dim) {
+    kv_store<false>(kc, vc, k, v, slots, kv_dim);
+}
+
+struct AttnArgs {
+    const float* q;         // [T, n_head * hd]
+    const u8* kc;           // [n_slots, kv_dim]
+    const u8* vc;           // [n_slots, kv_dim]
+    const u32* positions;   // [T]
+    const u32* seq_of;      // [T]
+    const u32* table_off;   // [n_seqs]: start of each sequence's block table in `tables`
+    const u32* tables;      // concatenated block tables
+    float* out;             // [T, n_head * hd]
+    int block_size, kv_dim, n_head, n_head_kv, hd, window;  // window 0: none
+    float scale;
+};
+
+template <bool F16>
+__device__ __forceinline__ void attention(const AttnArgs& a) {
+    __shared__ float s_m[ATT_WARPS], s_s[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][MAX_HD];
+    const int PER = MAX_HD / 32;
+    int h = blockIdx.x, t = blockIdx.y;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int hd = a.hd;
+    int qd = a.n_head * hd;
+    int kh = (h / (a.n_head / a.n_head_kv)) * hd;
+    int pos = (int)a.positions[t];
+    const u32* table = a.tables + a.table_off[a.seq_of[t]];
+    int lo = a.window > 0 ? max(0, pos + 1 - a.window) : 0;
+
+    float qv[PER], acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int d = lane + 32 * i;
+        float x = d < hd ? a.q[(size_t)t * qd + (size_t)h * hd + d] : 0.0f;
+        qv[i] = F16 ? h2f(f2h(x)) : x;
+        acc[i] = 0.0f;
+    }
+    float m = NEG_INF, s = 0.0f;
+    for (int j = lo + warp; j <= pos; j += ATT_WARPS) {
+        size_t base = ((size_t)table[j / a.block_size] * a.block_size + j % a.block_size) *
+                          (size_t)a.kv_dim + kh;
+        float p = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int d = lane + 32 * i;
+            if (d < hd) p += qv[i] * kv_ld<F16>(a.kc, base + d);
+        }
+        float sc = warp_sum(p) * a.scale;
+        float mn = fmaxf(m, sc);
+        float ms = expf(m - mn), vs = expf(sc - mn);
+        m = mn;
+        s = s * ms + vs;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int d = lane + 32 * i;
+            if (d < hd) acc[i] = acc[i] * ms + vs * kv_ld<F16>(a.vc, base + d);
+        }
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_s[warp] = s;
+    }
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int d = lane + 32 * i;
+        if (d < hd) s_acc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float gm = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) gm = fmaxf(gm, s_m[w]);
+    float gs = 0.0f;
+    float f[ATT_WARPS];
+    for (int w = 0; w < ATT_WARPS; w++) {
+        f[w] = s_m[w] == NEG_INF ? 0.0f : expf(s_m[w] - gm);
+        gs += s_s[w] * f[w];
+    }
+    float inv = gs == 0.0f ? 0.0f : 1.0f / gs;
+    for (int d = lane; d < hd; d += 32) {
+        float o = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) o += s_acc[w][d] * f[w];
+        a.out[(size_t)t * qd + (size_t)h * hd + d] = o * inv;
+    }
+}
+
+extern "C" __global__ void attention_f16(AttnArgs a) { attention<true>(a); }
+extern "C" __global__ void attention_f32(AttnArgs a) { attention<false>(a); }

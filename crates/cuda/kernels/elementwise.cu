@@ -1,0 +1,88 @@
+// Element-wise and row-copy kernels: embedding lookup, GLU, residual add, bias, soft-capping,
+// row gather. Launch with 256 threads.
+
+// out[t] = table[ids[t]] * scale for quantized tables: grid (tokens), threads over chunks.
+template <class T>
+__device__ __forceinline__ void embed_q(const u8* __restrict__ table, const u32* __restrict__ ids,
+                                        int cols, float scale, float* __restrict__ out) {
+    int t = blockIdx.x;
+    const u8* row = table + (size_t)ids[t] * (size_t)(cols / T::QK) * T::BYTES;
+    float* o = out + (size_t)t * cols;
+    for (int c = threadIdx.x; c < cols / 32; c += blockDim.x) {
+        float v[32];
+        T::chunk(row + (c / T::CHUNKS) * T::BYTES, c % T::CHUNKS, v);
+#pragma unroll
+        for (int j = 0; j < 32; j++) o[c * 32 + j] = v[j] * scale;
+    }
+}
+
+#define EMBED_Q(NAME, T)                                                                        \
+    extern "C" __global__ void embed_##NAME(const u8* table, const u32* ids, int cols,          \
+                                            float scale, float* out) {                          \
+        embed_q<T>(table, ids, cols, scale, out);                                               \
+    }
+
+EMBED_Q(q4_0, Q4_0)
+EMBED_Q(q4_1, Q4_1)
+EMBED_Q(q5_0, Q5_0)
+EMBED_Q(q5_1, Q5_1)
+EMBED_Q(q8_0, Q8_0)
+EMBED_Q(q4_k, Q4K)
+EMBED_Q(q5_k, Q5K)
+EMBED_Q(q6_k, Q6K)
+
+// Float tables: kind 0 = f32, 1 = f16, 2 = bf16.
+extern "C" __global__ void embed_float(const u8* __restrict__ table, const u32* __restrict__ ids,
+                                       int cols, float scale, float* __restrict__ out, int kind) {
+    int t = blockIdx.x;
+    int esize = kind == 0 ? 4 : 2;
+    const u8* row = table + (size_t)ids[t] * cols * esize;
+    float* o = out + (size_t)t * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float a = kind == 0 ? ld_f32(row, i) : (kind == 1 ? ld_f16(row, i) : ld_bf16(row, i));
+        o[i] = a * scale;
+    }
+}
+
+// gate = act(gate) * up; act 0 = SiLU, 1 = GELU (tanh approximation).
+extern "C" __global__ void glu(float* __restrict__ gate, const float* __restrict__ up, long long n,
+                               int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    float a;
+    if (act == 0) {
+        a = g / (1.0f + expf(-g));
+    } else {
+        const float k = 0.7978845608f;
+        a = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+    }
+    gate[i] = a * up[i];
+}
+
+// x += y.
+extern "C" __global__ void add(float* __restrict__ x, const float* __restrict__ y, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+// x[t][c] += b[c].
+extern "C" __global__ void add_bias(float* __restrict__ x, const float* __restrict__ b,
+                                    long long n, int cols) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += b[i % cols];
+}
+
+// x = cap * tanh(x / cap).
+extern "C" __global__ void softcap(float* __restrict__ x, long long n, float cap) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = cap * tanhf(x[i] / cap);
+}
+
+// out[i] = x[rows[i]]: grid (n_out_rows), threads over columns.
+extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows,
+                                       int cols, float* __restrict__ out) {
+    const float* src = x + (size_t)rows[blockIdx.x] * cols;
+    float* dst = out + (size_t)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}

@@ -1,0 +1,103 @@
+// out[t][r] = sum_c W[r][c] * x[t][c]: weights in their GGML block format, f32 activations.
+//
+// One warp per output row; the lanes stride over the row's 32-element chunks, dequantize a chunk
+// into registers and dot it with NT tokens' activations (NT = 1 for decode, 8 for prefill, so a
+// weight row is read once per 8 tokens). Grid: (ceil(rows / WARPS), ceil(ntok / NT)).
+// Launch with WARPS * 32 threads.
+
+#define WARPS 4
+
+template <class T, int NT>
+__device__ __forceinline__ void matvec_q(const u8* __restrict__ w, const float* __restrict__ x,
+                                         float* __restrict__ out, int rows, int cols, int ntok) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int t0 = blockIdx.y * NT;
+    if (row >= rows) return;
+    int nchunks = cols / 32;
+    const u8* wr = w + (size_t)row * (size_t)(cols / T::QK) * T::BYTES;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int c = lane; c < nchunks; c += 32) {
+        float v[32];
+        T::chunk(wr + (c / T::CHUNKS) * T::BYTES, c % T::CHUNKS, v);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t < ntok) {
+                const float4* xp = (const float4*)(x + (size_t)(t0 + t) * cols + c * 32);
+                float s = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    float4 a = xp[k];
+                    s += v[4 * k] * a.x + v[4 * k + 1] * a.y + v[4 * k + 2] * a.z +
+                         v[4 * k + 3] * a.w;
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t0 + t < ntok) out[(size_t)(t0 + t) * rows + row] = s;
+    }
+}
+
+// Float weights (any row length): lanes stride over elements, so loads are coalesced.
+template <int KIND, int NT>
+__device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* __restrict__ x,
+                                         float* __restrict__ out, int rows, int cols, int ntok) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int t0 = blockIdx.y * NT;
+    if (row >= rows) return;
+    const int esize = KIND == 0 ? 4 : 2;
+    const u8* wr = w + (size_t)row * cols * esize;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int i = lane; i < cols; i += 32) {
+        float a = KIND == 0 ? ld_f32(wr, i) : (KIND == 1 ? ld_f16(wr, i) : ld_bf16(wr, i));
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (t0 + t < ntok) acc[t] += a * x[(size_t)(t0 + t) * cols + i];
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t0 + t < ntok) out[(size_t)(t0 + t) * rows + row] = s;
+    }
+}
+
+#define MATVEC_Q(NAME, T)                                                                       \
+    extern "C" __global__ void matvec_##NAME##_1(const u8* w, const float* x, float* out,       \
+                                                 int rows, int cols, int ntok) {                \
+        matvec_q<T, 1>(w, x, out, rows, cols, ntok);                                            \
+    }                                                                                           \
+    extern "C" __global__ void matvec_##NAME##_8(const u8* w, const float* x, float* out,       \
+                                                 int rows, int cols, int ntok) {                \
+        matvec_q<T, 8>(w, x, out, rows, cols, ntok);                                            \
+    }
+
+#define MATVEC_F(NAME, KIND)                                                                    \
+    extern "C" __global__ void matvec_##NAME##_1(const u8* w, const float* x, float* out,       \
+                                                 int rows, int cols, int ntok) {                \
+        matvec_f<KIND, 1>(w, x, out, rows, cols, ntok);                                         \
+    }                                                                                           \
+    extern "C" __global__ void matvec_##NAME##_8(const u8* w, const float* x, float* out,       \
+                                                 int rows, int cols, int ntok) {                \
+        matvec_f<KIND, 8>(w, x, out, rows, cols, ntok);                                         \
+    }
+
+MATVEC_Q(q4_0, Q4_0)
+MATVEC_Q(q4_1, Q4_1)
+MATVEC_Q(q5_0, Q5_0)
+MATVEC_Q(q5_1, Q5_1)
+MATVEC_Q(q8_0, Q8_0)
+MATVEC_Q(q4_k, Q4K)
+MATVEC_Q(q5_k, Q5K)
+MATVEC_Q(q6_k, Q6K)
+MATVEC_F(f32, 0)
+MATVEC_F(f16, 1)
+MATVEC_F(bf16, 2)

@@ -1,0 +1,593 @@
+//! `CudaBackend`: the `Backend` trait on one GPU.
+//!
+//! Everything runs in order on one stream. Weights are uploaded once in their file format
+//! (matrices and the embedding table stay in their GGML blocks; 1-D weights become f32, as on
+//! the CPU). Activation buffers are f32 `cap x cols` allocations. The KV cache is one K and one V
+//! allocation per layer, `n_slots x kv_dim` in f16 or f32. The small index arrays the ops take
+//! from the host (token ids, positions, slots, block tables) are copied into reused device
+//! buffers, and only when they change.
+//!
+//! The trait's element-wise ops return `()`, so a failure there is kept as a sticky error and
+//! returned by the next op that returns a `Result` (matmul, embed, read). With
+//! `REALIZAR_CUDA_SYNC=1` every launch is followed by a synchronize, so an asynchronous fault is
+//! reported with the name of the kernel that caused it.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use realizar_model::backend::{AttnParams, AttnPlan, KvType, WeightUse};
+use realizar_model::weights::TensorView;
+use realizar_model::ModelError;
+use realizar_quant::GgmlType;
+
+use crate::compile::Kernels;
+use crate::CudaError;
+
+mod ops;
+
+pub use ops::SUPPORTED_TYPES;
+use ops::{embed_kernel, float_kind, matvec_kernel};
+
+/// A weight resident on the GPU.
+pub enum CudaWeight {
+    /// A matrix (or the embedding table) in its file format: `rows x cols`.
+    Matrix {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        mem: CudaSlice<u8>,
+        ptr: u64,
+    },
+    /// A vector in f32.
+    Vector {
+        len: usize,
+        mem: CudaSlice<f32>,
+        ptr: u64,
+    },
+}
+
+impl CudaWeight {
+    fn ptr(&self) -> u64 {
+        match self {
+            CudaWeight::Matrix { ptr, .. } | CudaWeight::Vector { ptr, .. } => *ptr,
+        }
+    }
+}
+
+/// Activations on the GPU: up to `cap` rows of `cols` f32, `rows` of them in use.
+pub struct CudaBuf {
+    mem: CudaSlice<f32>,
+    ptr: u64,
+    rows: usize,
+    cols: usize,
+    cap: usize,
+}
+
+impl CudaBuf {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// The KV cache: per layer, K and V of `n_slots x kv_dim` elements.
+pub struct CudaKv {
+    _k: Vec<CudaSlice<u8>>,
+    _v: Vec<CudaSlice<u8>>,
+    kp: Vec<u64>,
+    vp: Vec<u64>,
+    kv_dim: usize,
+    n_slots: usize,
+    ty: KvType,
+}
+
+/// A reused device array of u32 that remembers what it holds.
+#[derive(Default)]
+struct DevIdx {
+    host: Vec<u32>,
+    mem: Option<CudaSlice<u32>>,
+    ptr: u64,
+}
+
+impl DevIdx {
+    fn set(&mut self, stream: &Arc<CudaStream>, data: &[u32]) -> Result<u64, CudaError> {
+        if self.mem.is_some() && self.host == data {
+            return Ok(self.ptr);
+        }
+        let fits = self.mem.as_ref().is_some_and(|m| m.len() >= data.len());
+        if !fits {
+            let cap = data.len().max(64).next_power_of_two();
+            let mem = stream
+                .alloc_zeros::<u32>(cap)
+                .map_err(|e| CudaError::call("cuMemAlloc(indices)", e))?;
+            self.ptr = raw(&mem, stream);
+            self.mem = Some(mem);
+        }
+        if let Some(mem) = self.mem.as_mut() {
+            if !data.is_empty() {
+                stream
+                    .memcpy_htod(data, &mut mem.slice_mut(0..data.len()))
+                    .map_err(|e| CudaError::call("cuMemcpyHtoD(indices)", e))?;
+            }
+        }
+        self.host.clear();
+        self.host.extend_from_slice(data);
+        Ok(self.ptr)
+    }
+}
+
+/// The index arrays of one step, each in its own reused device buffer.
+#[derive(Default)]
+struct Indices {
+    ids: DevIdx,
+    positions: DevIdx,
+    slots: DevIdx,
+    seq_of: DevIdx,
+    table_off: DevIdx,
+    tables: DevIdx,
+    gather: DevIdx,
+}
+
+/// The attention kernel's parameters; layout matches `AttnArgs` in kernels/attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnArgs {
+    q: u64,
+    kc: u64,
+    vc: u64,
+    positions: u64,
+    seq_of: u64,
+    table_off: u64,
+    tables: u64,
+    out: u64,
+    block_size: i32,
+    kv_dim: i32,
+    n_head: i32,
+    n_head_kv: i32,
+    hd: i32,
+    window: i32,
+    scale: f32,
+}
+
+// SAFETY: AttnArgs is #[repr(C)] plain data (device addresses, ints, a float) with the same
+// field order and types as the CUDA struct it is passed as.
+unsafe impl DeviceRepr for AttnArgs {}
+
+/// Head dimensions above this are refused (the attention kernel keeps a head in registers).
+const MAX_HEAD_DIM: usize = 256;
+
+/// One kernel argument.
+enum Arg {
+    P(u64),
+    I(i32),
+    L(i64),
+    F(f32),
+    Attn(AttnArgs),
+}
+
+/// The first `n` entries of an index array the forward pass passed.
+fn prefix<'a>(s: &'a [u32], n: usize, what: &str) -> Result<&'a [u32], CudaError> {
+    s.get(..n)
+        .ok_or_else(|| CudaError::Unsupported(format!("{what}: {} entries for {n} rows", s.len())))
+}
+
+/// The device address of an allocation.
+fn raw<T>(s: &CudaSlice<T>, stream: &Arc<CudaStream>) -> u64 {
+    // Event tracking is off (see `CudaBackend::new`), so the guard does nothing on drop.
+    let (p, _guard) = s.device_ptr(stream);
+    p
+}
+
+fn grid1(n: usize, per_block: usize) -> (u32, u32, u32) {
+    (n.div_ceil(per_block).max(1) as u32, 1, 1)
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    device_name: String,
+    /// The first error of an op that cannot return one; reported by the next fallible op.
+    sticky: Mutex<Option<String>>,
+    idx: Mutex<Indices>,
+    sync_each: bool,
+}
+
+impl CudaBackend {
+    /// A backend on device `ordinal`: creates its context and stream and loads the kernels
+    /// (compiling them on first use).
+    pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        let info = crate::probe()?;
+        if ordinal >= info.count {
+            return Err(CudaError::NoDevice);
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::call("cuCtxCreate", e))?;
+        // SAFETY: called before anything is allocated or launched in this context; all work of
+        // this backend goes to one stream, so cross-stream event tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let kernels = Kernels::load(&ctx)?;
+        let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            kernels,
+            device_name,
+            sticky: Mutex::new(None),
+            idx: Mutex::new(Indices::default()),
+            sync_each: std::env::var_os("REALIZAR_CUDA_SYNC").is_some_and(|v| v != "0"),
+        })
+    }
+
+    /// The device's name as the driver reports it.
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// How many kernel modules were compiled now (0 when all came from the disk cache).
+    pub fn modules_compiled(&self) -> usize {
+        self.kernels.compiled
+    }
+
+    /// A buffer of `rows x cols` holding `data` (for tests and callers that bring their own
+    /// activations).
+    pub fn buf_from_host(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<CudaBuf, ModelError> {
+        if data.len() != rows * cols {
+            return Err(ModelError::Batch(format!(
+                "{} values for a {rows}x{cols} buffer",
+                data.len()
+            )));
+        }
+        let mut buf = self.alloc_buf(rows, cols)?;
+        if !data.is_empty() {
+            self.stream
+                .memcpy_htod(data, &mut buf.mem.slice_mut(0..data.len()))
+                .map_err(|e| CudaError::call("cuMemcpyHtoD(activations)", e))?;
+        }
+        buf.rows = rows;
+        Ok(buf)
+    }
+
+    /// Seconds the kernels took to compile (or to load from the cache) and load.
+    pub fn kernel_load_secs(&self) -> f64 {
+        self.kernels.load_secs
+    }
+
+    /// Where the compiled kernels are cached, if anywhere.
+    pub fn kernel_cache_dir(&self) -> Option<&std::path::Path> {
+        self.kernels.cache_dir.as_deref()
+    }
+
+    /// Refuses, with the numbers, when `need` bytes would not fit in free GPU memory.
+    pub fn check_fits(&self, what: &str, need: usize) -> Result<(), CudaError> {
+        let (free, _total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| CudaError::call("cuMemGetInfo", e))?;
+        if need > free {
+            return Err(CudaError::OutOfMemory {
+                what: what.into(),
+                need,
+                free,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for all queued work and reports any error it raised.
+    pub fn synchronize(&self) -> Result<(), ModelError> {
+        self.check()?;
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::call("cuStreamSynchronize", e).into())
+    }
+
+    /// The sticky error, if an earlier op failed.
+    fn check(&self) -> Result<(), ModelError> {
+        let s = self.sticky.lock().unwrap_or_else(|p| p.into_inner());
+        match &*s {
+            Some(msg) => Err(ModelError::Backend(msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps the first error of an op that cannot return one.
+    fn keep(&self, r: Result<(), CudaError>) {
+        if let Err(e) = r {
+            let mut s = self.sticky.lock().unwrap_or_else(|p| p.into_inner());
+            if s.is_none() {
+                *s = Some(e.to_string());
+            }
+        }
+    }
+
+    fn indices(&self) -> std::sync::MutexGuard<'_, Indices> {
+        self.idx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn launch(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        let f = self.kernels.get(name)?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::P(v) => b.arg(v),
+                Arg::I(v) => b.arg(v),
+                Arg::L(v) => b.arg(v),
+                Arg::F(v) => b.arg(v),
+                Arg::Attn(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every launch site passes the argument list of the kernel's C signature (same
+        // order and types); device addresses come from live allocations of this context whose
+        // sizes the callers check against the shapes they pass.
+        unsafe { b.launch(cfg) }.map_err(|e| CudaError::kernel(name, e))?;
+        if self.sync_each {
+            self.stream
+                .synchronize()
+                .map_err(|e| CudaError::kernel(name, e))?;
+        }
+        Ok(())
+    }
+
+    fn alloc_buf(&self, rows: usize, cols: usize) -> Result<CudaBuf, CudaError> {
+        let mem = self
+            .stream
+            .alloc_zeros::<f32>((rows * cols).max(1))
+            .map_err(|e| CudaError::call("cuMemAlloc(activations)", e))?;
+        let ptr = raw(&mem, &self.stream);
+        Ok(CudaBuf {
+            mem,
+            ptr,
+            rows,
+            cols,
+            cap: rows,
+        })
+    }
+
+    fn upload_weight(&self, t: &TensorView<'_>, how: WeightUse) -> Result<CudaWeight, ModelError> {
+        let quant_err = |e| ModelError::Quant {
+            tensor: t.name.to_string(),
+            source: e,
+        };
+        match how {
+            WeightUse::Matrix | WeightUse::Embedding => {
+                if matvec_kernel(t.ty, 1).is_none() {
+                    return Err(CudaError::Unsupported(format!(
+                        "weight type {} (tensor {})",
+                        t.ty, t.name
+                    ))
+                    .into());
+                }
+                let need = t.ty.row_bytes(t.cols as u64).map_err(quant_err)? as usize * t.rows;
+                if need != t.data.len() {
+                    return Err(ModelError::BadShape {
+                        tensor: t.name.to_string(),
+                        expected: format!("{need} bytes"),
+                        found: format!("{} bytes", t.data.len()),
+                    });
+                }
+                let mem = self
+                    .stream
+                    .clone_htod(t.data)
+                    .map_err(|e| CudaError::call("cuMemcpyHtoD(weight)", e))?;
+                let ptr = raw(&mem, &self.stream);
+                Ok(CudaWeight::Matrix {
+                    ty: t.ty,
+                    rows: t.rows,
+                    cols: t.cols,
+                    mem,
+                    ptr,
+                })
+            }
+            WeightUse::Vector { offset } => {
+                let mut v = vec![0.0f32; t.rows * t.cols];
+                realizar_quant::dequantize_row(t.ty, t.data, &mut v).map_err(quant_err)?;
+                v.iter_mut().for_each(|x| *x += offset);
+                let mem = self
+                    .stream
+                    .clone_htod(&v)
+                    .map_err(|e| CudaError::call("cuMemcpyHtoD(vector)", e))?;
+                let ptr = raw(&mem, &self.stream);
+                Ok(CudaWeight::Vector {
+                    len: v.len(),
+                    mem,
+                    ptr,
+                })
+            }
+        }
+    }
+
+    fn do_embed(
+        &self,
+        table: &CudaWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &CudaBuf,
+    ) -> Result<(), ModelError> {
+        let CudaWeight::Matrix { ty, rows, cols, .. } = table else {
+            return Err(ModelError::Batch("embedding table is not a matrix".into()));
+        };
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *rows) {
+            return Err(ModelError::Batch(format!(
+                "token id {id} outside the vocabulary of {rows}"
+            )));
+        }
+        if out.cols != *cols || out.cap < ids.len() {
+            return Err(ModelError::Batch(format!(
+                "embed: table width {cols}, output {}x{}",
+                out.cap, out.cols
+            )));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids_ptr = self.indices().ids.set(&self.stream, ids)?;
+        let grid = (ids.len() as u32, 1, 1);
+        let common = [
+            Arg::P(table.ptr()),
+            Arg::P(ids_ptr),
+            Arg::I(*cols as i32),
+            Arg::F(scale),
+            Arg::P(out.ptr),
+        ];
+        let r = match float_kind(*ty) {
+            Some(kind) => {
+                let mut a = common.into_iter().collect::<Vec<_>>();
+                a.push(Arg::I(kind));
+                self.launch("embed_float", grid, 256, &a)
+            }
+            None => {
+                let name = embed_kernel(*ty)
+                    .ok_or_else(|| CudaError::Unsupported(format!("embedding of type {ty}")))?;
+                self.launch(name, grid, 256, &common)
+            }
+        };
+        Ok(r?)
+    }
+
+    fn do_matmul(&self, w: &CudaWeight, x: &CudaBuf, out: &CudaBuf) -> Result<(), ModelError> {
+        let CudaWeight::Matrix { ty, rows, cols, .. } = w else {
+            return Err(ModelError::Batch("matmul with a vector weight".into()));
+        };
+        let (ty, rows, cols) = (*ty, *rows, *cols);
+        if x.cols != cols || out.cols != rows || out.cap < x.rows {
+            return Err(ModelError::Batch(format!(
+                "matmul shapes: weight {rows}x{cols}, input {}x{}, output {}x{}",
+                x.rows, x.cols, out.rows, out.cols
+            )));
+        }
+        let ntok = x.rows;
+        if ntok == 0 {
+            return Ok(());
+        }
+        let nt = if ntok == 1 { 1 } else { 8 };
+        let name = matvec_kernel(ty, nt)
+            .ok_or_else(|| CudaError::Unsupported(format!("matmul with weight type {ty}")))?;
+        let grid = (rows.div_ceil(4) as u32, ntok.div_ceil(nt) as u32, 1);
+        let args = [
+            Arg::P(w.ptr()),
+            Arg::P(x.ptr),
+            Arg::P(out.ptr),
+            Arg::I(rows as i32),
+            Arg::I(cols as i32),
+            Arg::I(ntok as i32),
+        ];
+        Ok(self.launch(name, grid, 128, &args)?)
+    }
+
+    fn do_attention(
+        &self,
+        q: &CudaBuf,
+        kv: &CudaKv,
+        layer: usize,
+        plan: &AttnPlan,
+        p: AttnParams,
+        out: &CudaBuf,
+    ) -> Result<(), CudaError> {
+        let t = q.rows;
+        if t == 0 {
+            return Ok(());
+        }
+        if p.head_dim > MAX_HEAD_DIM || p.n_head_kv == 0 || !p.n_head.is_multiple_of(p.n_head_kv) {
+            return Err(CudaError::Unsupported(format!(
+                "attention with head_dim {} (max {MAX_HEAD_DIM}), {} heads, {} KV heads",
+                p.head_dim, p.n_head, p.n_head_kv
+            )));
+        }
+        // The kernel indexes the cache through these; check them here so that a bad plan is an
+        // error rather than an out-of-bounds read on the GPU.
+        let bs = plan.block_size;
+        let n_blocks = kv.n_slots / bs.max(1);
+        if bs == 0 || layer >= kv.kp.len() || q.cols != p.n_head * p.head_dim {
+            return Err(CudaError::Unsupported(format!(
+                "attention plan: block size {bs}, layer {layer} of {}, q width {}",
+                kv.kp.len(),
+                q.cols
+            )));
+        }
+        if let Some(&b) = plan
+            .seqs
+            .iter()
+            .flatten()
+            .find(|&&b| b as usize >= n_blocks)
+        {
+            return Err(CudaError::Unsupported(format!(
+                "KV block {b} outside the cache of {n_blocks} blocks"
+            )));
+        }
+        for i in 0..t {
+            let seq = plan.seq_of.get(i).and_then(|&s| plan.seqs.get(s as usize));
+            let pos = plan.positions.get(i).copied().unwrap_or(u32::MAX) as usize;
+            if seq.is_none_or(|s| pos >= s.len() * bs) {
+                return Err(CudaError::Unsupported(format!(
+                    "attention plan: token {i} at position {pos} has no KV block"
+                )));
+            }
+        }
+        let mut offs = Vec::with_capacity(plan.seqs.len());
+        let mut tables = Vec::new();
+        for s in &plan.seqs {
+            offs.push(tables.len() as u32);
+            tables.extend_from_slice(s);
+        }
+        let mut idx = self.indices();
+        let args = AttnArgs {
+            q: q.ptr,
+            kc: kv.kp[layer],
+            vc: kv.vp[layer],
+            positions: idx
+                .positions
+                .set(&self.stream, prefix(&plan.positions, t, "positions")?)?,
+            seq_of: idx
+                .seq_of
+                .set(&self.stream, prefix(&plan.seq_of, t, "seq_of")?)?,
+            table_off: idx.table_off.set(&self.stream, &offs)?,
+            tables: idx.tables.set(&self.stream, &tables)?,
+            out: out.ptr,
+            block_size: plan.block_size as i32,
+            kv_dim: kv.kv_dim as i32,
+            n_head: p.n_head as i32,
+            n_head_kv: p.n_head_kv as i32,
+            hd: p.head_dim as i32,
+            window: p.window.map_or(0, |w| w.max(1) as i32),
+            scale: p.scale,
+        };
+        drop(idx);
+        let name = match kv.ty {
+            KvType::F16 => "attention_f16",
+            KvType::F32 => "attention_f32",
+        };
+        self.launch(
+            name,
+            (p.n_head as u32, t as u32, 1),
+            256,
+            &[Arg::Attn(args)],
+        )
+    }
+}

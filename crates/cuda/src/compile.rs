@@ -1,0 +1,346 @@
+//! Kernel sources, NVRTC compilation for the device's own architecture, and the on-disk cache.
+//!
+//! Each `kernels/*.cu` file is one module: `common.cuh` (and `dequant.cuh` where the file works on
+//! weight blocks) is prepended, then a `#line` directive so NVRTC's messages name the file and
+//! line. The CUBIN for `sm_XY` is cached under `$REALIZAR_CUDA_CACHE` (default
+//! `~/.cache/realizar/cuda/`), keyed by a hash of the full source, the options and the arch, so a
+//! changed kernel or another GPU compiles afresh. A cache that cannot be read or written only
+//! costs a compile.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, CStr, CString};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction};
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
+use sha2::{Digest, Sha256};
+
+use crate::CudaError;
+
+const COMMON: &str = include_str!("../kernels/common.cuh");
+const DEQUANT: &str = include_str!("../kernels/dequant.cuh");
+
+/// One kernel file: its name, source, and whether it needs the block-format helpers.
+struct Source {
+    file: &'static str,
+    text: &'static str,
+    dequant: bool,
+}
+
+const SOURCES: &[Source] = &[
+    Source {
+        file: "norm.cu",
+        text: include_str!("../kernels/norm.cu"),
+        dequant: false,
+    },
+    Source {
+        file: "rope.cu",
+        text: include_str!("../kernels/rope.cu"),
+        dequant: false,
+    },
+    Source {
+        file: "matvec.cu",
+        text: include_str!("../kernels/matvec.cu"),
+        dequant: true,
+    },
+    Source {
+        file: "attention.cu",
+        text: include_str!("../kernels/attention.cu"),
+        dequant: false,
+    },
+    Source {
+        file: "elementwise.cu",
+        text: include_str!("../kernels/elementwise.cu"),
+        dequant: true,
+    },
+];
+
+/// Every kernel entry point, by file.
+const ENTRY_POINTS: &[(&str, &[&str])] = &[
+    ("norm.cu", &["rms_norm", "rms_norm_heads"]),
+    ("rope.cu", &["rope"]),
+    (
+        "matvec.cu",
+        &[
+            "matvec_q4_0_1",
+            "matvec_q4_0_8",
+            "matvec_q4_1_1",
+            "matvec_q4_1_8",
+            "matvec_q5_0_1",
+            "matvec_q5_0_8",
+            "matvec_q5_1_1",
+            "matvec_q5_1_8",
+            "matvec_q8_0_1",
+            "matvec_q8_0_8",
+            "matvec_q4_k_1",
+            "matvec_q4_k_8",
+            "matvec_q5_k_1",
+            "matvec_q5_k_8",
+            "matvec_q6_k_1",
+            "matvec_q6_k_8",
+            "matvec_f32_1",
+            "matvec_f32_8",
+            "matvec_f16_1",
+            "matvec_f16_8",
+            "matvec_bf16_1",
+            "matvec_bf16_8",
+        ],
+    ),
+    (
+        "attention.cu",
+        &[
+            "kv_store_f16",
+            "kv_store_f32",
+            "attention_f16",
+            "attention_f32",
+        ],
+    ),
+    (
+        "elementwise.cu",
+        &[
+            "embed_q4_0",
+            "embed_q4_1",
+            "embed_q5_0",
+            "embed_q5_1",
+            "embed_q8_0",
+            "embed_q4_k",
+            "embed_q5_k",
+            "embed_q6_k",
+            "embed_float",
+            "glu",
+            "add",
+            "add_bias",
+            "softcap",
+            "gather_rows",
+        ],
+    ),
+];
+
+/// Options passed to NVRTC besides the architecture.
+const OPTIONS: &[&str] = &["--std=c++17", "-default-device"];
+
+/// The loaded kernels of one context, by entry-point name.
+pub struct Kernels {
+    funcs: HashMap<&'static str, CudaFunction>,
+    /// Where the CUBINs were found or put, for logs.
+    pub cache_dir: Option<PathBuf>,
+    /// How many modules were compiled now (the rest came from the cache).
+    pub compiled: usize,
+    /// Seconds spent compiling and loading the modules.
+    pub load_secs: f64,
+}
+
+impl Kernels {
+    /// Compiles (or loads from the cache) every kernel file for `ctx`'s device.
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
+        // SAFETY: only checks whether a library can be opened; nothing is called through it.
+        if !unsafe { nvrtc_sys::is_culib_present() } {
+            return Err(CudaError::NoNvrtc);
+        }
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| CudaError::call("cuDeviceGetAttribute(compute capability)", e))?;
+        let arch = format!("sm_{major}{minor}");
+        let start = std::time::Instant::now();
+        let cache_dir = cache_dir();
+        let mut funcs = HashMap::new();
+        let mut compiled = 0;
+        for src in SOURCES {
+            let full = full_source(src);
+            let key = cache_key(&full, &arch);
+            let path = cache_dir
+                .as_ref()
+                .map(|d| d.join(format!("{}-{arch}-{key}.cubin", src.file)));
+            let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
+            let cubin = match cached {
+                Some(c) if !c.is_empty() => c,
+                _ => {
+                    let c = compile(src.file, &full, &arch)?;
+                    compiled += 1;
+                    if let Some(p) = &path {
+                        store(p, &c);
+                    }
+                    c
+                }
+            };
+            let module = ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(|e| CudaError::call("cuModuleLoadData", e))?;
+            let names = ENTRY_POINTS
+                .iter()
+                .find(|(f, _)| *f == src.file)
+                .map_or(&[][..], |(_, n)| *n);
+            for &name in names {
+                let f = module
+                    .load_function(name)
+                    .map_err(|e| CudaError::kernel(name, e))?;
+                funcs.insert(name, f);
+            }
+        }
+        Ok(Kernels {
+            funcs,
+            cache_dir,
+            compiled,
+            load_secs: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The entry point `name`.
+    pub fn get(&self, name: &'static str) -> Result<&CudaFunction, CudaError> {
+        self.funcs.get(name).ok_or(CudaError::MissingKernel(name))
+    }
+}
+
+fn full_source(src: &Source) -> String {
+    let mut s = String::with_capacity(COMMON.len() + DEQUANT.len() + src.text.len() + 64);
+    s.push_str("#line 1 \"common.cuh\"\n");
+    s.push_str(COMMON);
+    if src.dequant {
+        s.push_str("#line 1 \"dequant.cuh\"\n");
+        s.push_str(DEQUANT);
+    }
+    s.push_str(&format!("#line 1 \"{}\"\n", src.file));
+    s.push_str(src.text);
+    s
+}
+
+fn cache_key(full: &str, arch: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(full.as_bytes());
+    h.update(arch.as_bytes());
+    for o in OPTIONS {
+        h.update(o.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("REALIZAR_CUDA_CACHE") {
+        Some(d) => PathBuf::from(d),
+        None => dirs::cache_dir()?.join("realizar").join("cuda"),
+    };
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// Writes the CUBIN next to its final name, then renames, so readers never see half a file.
+fn store(path: &std::path::Path, cubin: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, cubin).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Compiles one module to a CUBIN for `arch`; on failure the error carries NVRTC's log.
+fn compile(file: &'static str, full: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
+    let nv = |call: &'static str| move |e: nvrtc::NvrtcError| CudaError::Nvrtc { call, file, e };
+    let src = CString::new(full).map_err(|_| CudaError::Compile {
+        file,
+        log: "source contains a NUL byte".into(),
+    })?;
+    let name = CString::new(file).map_err(|_| CudaError::Compile {
+        file,
+        log: "file name contains a NUL byte".into(),
+    })?;
+    let prog = nvrtc::create_program(&src, Some(&name)).map_err(nv("nvrtcCreateProgram"))?;
+    let mut opts: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
+    opts.push(format!("--gpu-architecture={arch}"));
+    // SAFETY: `prog` was just created from `src` and `name`, which outlive it; it is destroyed
+    // exactly once below, after its last use.
+    let result = unsafe {
+        match nvrtc::compile_program(prog, &opts) {
+            Ok(()) => cubin_of(prog).map_err(nv("nvrtcGetCUBIN")),
+            Err(_) => Err(CudaError::Compile {
+                file,
+                log: log_of(prog),
+            }),
+        }
+    };
+    // SAFETY: as above; `prog` is not used after this.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    result
+}
+
+/// # Safety
+/// `prog` must be a live, successfully compiled program.
+unsafe fn cubin_of(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, nvrtc::NvrtcError> {
+    let mut size = 0usize;
+    // SAFETY: guaranteed by the caller; `size` is a live out-pointer.
+    unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result()? };
+    let mut buf = vec![0u8; size];
+    // SAFETY: `buf` has the `size` bytes NVRTC asked for.
+    unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char).result()? };
+    Ok(buf)
+}
+
+/// # Safety
+/// `prog` must be a live program.
+unsafe fn log_of(prog: nvrtc_sys::nvrtcProgram) -> String {
+    // SAFETY: guaranteed by the caller.
+    match unsafe { nvrtc::get_program_log(prog) } {
+        Ok(raw) if raw.contains(&0) => {
+            // SAFETY: `raw` holds a NUL-terminated C string (checked just above).
+            unsafe { CStr::from_ptr(raw.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        }
+        Ok(_) => "(NVRTC log not NUL-terminated)".into(),
+        Err(e) => format!("(no NVRTC log: {e:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_has_entry_points_and_sources_exist() {
+        for src in SOURCES {
+            let names = ENTRY_POINTS.iter().find(|(f, _)| *f == src.file);
+            let Some((_, names)) = names else {
+                panic!("{} has no entry points listed", src.file);
+            };
+            for n in names.iter() {
+                assert!(
+                    src.text
+                        .contains(n.trim_end_matches("_1").trim_end_matches("_8"))
+                        || src.text.contains("MATVEC_")
+                        || src.text.contains("EMBED_Q"),
+                    "{n} not in {}",
+                    src.file
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn compile_error_shows_nvrtc_log() {
+        // SAFETY: only checks whether the library can be opened.
+        if !unsafe { nvrtc_sys::is_culib_present() } {
+            eprintln!("skipping NVRTC check: no libnvrtc");
+            return;
+        }
+        let bad = "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }";
+        match compile("bad.cu", bad, "sm_90") {
+            Err(CudaError::Compile { file, log }) => {
+                assert_eq!(file, "bad.cu");
+                assert!(log.contains("undefined_name"), "log: {log}");
+                eprintln!("NVRTC log shown: {log}");
+            }
+            Err(e) => panic!("expected a compile error with a log, got {e}"),
+            Ok(_) => panic!("bad source compiled"),
+        }
+    }
+
+    #[test]
+    fn cache_key_depends_on_source_and_arch() {
+        let a = cache_key("x", "sm_90");
+        assert_ne!(a, cache_key("y", "sm_90"));
+        assert_ne!(a, cache_key("x", "sm_80"));
+        assert_eq!(a.len(), 16);
+    }
+}

@@ -1,0 +1,86 @@
+//! Shared by the GPU tests: skipping without a GPU, fresh random inputs, error measures.
+
+#![allow(dead_code)]
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use realizar_cuda::CudaBackend;
+
+/// The GPU backend, or `None` (after saying why) when this machine has no usable CUDA device.
+/// Once a device is found, failing to set the backend up is a test failure, not a skip.
+pub fn gpu() -> Option<CudaBackend> {
+    match realizar_cuda::probe() {
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+        Ok(info) => {
+            let b = match CudaBackend::new(0) {
+                Ok(b) => b,
+                Err(e) => panic!("CUDA device present ({info:?}) but the backend failed: {e}"),
+            };
+            eprintln!(
+                "GPU: {} (driver {}), kernel modules compiled now: {} ({:.2}s), cache: {:?}",
+                b.device_name(),
+                info.driver_version,
+                b.modules_compiled(),
+                b.kernel_load_secs(),
+                b.kernel_cache_dir()
+            );
+            Some(b)
+        }
+    }
+}
+
+/// A generator seeded from the clock (printed, and overridable by REALIZAR_TEST_SEED) so every
+/// run draws fresh inputs and a failure can be replayed.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("REALIZAR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` draws from N(0, std^2) (Box-Muller).
+pub fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.gen_range(1e-12..1.0);
+            let u2: f64 = rng.gen();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32 * std
+        })
+        .collect()
+}
+
+/// ||a - b|| / ||b||; infinite when anything is NaN or the lengths differ.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.iter().chain(b).any(|v| v.is_nan()) {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    if den == 0.0 {
+        return if num == 0.0 { 0.0 } else { f64::INFINITY };
+    }
+    (num / den).sqrt()
+}
+
+/// Prints one result line and returns whether it passed (NaN never does).
+pub fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) -> bool {
+    let e = rel_err(gpu, cpu);
+    let ok = e <= tol;
+    println!(
+        "{} {what}: rel_err {e:.3e} (tol {tol:.0e})",
+        if ok { "PASS" } else { "FAIL" }
+    );
+    ok
+}

@@ -1,0 +1,457 @@
+//! Every CUDA op against the CPU backend's op, on fresh random inputs at ragged sizes.
+//! Skips (saying why) when there is no CUDA device.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{check, gpu, normal, rng};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use realizar_cuda::{CudaBackend, CudaBuf, SUPPORTED_TYPES};
+use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, WeightUse};
+use realizar_model::cpu::CpuBuf;
+use realizar_model::weights::TensorView;
+use realizar_model::{Activation, CpuBackend, RopeLayout};
+use realizar_quant::{quantize_row, GgmlType};
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(Arc::new(()))
+}
+
+fn cpu_buf(b: &CpuBackend, rows: usize, cols: usize, data: &[f32]) -> CpuBuf {
+    let mut buf = b.alloc(rows, cols).unwrap();
+    buf.as_mut_slice().copy_from_slice(data);
+    buf
+}
+
+/// A GPU buffer full of NaN, so an output element the kernel does not write fails the check.
+fn poisoned(g: &CudaBackend, rows: usize, cols: usize) -> CudaBuf {
+    g.buf_from_host(rows, cols, &vec![f32::NAN; rows * cols])
+        .unwrap()
+}
+
+/// Quantizes `rows x cols` values row by row into `ty`'s blocks.
+fn quantize(ty: GgmlType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut out = vec![0u8; rb * rows];
+    for r in 0..rows {
+        quantize_row(
+            ty,
+            &vals[r * cols..(r + 1) * cols],
+            &mut out[r * rb..(r + 1) * rb],
+        )
+        .unwrap();
+    }
+    out
+}
+
+fn view<'a>(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> TensorView<'a> {
+    TensorView {
+        name: "test",
+        ty,
+        rows,
+        cols,
+        data,
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn widths(ty: GgmlType) -> Vec<usize> {
+    let qk = ty.block_size();
+    if qk == 1 {
+        vec![37, 64, 100, 161]
+    } else {
+        vec![qk, 3 * qk, 5 * qk]
+    }
+}
+
+#[test]
+fn matmul_every_type_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut c = cpu();
+    let mut rng = rng("matmul");
+    let mut ok = true;
+    for &ty in SUPPORTED_TYPES {
+        for (i, cols) in widths(ty).into_iter().enumerate() {
+            let (rows, ntok) = [(1, 1), (67, 3), (300, 9), (129, 17)][i % 4];
+            for ntok in [1, ntok] {
+                let w = normal(&mut rng, rows * cols, 1.0);
+                let wq = quantize(ty, &w, rows, cols);
+                let x = normal(&mut rng, ntok * cols, 1.0);
+                let wv = view(ty, rows, cols, &wq);
+                let (gw, cw) = (
+                    g.upload(&wv, WeightUse::Matrix).unwrap(),
+                    c.upload(&wv, WeightUse::Matrix).unwrap(),
+                );
+                let gx = g.buf_from_host(ntok, cols, &x).unwrap();
+                let mut go = poisoned(&g, ntok, rows);
+                g.matmul(&gw, &gx, &mut go).unwrap();
+                let got = g.read(&go, ntok).unwrap();
+                let cx = cpu_buf(&c, ntok, cols, &x);
+                let mut co = c.alloc(ntok, rows).unwrap();
+                c.set_exact(true);
+                c.matmul(&cw, &cx, &mut co).unwrap();
+                let exact = co.as_slice().to_vec();
+                c.set_exact(false);
+                c.matmul(&cw, &cx, &mut co).unwrap();
+                let what = format!("matmul {ty} {rows}x{cols} x {ntok} tok");
+                ok &= check(&format!("{what} vs CPU exact"), &got, &exact, 1e-4);
+                // The CPU's fast path quantizes activations (llama.cpp style); information only.
+                let e = common::rel_err(&got, co.as_slice());
+                println!("INFO {what} vs CPU q8-activation path: rel_err {e:.3e}");
+            }
+        }
+    }
+    assert!(ok, "some matmul results differ from the CPU");
+}
+
+#[test]
+fn embed_every_type_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = rng("embed");
+    let mut ok = true;
+    for &ty in SUPPORTED_TYPES {
+        for cols in widths(ty) {
+            let rows = 50;
+            let table = quantize(ty, &normal(&mut rng, rows * cols, 1.0), rows, cols);
+            let tv = view(ty, rows, cols, &table);
+            let (gt, ct) = (
+                g.upload(&tv, WeightUse::Embedding).unwrap(),
+                c.upload(&tv, WeightUse::Embedding).unwrap(),
+            );
+            let ids: Vec<u32> = (0..13).map(|_| rng.gen_range(0..rows as u32)).collect();
+            let mut go = poisoned(&g, ids.len(), cols);
+            g.embed(&gt, &ids, 1.7, &mut go).unwrap();
+            let mut co = c.alloc(ids.len(), cols).unwrap();
+            c.embed(&ct, &ids, 1.7, &mut co).unwrap();
+            let got = g.read(&go, ids.len()).unwrap();
+            ok &= check(
+                &format!("embed {ty} width {cols}"),
+                &got,
+                co.as_slice(),
+                1e-6,
+            );
+            // An id outside the table is an error, not a read out of bounds.
+            assert!(g.embed(&gt, &[rows as u32], 1.0, &mut go).is_err());
+        }
+    }
+    assert!(ok, "some embeddings differ from the CPU");
+}
+
+/// Uploads an f32 vector to both backends.
+fn vector(
+    g: &CudaBackend,
+    c: &CpuBackend,
+    v: &[f32],
+    offset: f32,
+) -> (
+    realizar_cuda::CudaWeight,
+    realizar_model::cpu::CpuWeight,
+    Vec<u8>,
+) {
+    let bytes = f32_bytes(v);
+    let tv = view(GgmlType::F32, 1, v.len(), &bytes);
+    let gw = g.upload(&tv, WeightUse::Vector { offset }).unwrap();
+    let cw = c.upload(&tv, WeightUse::Vector { offset }).unwrap();
+    (gw, cw, bytes)
+}
+
+#[test]
+fn norms_bias_glu_add_softcap_gather_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = rng("elementwise");
+    let mut ok = true;
+    for (rows, cols) in [(1, 64), (5, 577), (7, 2048)] {
+        let x = normal(&mut rng, rows * cols, 2.0);
+        let (gw, cw, _keep) = vector(&g, &c, &normal(&mut rng, cols, 1.0), 0.5);
+        let gx = g.buf_from_host(rows, cols, &x).unwrap();
+        let cx = cpu_buf(&c, rows, cols, &x);
+
+        let mut go = poisoned(&g, rows, cols);
+        let mut co = c.alloc(rows, cols).unwrap();
+        g.rms_norm(&gx, &gw, 1e-5, &mut go);
+        c.rms_norm(&cx, &cw, 1e-5, &mut co);
+        ok &= check(
+            &format!("rms_norm {rows}x{cols}"),
+            &g.read(&go, rows).unwrap(),
+            co.as_slice(),
+            1e-5,
+        );
+
+        let mut gb = g.buf_from_host(rows, cols, &x).unwrap();
+        let mut cb = cpu_buf(&c, rows, cols, &x);
+        g.add_bias(&mut gb, &gw);
+        c.add_bias(&mut cb, &cw);
+        ok &= check(
+            &format!("add_bias {rows}x{cols}"),
+            &g.read(&gb, rows).unwrap(),
+            cb.as_slice(),
+            1e-7,
+        );
+
+        let y = normal(&mut rng, rows * cols, 3.0);
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let mut gg = g.buf_from_host(rows, cols, &x).unwrap();
+            let mut cg = cpu_buf(&c, rows, cols, &x);
+            let gu = g.buf_from_host(rows, cols, &y).unwrap();
+            let cu = cpu_buf(&c, rows, cols, &y);
+            g.glu(&mut gg, &gu, act);
+            c.glu(&mut cg, &cu, act);
+            ok &= check(
+                &format!("glu {act:?} {rows}x{cols}"),
+                &g.read(&gg, rows).unwrap(),
+                cg.as_slice(),
+                1e-6,
+            );
+        }
+
+        let gy = g.buf_from_host(rows, cols, &y).unwrap();
+        let cy = cpu_buf(&c, rows, cols, &y);
+        let mut ga = g.buf_from_host(rows, cols, &x).unwrap();
+        let mut ca = cpu_buf(&c, rows, cols, &x);
+        g.add(&mut ga, &gy);
+        c.add(&mut ca, &cy);
+        ok &= check(
+            &format!("add {rows}x{cols}"),
+            &g.read(&ga, rows).unwrap(),
+            ca.as_slice(),
+            1e-7,
+        );
+
+        let big: Vec<f32> = x.iter().map(|v| v * 30.0).collect();
+        let mut gs = g.buf_from_host(rows, cols, &big).unwrap();
+        let mut cs = cpu_buf(&c, rows, cols, &big);
+        g.softcap(&mut gs, 30.0);
+        c.softcap(&mut cs, 30.0);
+        ok &= check(
+            &format!("softcap {rows}x{cols}"),
+            &g.read(&gs, rows).unwrap(),
+            cs.as_slice(),
+            1e-6,
+        );
+
+        let pick: Vec<usize> = (0..rows.max(2)).map(|_| rng.gen_range(0..rows)).collect();
+        let mut gp = poisoned(&g, pick.len(), cols);
+        let mut cp = c.alloc(pick.len(), cols).unwrap();
+        g.gather_rows(&gx, &pick, &mut gp);
+        c.gather_rows(&cx, &pick, &mut cp);
+        ok &= check(
+            &format!("gather_rows {} of {rows}x{cols}", pick.len()),
+            &g.read(&gp, pick.len()).unwrap(),
+            cp.as_slice(),
+            0.0,
+        );
+    }
+    for (rows, heads, hd) in [(1, 9, 64), (3, 4, 16), (5, 2, 256), (2, 3, 80)] {
+        let cols = heads * hd;
+        let x = normal(&mut rng, rows * cols, 1.5);
+        let (gw, cw, _keep) = vector(&g, &c, &normal(&mut rng, hd, 1.0), 1.0);
+        let mut gx = g.buf_from_host(rows, cols, &x).unwrap();
+        let mut cx = cpu_buf(&c, rows, cols, &x);
+        g.rms_norm_heads(&mut gx, &gw, hd, 1e-6);
+        c.rms_norm_heads(&mut cx, &cw, hd, 1e-6);
+        ok &= check(
+            &format!("rms_norm_heads {rows}x{heads}x{hd}"),
+            &g.read(&gx, rows).unwrap(),
+            cx.as_slice(),
+            1e-5,
+        );
+    }
+    assert!(g.synchronize().is_ok());
+    assert!(ok, "some element-wise ops differ from the CPU");
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = rng("rope");
+    let mut ok = true;
+    for layout in [RopeLayout::Normal, RopeLayout::Neox] {
+        for (rows, heads, hd, rope_dim, theta, scale) in [
+            (1, 9, 64, 64, 10_000.0, 1.0),
+            (7, 3, 64, 32, 1_000_000.0, 1.0),
+            (5, 4, 128, 128, 500_000.0, 4.0),
+            (3, 2, 16, 16, 10_000.0, 1.0),
+        ] {
+            let cols = heads * hd;
+            let x = normal(&mut rng, rows * cols, 1.0);
+            let pos: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..8000)).collect();
+            let p = RopeParams {
+                theta,
+                scale,
+                rope_dim,
+                head_dim: hd,
+                layout,
+            };
+            let mut gx = g.buf_from_host(rows, cols, &x).unwrap();
+            let mut cx = cpu_buf(&c, rows, cols, &x);
+            g.rope(&mut gx, &pos, p);
+            c.rope(&mut cx, &pos, p);
+            ok &= check(
+                &format!("rope {layout:?} {rows}x{heads}x{hd} dim {rope_dim} theta {theta}"),
+                &g.read(&gx, rows).unwrap(),
+                cx.as_slice(),
+                1e-5,
+            );
+        }
+    }
+    assert!(ok, "rope differs from the CPU");
+}
+
+/// One sequence of an attention test: its block table, and its query tokens' positions.
+struct Seq {
+    table: Vec<u32>,
+    len: usize,
+    queries: Vec<u32>,
+}
+
+#[test]
+fn kv_store_and_attention_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = rng("attention");
+    let mut ok = true;
+    let bs = 16;
+    for kv_type in [KvType::F32, KvType::F16] {
+        for (n_head, n_head_kv, hd) in
+            [(8, 2, 64), (9, 3, 64), (4, 4, 128), (4, 2, 16), (2, 1, 256)]
+        {
+            for window in [None, Some(8), Some(50)] {
+                let kvd = n_head_kv * hd;
+                let qd = n_head * hd;
+                // Three sequences: a prefill chunk from 0, a decode token deep in, a chunk in the
+                // middle; blocks handed out in a shuffled order.
+                let lens = [37usize, 301, 25];
+                let n_blocks: usize = lens.iter().map(|l| l.div_ceil(bs)).sum::<usize>() + 3;
+                let mut blocks: Vec<u32> = (0..n_blocks as u32).collect();
+                blocks.shuffle(&mut rng);
+                let mut seqs = Vec::new();
+                let mut next = 0;
+                for (i, &len) in lens.iter().enumerate() {
+                    let nb = len.div_ceil(bs);
+                    let queries: Vec<u32> = match i {
+                        0 => (0..len as u32).collect(),
+                        1 => vec![len as u32 - 1],
+                        _ => (len as u32 - 5..len as u32).collect(),
+                    };
+                    seqs.push(Seq {
+                        table: blocks[next..next + nb].to_vec(),
+                        len,
+                        queries,
+                    });
+                    next += nb;
+                }
+                let n_slots = n_blocks * bs;
+                let mut gkv = g.alloc_kv(2, n_slots, kvd, kv_type).unwrap();
+                let mut ckv = c.alloc_kv(2, n_slots, kvd, kv_type).unwrap();
+                let layer = 1;
+                // Fill every position of every sequence.
+                for s in &seqs {
+                    let k = normal(&mut rng, s.len * kvd, 1.0);
+                    let v = normal(&mut rng, s.len * kvd, 1.0);
+                    let slots: Vec<u32> = (0..s.len)
+                        .map(|p| s.table[p / bs] * bs as u32 + (p % bs) as u32)
+                        .collect();
+                    let (gk, gv) = (
+                        g.buf_from_host(s.len, kvd, &k).unwrap(),
+                        g.buf_from_host(s.len, kvd, &v).unwrap(),
+                    );
+                    let (ck, cv) = (cpu_buf(&c, s.len, kvd, &k), cpu_buf(&c, s.len, kvd, &v));
+                    g.kv_store(&mut gkv, layer, &gk, &gv, &slots);
+                    c.kv_store(&mut ckv, layer, &ck, &cv, &slots);
+                }
+                let mut plan = AttnPlan {
+                    block_size: bs,
+                    ..AttnPlan::default()
+                };
+                for (si, s) in seqs.iter().enumerate() {
+                    plan.seqs.push(s.table.clone());
+                    for &p in &s.queries {
+                        plan.positions.push(p);
+                        plan.seq_of.push(si as u32);
+                        let slot = s.table[p as usize / bs] * bs as u32 + p % bs as u32;
+                        plan.slots.push(slot);
+                    }
+                }
+                let t = plan.positions.len();
+                let q = normal(&mut rng, t * qd, 1.0);
+                let p = AttnParams {
+                    n_head,
+                    n_head_kv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt() * 2.0,
+                    window,
+                };
+                let gq = g.buf_from_host(t, qd, &q).unwrap();
+                let cq = cpu_buf(&c, t, qd, &q);
+                let mut go = poisoned(&g, t, qd);
+                let mut co = c.alloc(t, qd).unwrap();
+                g.attention(&gq, &gkv, layer, &plan, p, &mut go);
+                c.attention(&cq, &ckv, layer, &plan, p, &mut co);
+                let tol = if kv_type == KvType::F16 { 1e-2 } else { 1e-5 };
+                ok &= check(
+                    &format!(
+                        "attention {kv_type:?} {t} tok heads {n_head}/{n_head_kv} hd {hd} window {window:?}"
+                    ),
+                    &g.read(&go, t).unwrap(),
+                    co.as_slice(),
+                    tol,
+                );
+            }
+        }
+    }
+    assert!(ok, "attention differs from the CPU");
+}
+
+#[test]
+fn bad_index_arrays_are_errors_not_gpu_faults() {
+    // Each case on a fresh backend: the first failure of a `()` op is sticky.
+    let Some(g) = gpu() else { return };
+    let mut kv = g.alloc_kv(1, 32, 64, KvType::F16).unwrap();
+    let k = g.buf_from_host(1, 64, &[0.5; 64]).unwrap();
+    g.kv_store(&mut kv, 0, &k, &k, &[32]);
+    let err = g.read(&k, 1).unwrap_err().to_string();
+    println!("PASS slot outside the cache: {err}");
+    assert!(
+        g.synchronize().is_err(),
+        "the error stays until the backend is dropped"
+    );
+    drop(g);
+
+    let Some(g) = gpu() else { return };
+    let kv = g.alloc_kv(1, 32, 64, KvType::F16).unwrap();
+    let q = g.buf_from_host(1, 64, &[0.5; 64]).unwrap();
+    let mut out = g.alloc(1, 64).unwrap();
+    let plan = AttnPlan {
+        positions: vec![20],
+        slots: vec![20],
+        seq_of: vec![0],
+        seqs: vec![vec![0]], // covers positions 0..16 only
+        block_size: 16,
+    };
+    let p = AttnParams {
+        n_head: 1,
+        n_head_kv: 1,
+        head_dim: 64,
+        scale: 0.125,
+        window: None,
+    };
+    g.attention(&q, &kv, 0, &plan, p, &mut out);
+    let err = g.read(&out, 1).unwrap_err().to_string();
+    println!("PASS position without a KV block: {err}");
+    drop(g);
+
+    let Some(g) = gpu() else { return };
+    let x = g.buf_from_host(2, 8, &[1.0; 16]).unwrap();
+    let mut o = g.alloc(2, 8).unwrap();
+    g.gather_rows(&x, &[5], &mut o);
+    let err = g.read(&o, 1).unwrap_err().to_string();
+    println!("PASS gather of a missing row: {err}");
+}
