@@ -1,19 +1,28 @@
-//! realizar-engine: tokenizer, chat template, sampler, incremental detokenizer (and, later,
-//! the KV-cache manager, scheduler and the Engine step loop).
+//! realizar-engine: tokenizer, chat template, sampler, incremental detokenizer, the paged
+//! KV-block manager (`KvBlocks`), the continuous-batching `Scheduler` and the `Engine` step loop.
 //!
 //! Text flows `Tokenizer::encode` -> ids -> forward pass -> logits -> `Sampler::sample` -> id
 //! -> `Detokenizer::push` -> `StopChecker::push` -> the caller.
 
 pub mod chat_template;
 pub mod detok;
+pub mod engine;
 pub mod generate;
+pub mod kv_blocks;
 pub mod sampler;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detok::Detokenizer;
+pub use engine::{
+    Engine, EngineConfig, EngineHandle, EngineRequest, EngineState, EngineStats, Event, Finish,
+    SubmitError, TokenLogprobs, TokenOut,
+};
 pub use generate::{FinishReason, GenRequest, GenSummary, Generator, TokenEvent};
+pub use kv_blocks::KvBlocks;
 pub use sampler::{Sampler, SamplingParams, StopChecker, StopReason};
+pub use scheduler::{SchedConfig, Scheduler, StepPlan};
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 
 use std::path::PathBuf;
