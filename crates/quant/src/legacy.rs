@@ -274,8 +274,28 @@ fn quantize_8bit_ref(x: &[f32]) -> (f32, [i8; QK]) {
 /// ggml-cpu, AVX path): `id = 127 / amax` and ties to even. It differs from the reference in
 /// rare ties and last-ulp cases only, but matching it keeps our activations bit-identical to the
 /// peer's, which matters when comparing logits (quantized models amplify the difference).
+///
+/// The body is compiled twice: with AVX2 (chosen at run time) the rounding becomes `vroundps`
+/// and the loop vectorizes; without, it calls `rintf`. Both round the same products to the same
+/// integers, so the bytes are identical.
 #[inline]
 fn quantize_8bit_act(x: &[f32]) -> (f32, [i8; QK]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::x86::has_avx2() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+        return unsafe { quantize_8bit_act_avx2(x) };
+    }
+    quantize_8bit_act_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_8bit_act_avx2(x: &[f32]) -> (f32, [i8; QK]) {
+    quantize_8bit_act_body(x)
+}
+
+#[inline(always)]
+fn quantize_8bit_act_body(x: &[f32]) -> (f32, [i8; QK]) {
     let (_, amax) = signed_absmax(x);
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };

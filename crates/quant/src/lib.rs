@@ -4,7 +4,8 @@
 //! `#[repr(C)]` block struct (alignment 1, bit-exact to GGML's layout), a scalar dequantize, a
 //! scalar reference quantize and a scalar reference vec-dot against the type's activation
 //! format ([`vec_dot_type`]). SIMD versions are chosen at run time and are tested against the
-//! scalar references (so far AVX2 for Q4_1 x Q8_1 and Q8_0 x Q8_0, in `x86.rs`).
+//! scalar references: AVX2 for Q4_1 x Q8_1 and Q8_0 x Q8_0 (`x86.rs`), AVX-512 VNNI
+//! row-by-token-group kernels for the legacy types and Q4_K/Q5_K/Q6_K ([`gemm`]).
 //!
 //! Two ways in:
 //! - byte rows with checked lengths: [`dequantize_row`], [`quantize_row`],
@@ -32,6 +33,7 @@ macro_rules! block_layout {
 
 mod float;
 mod fp;
+pub mod gemm;
 mod iq4;
 mod kquants;
 mod legacy;
@@ -48,6 +50,7 @@ pub use float::{
     vec_dot_f32,
 };
 pub use fp::{Bf16, Half};
+pub use gemm::{detect_isa, gemm, Isa, QActs};
 pub use iq4::{
     dequantize_iq4_nl, dequantize_iq4_xs, quantize_iq4_nl, quantize_iq4_xs, vec_dot_iq4_nl_q8_0,
     vec_dot_iq4_xs_q8_k, BlockIq4Nl, BlockIq4Xs, KVALUES_IQ4NL,

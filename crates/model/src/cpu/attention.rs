@@ -17,6 +17,16 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
+    /// `dst[i] = src[i].to_f32()` (same values; the f16 version uses F16C when present).
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.to_f32());
+    }
+    /// `dst[i] = Self::from_f32(src[i])` (same values and rounding).
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, &s)| *d = Self::from_f32(s));
+    }
 }
 
 impl KvElem for f16 {
@@ -26,6 +36,16 @@ impl KvElem for f16 {
     }
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let n = src.len().min(dst.len());
+        src[..n].convert_to_f32_slice(&mut dst[..n]);
+    }
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        let n = src.len().min(dst.len());
+        dst[..n].convert_from_f32_slice(&src[..n]);
     }
 }
 
@@ -59,10 +79,17 @@ pub fn kv_store<T: KvElem>(
     }
 }
 
-/// Scratch of one attention task: the query in f16 and the f16 value accumulator.
+/// Scratch of one attention task: the query in f16 and the f16 value accumulator, with f32
+/// copies of them and of the current key and value rows (the arithmetic runs on these; every
+/// f16 rounding of the scalar formulation is kept, so results are unchanged bit for bit).
 struct Scratch<T> {
     q: Vec<T>,
     acc: Vec<T>,
+    qf: Vec<f32>,
+    accf: Vec<f32>,
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+    tmp: Vec<f32>,
 }
 
 pub fn attention<T: KvElem>(
@@ -87,6 +114,11 @@ pub fn attention<T: KvElem>(
             || Scratch {
                 q: vec![T::ZERO; hd],
                 acc: vec![T::ZERO; hd],
+                qf: vec![0.0; hd],
+                accf: vec![0.0; hd],
+                kf: vec![0.0; hd],
+                vf: vec![0.0; hd],
+                tmp: vec![0.0; hd],
             },
             |sc, (idx, dst)| {
                 let (t, h) = (idx / p.n_head, idx % p.n_head);
@@ -94,43 +126,43 @@ pub fn attention<T: KvElem>(
                 let table = &plan.seqs[plan.seq_of[t] as usize];
                 let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let qh = &q.data[t * qd + h * hd..t * qd + (h + 1) * hd];
-                sc.q.iter_mut()
-                    .zip(qh)
-                    .for_each(|(o, &x)| *o = T::from_f32(x));
+                T::from_f32_slice(qh, &mut sc.q);
+                T::to_f32_slice(&sc.q, &mut sc.qf);
                 sc.acc.iter_mut().for_each(|a| *a = T::ZERO);
+                sc.accf.iter_mut().for_each(|a| *a = 0.0);
                 let kh = (h / group) * hd;
                 let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
                 for j in lo..=pos {
                     let base = (table[j / bs] as usize * bs + j % bs) * kvd + kh;
-                    let k = &kc[base..base + hd];
-                    let s =
-                        sc.q.iter()
-                            .zip(k)
-                            .map(|(&a, &b)| a.to_f32() * b.to_f32())
-                            .sum::<f32>()
-                            * p.scale;
+                    T::to_f32_slice(&kc[base..base + hd], &mut sc.kf);
+                    let s = sc.qf.iter().zip(&sc.kf).map(|(&a, &b)| a * b).sum::<f32>() * p.scale;
                     let (mut ms, mut vs) = (1.0f32, 1.0f32);
                     if s > max {
                         let old = max;
                         max = s;
                         ms = (old - max).exp();
-                        sc.acc
+                        sc.tmp
                             .iter_mut()
-                            .for_each(|a| *a = T::from_f32(a.to_f32() * ms));
+                            .zip(&sc.accf)
+                            .for_each(|(t, &a)| *t = a * ms);
+                        T::from_f32_slice(&sc.tmp, &mut sc.acc);
+                        T::to_f32_slice(&sc.acc, &mut sc.accf);
                     } else {
                         vs = (s - max).exp();
                     }
-                    let v = &vc[base..base + hd];
-                    sc.acc
+                    T::to_f32_slice(&vc[base..base + hd], &mut sc.vf);
+                    sc.tmp
                         .iter_mut()
-                        .zip(v)
-                        .for_each(|(a, &b)| *a = T::from_f32(a.to_f32() + b.to_f32() * vs));
+                        .zip(sc.accf.iter().zip(&sc.vf))
+                        .for_each(|(t, (&a, &b))| *t = a + b * vs);
+                    T::from_f32_slice(&sc.tmp, &mut sc.acc);
+                    T::to_f32_slice(&sc.acc, &mut sc.accf);
                     sum = sum * ms + vs;
                 }
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 dst.iter_mut()
-                    .zip(&sc.acc)
-                    .for_each(|(d, &a)| *d = a.to_f32() * inv);
+                    .zip(&sc.accf)
+                    .for_each(|(d, &a)| *d = a * inv);
             },
         );
 }

@@ -1,14 +1,17 @@
 //! Matrix products of a quantized weight with f32 activations.
 //!
-//! Activations are first converted to the weight type's activation format (Q8_0, Q8_1, Q8_K,
-//! F16, ...) once per row, then every output element is a vec-dot of a weight row with an
-//! activation row. Output rows are split across the rayon pool.
+//! Activations are converted once per product to the weight type's activation format (Q8_0,
+//! Q8_1, Q8_K, F16, ...; [`QActs`]), then output rows are split across the matmul [`Pool`] in tasks
+//! of [`ROWS_PER_TASK`] rows; each task runs the quant crate's [`gemm`], whose kernel (chosen
+//! once per task from the weight type and the CPU) dots every unpacked weight block with a
+//! group of tokens, so prefill is matrix-matrix work rather than one product per token.
 
 use rayon::prelude::*;
-use realizar_quant::{
-    dequantize_row, quantize_activations, vec_dot, vec_dot_type, GgmlType, QuantError,
-};
+use realizar_quant::{dequantize_row, gemm, GgmlType, QActs, QuantError};
 
+use std::sync::Mutex;
+
+use super::pool::Pool;
 use super::{CpuBuf, CpuWeight};
 use crate::ModelError;
 
@@ -29,7 +32,8 @@ pub fn matmul(
     w: &CpuWeight,
     x: &CpuBuf,
     out: &mut CpuBuf,
-    scratch: &mut Vec<u8>,
+    acts: &mut QActs,
+    pool: &Pool,
     exact: bool,
 ) -> Result<(), ModelError> {
     let CpuWeight::Matrix {
@@ -55,37 +59,49 @@ pub fn matmul(
     if exact {
         return matmul_exact(ty, rows, cols, data.as_slice(), x, out).map_err(quant_err);
     }
-    let act_ty = vec_dot_type(ty);
-    let act_row = act_ty.row_bytes(cols as u64).map_err(quant_err)? as usize;
-    let w_row = ty.row_bytes(cols as u64).map_err(quant_err)? as usize;
     let n_tok = x.rows;
-    scratch.resize(act_row * n_tok, 0);
-    for (t, dst) in scratch.chunks_exact_mut(act_row).enumerate() {
-        quantize_activations(act_ty, &x.data[t * cols..(t + 1) * cols], dst).map_err(quant_err)?;
-    }
-    let acts: &[u8] = scratch;
+    acts.prepare(ty, &x.data[..n_tok * cols], cols)
+        .map_err(quant_err)?;
+    let acts: &QActs = acts;
+    let w_row = ty.row_bytes(cols as u64).map_err(quant_err)? as usize;
     let wbytes = data.as_slice();
     let out_ptr = SyncPtr(out.data.as_mut_ptr());
-    let n_tasks = rows.div_ceil(ROWS_PER_TASK);
-    (0..n_tasks)
-        .into_par_iter()
-        .try_for_each(|task| -> Result<(), ModelError> {
-            let r0 = task * ROWS_PER_TASK;
-            let r1 = (r0 + ROWS_PER_TASK).min(rows);
-            let o = out_ptr;
-            for r in r0..r1 {
-                let wr = &wbytes[r * w_row..(r + 1) * w_row];
-                for t in 0..n_tok {
-                    let a = &acts[t * act_row..(t + 1) * act_row];
-                    let v = vec_dot(ty, cols, wr, a).map_err(quant_err)?;
-                    // SAFETY: t < n_tok <= out.rows and r < rows == out.cols, so the index is inside
-                    // out.data; each (t, r) pair is written by exactly one task (tasks own disjoint
-                    // row ranges), and `out` is not otherwise touched until the loop ends.
-                    unsafe { *o.0.add(t * rows + r) = v };
-                }
-            }
-            Ok(())
-        })
+    // Decode streams each weight once: give every thread a few long runs of rows (the hardware
+    // prefetcher follows a long run better than 16-row pieces). Prefill keeps small tasks,
+    // whose weights are reused across the token tiles.
+    let per_task = if n_tok <= 2 {
+        rows.div_ceil(4 * pool.n_threads())
+            .next_multiple_of(ROWS_PER_TASK)
+    } else {
+        ROWS_PER_TASK
+    };
+    let n_tasks = rows.div_ceil(per_task);
+    let failed: Mutex<Option<QuantError>> = Mutex::new(None);
+    pool.run(n_tasks, &|task| {
+        let r0 = task * per_task;
+        let r1 = (r0 + per_task).min(rows);
+        let o = out_ptr;
+        let res = gemm(
+            ty,
+            &wbytes[r0 * w_row..r1 * w_row],
+            r1 - r0,
+            acts,
+            |r, t, v| {
+                // SAFETY: gemm calls back with r < r1 - r0 and t < n_tok <= out.rows, so
+                // r0 + r < rows == out.cols and the index is inside out.data; each (t, row) is
+                // written by exactly one task (tasks own disjoint row ranges), and `out` is not
+                // otherwise touched until `run` returns.
+                unsafe { *o.0.add(t * rows + r0 + r) = v };
+            },
+        );
+        if let Err(e) = res {
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(quant_err(e)),
+        None => Ok(()),
+    }
 }
 
 fn matmul_exact(

@@ -5,6 +5,7 @@
 mod attention;
 mod matmul;
 mod ops;
+mod pool;
 
 use std::sync::{Arc, Mutex};
 
@@ -115,8 +116,10 @@ pub enum CpuKv {
 pub struct CpuBackend {
     /// Keeps the mapped model file alive while weights point into it.
     owner: Arc<dyn Send + Sync>,
-    /// Scratch for quantized activations, reused across matmuls.
-    scratch: Mutex<Vec<u8>>,
+    /// Quantized activations, reused across matmuls.
+    scratch: Mutex<realizar_quant::QActs>,
+    /// Threads of the matmuls (as many as rayon's pool, which the CLI sizes).
+    pool: pool::Pool,
     /// Reference mode: f32 activations and f64 dot products instead of llama.cpp's 8-bit
     /// activation quantization. Slow; an oracle for tests against exact evaluations.
     exact: bool,
@@ -127,7 +130,8 @@ impl CpuBackend {
     pub fn new(owner: Arc<dyn Send + Sync>) -> Self {
         CpuBackend {
             owner,
-            scratch: Mutex::new(Vec::new()),
+            scratch: Mutex::new(realizar_quant::QActs::new()),
+            pool: pool::Pool::new(rayon::current_num_threads()),
             exact: false,
         }
     }
@@ -219,7 +223,7 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, w: &CpuWeight, x: &CpuBuf, out: &mut CpuBuf) -> Result<(), ModelError> {
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        matmul::matmul(w, x, out, &mut scratch, self.exact)
+        matmul::matmul(w, x, out, &mut scratch, &self.pool, self.exact)
     }
 
     fn add_bias(&self, x: &mut CpuBuf, b: &CpuWeight) {

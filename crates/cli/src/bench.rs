@@ -1,0 +1,218 @@
+//! `realizar bench`: prompt-processing and generation speed, printed as llama-bench prints it.
+//!
+//! Each test is warmed up as llama-bench does (the whole prompt for pp, one token for tg), then
+//! runs `reps` times from an empty context: `ppN` is one
+//! forward pass over N prompt tokens (logits for the last one only), `tgN` is N single-token
+//! forward passes. Tokens are random ids from the vocabulary (the speed does not depend on
+//! them). Reported: tokens per second, mean ± sample standard deviation over the repetitions.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use realizar_formats::ModelFile;
+use realizar_model::{load_cpu_from, Backend, LoadOptions, LogitsWanted, Model, SeqChunk};
+
+use crate::load::{self, Device};
+use crate::quantize::ftype_name;
+
+pub struct BenchArgs<'a> {
+    pub model: &'a Path,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub reps: usize,
+    pub threads: usize,
+    pub device: &'a str,
+}
+
+pub fn run(a: BenchArgs<'_>) -> Result<()> {
+    let device = load::device(a.device)?;
+    let file = Arc::new(
+        ModelFile::open(a.model).with_context(|| format!("opening {}", a.model.display()))?,
+    );
+    let desc = describe(&file);
+    let opts = LoadOptions {
+        kv_tokens: a.n_prompt.max(a.n_gen).max(1),
+        max_batch_tokens: a.n_prompt.max(1),
+        ..LoadOptions::default()
+    };
+    let what = || format!("loading {}", a.model.display());
+    match device {
+        Device::Cpu => bench(
+            load_cpu_from(file, &opts).with_context(what)?,
+            &desc,
+            &a,
+            "CPU",
+        ),
+        Device::Cuda => bench(
+            realizar_cuda::load_cuda_from(file, &opts).with_context(what)?,
+            &desc,
+            &a,
+            "CUDA",
+        ),
+    }
+}
+
+fn bench<B: Backend>(
+    mut model: Model<B>,
+    desc: &Desc,
+    a: &BenchArgs<'_>,
+    backend: &str,
+) -> Result<()> {
+    let vocab = model.cfg.vocab_size.max(1) as u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next_token = move || {
+        // xorshift64*: reproducible ids without a dependency.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % vocab) as u32
+    };
+
+    println!(
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
+        "model", "size", "params", "backend", "threads", "test", "t/s"
+    );
+    println!(
+        "| {:-<30} | {:->9}: | {:->9}: | {:-<10} | {:->6}: | {:->14}: | {:->19}: |",
+        "", "", "", "", "", "", ""
+    );
+    let row = |test: String, speeds: &[f64]| {
+        let (mean, sd) = mean_sd(speeds);
+        println!(
+            "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
+            desc.name,
+            desc.size,
+            desc.params,
+            backend,
+            a.threads,
+            test,
+            format!("{mean:.2} ± {sd:.2}")
+        );
+    };
+    if a.n_prompt > 0 {
+        let tokens: Vec<u32> = (0..a.n_prompt).map(|_| next_token()).collect();
+        prefill(&mut model, &tokens)?; // warm-up
+        let speeds = measure(a.reps, || prefill(&mut model, &tokens))?;
+        row(format!("pp{}", a.n_prompt), &speeds);
+    }
+    if a.n_gen > 0 {
+        let tokens: Vec<u32> = (0..a.n_gen).map(|_| next_token()).collect();
+        // llama-bench warms generation up with a single token.
+        generate(&mut model, &tokens[..1])?;
+        let speeds = measure(a.reps, || generate(&mut model, &tokens))?;
+        row(format!("tg{}", a.n_gen), &speeds);
+    }
+    Ok(())
+}
+
+/// `reps` timed runs of `f` (after the caller's warm-up), as tokens per second.
+fn measure(reps: usize, mut f: impl FnMut() -> Result<usize>) -> Result<Vec<f64>> {
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            let n = f()?;
+            Ok(n as f64 / t.elapsed().as_secs_f64().max(1e-9))
+        })
+        .collect()
+}
+
+fn block_table<B: Backend>(model: &Model<B>) -> Vec<u32> {
+    (0..model.n_blocks() as u32).collect()
+}
+
+fn prefill<B: Backend>(model: &mut Model<B>, tokens: &[u32]) -> Result<usize> {
+    let table = block_table(model);
+    model.forward(&[SeqChunk {
+        tokens,
+        start_pos: 0,
+        block_table: &table,
+        logits: LogitsWanted::Last,
+    }])?;
+    Ok(tokens.len())
+}
+
+fn generate<B: Backend>(model: &mut Model<B>, tokens: &[u32]) -> Result<usize> {
+    let table = block_table(model);
+    for (pos, t) in tokens.iter().enumerate() {
+        model.forward(&[SeqChunk {
+            tokens: std::slice::from_ref(t),
+            start_pos: pos,
+            block_table: &table,
+            logits: LogitsWanted::Last,
+        }])?;
+    }
+    Ok(tokens.len())
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// The model columns of the table.
+struct Desc {
+    name: String,
+    size: String,
+    params: String,
+}
+
+fn describe(file: &ModelFile) -> Desc {
+    let tensors = file.tensors();
+    let bytes: u64 = tensors.iter().map(|t| t.n_bytes).sum();
+    let params: u64 = tensors.iter().map(|t| t.n_elements()).sum();
+    let gguf = file.gguf();
+    let arch = gguf
+        .and_then(|g| g.get("general.architecture"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("model")
+        .to_string();
+    let ftype = gguf
+        .and_then(|g| g.get("general.file_type"))
+        .and_then(|v| v.as_u64())
+        .and_then(ftype_name)
+        .map(str::to_string)
+        .unwrap_or_else(|| dominant_type(file));
+    let label = if params >= 1_000_000_000 {
+        format!("{:.1}B", params as f64 / 1e9)
+    } else {
+        format!("{}M", (params as f64 / 1e6).round())
+    };
+    let size = if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
+    };
+    let params = if params >= 1_000_000_000 {
+        format!("{:.2} B", params as f64 / 1e9)
+    } else {
+        format!("{:.2} M", params as f64 / 1e6)
+    };
+    Desc {
+        name: format!("{arch} {label} {ftype}"),
+        size,
+        params,
+    }
+}
+
+/// The type holding most weight elements (for files without `general.file_type`).
+fn dominant_type(file: &ModelFile) -> String {
+    let mut counts: Vec<(realizar_quant::GgmlType, u64)> = Vec::new();
+    for t in file.tensors() {
+        match counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
+            Some((_, n)) => *n += t.n_elements(),
+            None => counts.push((t.ty, t.n_elements())),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or_else(|| "?".to_string(), |(ty, _)| ty.name().to_string())
+}

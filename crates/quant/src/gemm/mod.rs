@@ -1,0 +1,315 @@
+//! Matrix products of quantized weight rows with many activation rows (tokens) at once.
+//!
+//! The caller quantizes a batch of activation rows once ([`QActs::prepare`]: the bytes are
+//! exactly what [`quantize_activations`](crate::quantize_activations) writes, so results keep
+//! llama.cpp's activation rounding), then asks for `out[row][token]` over a range of weight rows
+//! ([`gemm`]). The kernel is chosen once per call from the weight type and the CPU ([`Isa`]):
+//!
+//! - AVX-512 VNNI (`avx512.rs`): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (pairs of 32-blocks per 512-bit
+//!   step) and Q4_K, Q5_K, Q6_K (64 elements per step); each weight block is unpacked once and
+//!   dotted with up to [`TOK_GROUP`] tokens, so prefill reuses the unpacked weights from
+//!   registers and the weight row from L1 across the tokens.
+//! - Everything else (and every type on CPUs without VNNI): the typed per-row vec-dot, which
+//!   has AVX2 versions for Q4_1 and Q8_0 (`x86.rs`) and scalar references for all.
+//!
+//! NEON would slot in as another [`Isa`] arm. Every SIMD kernel is tested against the scalar
+//! vec-dot on random data (`tests.rs`).
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(test)]
+mod tests;
+
+use crate::iq4::*;
+use crate::kquants::*;
+use crate::legacy::*;
+use crate::{as_blocks, quantize_activations, vec_dot, vec_dot_type, GgmlType, QuantError};
+use bytemuck::Pod;
+
+/// Tokens dotted with one unpacked weight block at a time.
+pub const TOK_GROUP: usize = 4;
+
+/// The instruction-set level of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable code (the typed vec-dots pick AVX2 themselves where they have it).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL with VNNI (plus AVX2/FMA/F16C).
+    Avx512Vnni,
+}
+
+/// The best level this CPU supports (detected once). `REALIZAR_ISA=scalar|avx2` lowers it
+/// (to compare paths or rule one out).
+pub fn detect_isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = best_isa();
+        match std::env::var("REALIZAR_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+            _ => best,
+        }
+    })
+}
+
+fn best_isa() -> Isa {
+    {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                return Isa::Avx512Vnni;
+            }
+            if crate::x86::has_avx2() {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+}
+
+/// A batch of activation rows quantized for one weight type. Reused across products (buffers
+/// only grow), so the hot loop allocates nothing once sizes settle.
+#[derive(Default)]
+pub struct QActs {
+    wty: Option<GgmlType>,
+    cols: usize,
+    n_tok: usize,
+    row_bytes: usize,
+    /// `n_tok` rows of `vec_dot_type(wty)` bytes, as `quantize_activations` writes them.
+    raw: Vec<u8>,
+    /// Expanded form for the AVX-512 legacy kernels (empty otherwise), per token:
+    /// the quants contiguously (`cols` i8) ...
+    qs: Vec<i8>,
+    /// ... each block's scale repeated 8 times (one per 32-bit lane of its 256 bits) ...
+    dexp: Vec<f32>,
+    /// ... the block's stored `s` (Q8_1) ...
+    s: Vec<f32>,
+    /// ... and, for weights with an offset `o = 2^k` (x = d * (q - o)), `-o` times the sums of
+    /// each 4 consecutive quants: the initial value of the VNNI accumulator, so the integer
+    /// dot comes out exactly `sum((q - o) * y)`.
+    yoff: Vec<i32>,
+    expanded: bool,
+}
+
+impl QActs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens in the batch.
+    pub fn n_tok(&self) -> usize {
+        self.n_tok
+    }
+
+    /// Quantize `x` (`n_tok` rows of `cols` f32) for products with weights of type `wty`.
+    pub fn prepare(&mut self, wty: GgmlType, x: &[f32], cols: usize) -> Result<(), QuantError> {
+        if cols == 0 || !x.len().is_multiple_of(cols) {
+            return Err(QuantError::Length {
+                what: "activation rows",
+                expected: x.len().next_multiple_of(cols.max(1)),
+                got: x.len(),
+            });
+        }
+        let n_tok = x.len() / cols;
+        let act_ty = vec_dot_type(wty);
+        let row_bytes = usize::try_from(act_ty.row_bytes(cols as u64)?)
+            .map_err(|_| QuantError::SizeOverflow)?;
+        let expanded = legacy_kernel(wty, detect_isa()).is_some();
+        self.wty = Some(wty);
+        self.cols = cols;
+        self.n_tok = n_tok;
+        self.row_bytes = row_bytes;
+        self.expanded = expanded;
+        self.raw.resize(n_tok * row_bytes, 0);
+        let nb = cols / 32;
+        if expanded {
+            self.qs.resize(n_tok * cols, 0);
+            self.dexp.resize(n_tok * nb * 8, 0.0);
+            self.s.resize(n_tok * nb, 0.0);
+            self.yoff.resize(n_tok * nb * 8, 0);
+        }
+        let shift = offset_shift(wty);
+        for t in 0..n_tok {
+            let raw = &mut self.raw[t * row_bytes..(t + 1) * row_bytes];
+            quantize_activations(act_ty, &x[t * cols..(t + 1) * cols], raw)?;
+            if expanded {
+                expand(
+                    act_ty,
+                    raw,
+                    &mut self.qs[t * cols..(t + 1) * cols],
+                    &mut self.dexp[t * nb * 8..(t + 1) * nb * 8],
+                    &mut self.s[t * nb..(t + 1) * nb],
+                    &mut self.yoff[t * nb * 8..(t + 1) * nb * 8],
+                    shift,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// log2 of the offset subtracted from a legacy weight's unsigned quants (0: none).
+fn offset_shift(wty: GgmlType) -> u32 {
+    match wty {
+        GgmlType::Q4_0 => 3,
+        GgmlType::Q5_0 => 4,
+        GgmlType::Q8_0 => 7, // i8 weights are biased by 128 to be unsigned for VNNI
+        _ => 0,
+    }
+}
+
+/// Fill the expanded form of one token from its Q8_0 / Q8_1 blocks.
+fn expand(
+    act_ty: GgmlType,
+    raw: &[u8],
+    qs: &mut [i8],
+    dexp: &mut [f32],
+    s: &mut [f32],
+    yoff: &mut [i32],
+    shift: u32,
+) -> Result<(), QuantError> {
+    let mut put = |b: usize, d: f32, sv: f32, q: &[i8; 32]| {
+        qs[32 * b..32 * b + 32].copy_from_slice(q);
+        dexp[8 * b..8 * b + 8].fill(d);
+        s[b] = sv;
+        for (o, quad) in yoff[8 * b..8 * b + 8].iter_mut().zip(q.chunks_exact(4)) {
+            let sum: i32 = quad.iter().map(|&v| v as i32).sum();
+            *o = if shift == 0 { 0 } else { -(sum << shift) };
+        }
+    };
+    if act_ty == GgmlType::Q8_1 {
+        for (b, blk) in as_blocks::<BlockQ8_1>(raw)?.iter().enumerate() {
+            put(b, blk.d.to_f32(), blk.s.to_f32(), &blk.qs);
+        }
+    } else {
+        for (b, blk) in as_blocks::<BlockQ8_0>(raw)?.iter().enumerate() {
+            put(b, blk.d.to_f32(), 0.0, &blk.qs);
+        }
+    }
+    Ok(())
+}
+
+/// The AVX-512 legacy kernel family for a weight type, if it has one on this CPU.
+fn legacy_kernel(wty: GgmlType, isa: Isa) -> Option<GgmlType> {
+    let legacy = matches!(
+        wty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+    );
+    (isa == Isa::Avx512Vnni && legacy).then_some(wty)
+}
+
+/// `sink(r, t, dot(weight row r, activation row t))` for every row of `w` (`n_rows` rows of
+/// `acts`' weight type and width, back to back) and every token of `acts`.
+pub fn gemm(
+    wty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QActs,
+    sink: impl FnMut(usize, usize, f32),
+) -> Result<(), QuantError> {
+    gemm_isa(detect_isa(), wty, w, n_rows, acts, sink)
+}
+
+/// [`gemm`] at a given level (tests compare levels; a level above the CPU's is lowered).
+pub fn gemm_isa(
+    isa: Isa,
+    wty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QActs,
+    mut sink: impl FnMut(usize, usize, f32),
+) -> Result<(), QuantError> {
+    if acts.wty != Some(wty) {
+        return Err(QuantError::Unsupported {
+            op: "gemm with activations prepared for another weight type",
+            ty: wty.name(),
+        });
+    }
+    let cols = acts.cols;
+    let w_row =
+        usize::try_from(wty.row_bytes(cols as u64)?).map_err(|_| QuantError::SizeOverflow)?;
+    if w.len() != n_rows * w_row {
+        return Err(QuantError::Length {
+            what: "weight rows",
+            expected: n_rows * w_row,
+            got: w.len(),
+        });
+    }
+    let isa = if isa == Isa::Avx512Vnni && best_isa() != Isa::Avx512Vnni {
+        best_isa()
+    } else {
+        isa
+    };
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        if legacy_kernel(wty, isa).is_some() && acts.expanded {
+            // SAFETY: `detect_isa` found AVX-512 F/BW/VL/VNNI, FMA and F16C; `w` holds
+            // `n_rows` rows of `cols` elements of `wty` and `acts` was prepared (expanded) for
+            // `wty` and `cols` (both checked above).
+            unsafe { avx512::gemm_legacy(wty, w, n_rows, acts, &mut sink) }?;
+            return Ok(());
+        }
+        if matches!(wty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+            // SAFETY: as above; K-quant activations are the raw Q8_K rows.
+            unsafe { avx512::gemm_kquant(wty, w, n_rows, acts, &mut sink) }?;
+            return Ok(());
+        }
+    }
+    gemm_fallback(wty, w, n_rows, acts, &mut sink)
+}
+
+/// Per (row, token) typed vec-dots, dispatched once.
+fn gemm_fallback(
+    wty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QActs,
+    sink: &mut dyn FnMut(usize, usize, f32),
+) -> Result<(), QuantError> {
+    fn typed<W: Pod, A: Pod>(
+        w: &[u8],
+        n_rows: usize,
+        acts: &QActs,
+        sink: &mut dyn FnMut(usize, usize, f32),
+        dot: fn(usize, &[W], &[A]) -> f32,
+    ) -> Result<(), QuantError> {
+        let w: &[W] = as_blocks(w)?;
+        let a: &[A] = as_blocks(&acts.raw)?;
+        let (wb, ab) = (w.len() / n_rows.max(1), a.len() / acts.n_tok.max(1));
+        for r in 0..n_rows {
+            let wr = &w[r * wb..(r + 1) * wb];
+            for t in 0..acts.n_tok {
+                sink(r, t, dot(acts.cols, wr, &a[t * ab..(t + 1) * ab]));
+            }
+        }
+        Ok(())
+    }
+    match wty {
+        GgmlType::Q4_0 => typed(w, n_rows, acts, sink, vec_dot_q4_0_q8_0),
+        GgmlType::Q4_1 => typed(w, n_rows, acts, sink, vec_dot_q4_1_q8_1),
+        GgmlType::Q5_0 => typed(w, n_rows, acts, sink, vec_dot_q5_0_q8_0),
+        GgmlType::Q5_1 => typed(w, n_rows, acts, sink, vec_dot_q5_1_q8_1),
+        GgmlType::Q8_0 => typed(w, n_rows, acts, sink, vec_dot_q8_0_q8_0),
+        GgmlType::Q2K => typed(w, n_rows, acts, sink, vec_dot_q2_k_q8_k),
+        GgmlType::Q3K => typed(w, n_rows, acts, sink, vec_dot_q3_k_q8_k),
+        GgmlType::Q4K => typed(w, n_rows, acts, sink, vec_dot_q4_k_q8_k),
+        GgmlType::Q5K => typed(w, n_rows, acts, sink, vec_dot_q5_k_q8_k),
+        GgmlType::Q6K => typed(w, n_rows, acts, sink, vec_dot_q6_k_q8_k),
+        GgmlType::Iq4Nl => typed(w, n_rows, acts, sink, vec_dot_iq4_nl_q8_0),
+        GgmlType::Iq4Xs => typed(w, n_rows, acts, sink, vec_dot_iq4_xs_q8_k),
+        _ => {
+            // Float weights: the byte API copes with any alignment.
+            let w_row = w.len() / n_rows.max(1);
+            for r in 0..n_rows {
+                let wr = &w[r * w_row..(r + 1) * w_row];
+                for t in 0..acts.n_tok {
+                    let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
+                    sink(r, t, vec_dot(wty, acts.cols, wr, a)?);
+                }
+            }
+            Ok(())
+        }
+    }
+}

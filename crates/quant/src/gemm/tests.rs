@@ -1,0 +1,169 @@
+//! Every gemm path (AVX-512 VNNI where the CPU has it, the typed fallback everywhere) against
+//! the scalar vec-dot of the same quantized rows, on fresh random data (seed printed).
+
+use super::*;
+use crate::{dequantize_row, quantize_row};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn gaussian(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.gen();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32 * scale
+        })
+        .collect()
+}
+
+/// Scalar reference dot of one weight row with one activation row (raw bytes).
+fn scalar_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    match ty {
+        GgmlType::Q4_1 => match (as_blocks(w), as_blocks(a)) {
+            (Ok(w), Ok(a)) => vec_dot_q4_1_q8_1_scalar(n, w, a),
+            _ => f32::NAN,
+        },
+        GgmlType::Q8_0 => match (as_blocks(w), as_blocks(a)) {
+            (Ok(w), Ok(a)) => vec_dot_q8_0_q8_0_scalar(n, w, a),
+            _ => f32::NAN,
+        },
+        _ => vec_dot(ty, n, w, a).unwrap_or(f32::NAN),
+    }
+}
+
+/// Random weight rows of `ty`: quantized Gaussian data, with Q8_0's quants then overwritten by
+/// random bytes (so -128 occurs) and Q4/Q5 nibbles already covering 0..16 / 0..32.
+fn weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let row_bytes = ty.row_bytes(cols as u64).unwrap_or(0) as usize;
+    let mut w = vec![0u8; rows * row_bytes];
+    for r in w.chunks_exact_mut(row_bytes) {
+        let scale = rng.gen_range(0.01f32..2.0);
+        let mut x = gaussian(rng, cols, scale);
+        let off = rng.gen_range(-1.0f32..1.0) * scale;
+        x.iter_mut().for_each(|v| *v += off);
+        quantize_row(ty, &x, r).unwrap_or_else(|e| panic!("quantize {ty}: {e}"));
+    }
+    if ty == GgmlType::Q8_0 {
+        for b in w.chunks_exact_mut(34) {
+            rng.fill(&mut b[2..]);
+        }
+    }
+    w
+}
+
+fn check_type(ty: GgmlType, isa: Isa, rng: &mut StdRng, seed: u64) {
+    let bs = ty.block_size();
+    let shapes: &[usize] = if bs == 32 {
+        &[32, 64, 96, 576, 1536]
+    } else {
+        &[256, 512, 1536]
+    };
+    for &cols in shapes {
+        for n_tok in [1usize, 3, 4, 5, 9, 37] {
+            let rows = rng.gen_range(1..10);
+            let w = weights(rng, ty, rows, cols);
+            let xs = rng.gen_range(0.05f32..4.0);
+            let x = gaussian(rng, n_tok * cols, xs);
+            let mut acts = QActs::new();
+            acts.prepare(ty, &x, cols)
+                .unwrap_or_else(|e| panic!("prepare {ty}: {e}"));
+            let mut got = vec![f32::NAN; rows * n_tok];
+            gemm_isa(isa, ty, &w, rows, &acts, |r, t, v| got[r * n_tok + t] = v)
+                .unwrap_or_else(|e| panic!("gemm {ty}: {e}"));
+            let w_row = w.len() / rows;
+            let act_ty = vec_dot_type(ty);
+            let mut wf = vec![0.0f32; cols];
+            let mut af = vec![0.0f32; cols];
+            for r in 0..rows {
+                let wr = &w[r * w_row..(r + 1) * w_row];
+                dequantize_row(ty, wr, &mut wf).unwrap_or_else(|e| panic!("{e}"));
+                for t in 0..n_tok {
+                    let ar = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
+                    dequantize_row(act_ty, ar, &mut af).unwrap_or_else(|e| panic!("{e}"));
+                    let mag: f32 = wf.iter().zip(&af).map(|(a, b)| (a * b).abs()).sum();
+                    let want = scalar_ref(ty, cols, wr, ar);
+                    let v = got[r * n_tok + t];
+                    let tol = 2e-5 * mag + 1e-6;
+                    assert!(
+                        (v - want).abs() <= tol,
+                        "{ty} {isa:?} cols {cols} tok {t}/{n_tok} row {r}: {v} vs scalar {want} \
+                         (tol {tol}, seed {seed})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+const TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Iq4Nl,
+    GgmlType::F16,
+];
+
+#[test]
+fn gemm_matches_scalar_all_levels() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let best = detect_isa();
+    if best != Isa::Avx512Vnni {
+        eprintln!("NOTE: no AVX-512 VNNI on this CPU; only the fallback path is tested");
+    }
+    for &ty in TYPES {
+        check_type(ty, best, &mut rng, seed);
+        check_type(ty, Isa::Scalar, &mut rng, seed);
+    }
+}
+
+#[test]
+fn gemm_rejects_mismatched_inputs() {
+    let mut acts = QActs::new();
+    let x = vec![0.5f32; 64];
+    assert!(acts.prepare(GgmlType::Q4_0, &x, 48).is_err());
+    assert!(acts.prepare(GgmlType::Q4_0, &x, 32).is_ok());
+    let w = vec![0u8; 18];
+    assert!(gemm(GgmlType::Q4_1, &w, 1, &acts, |_, _, _| {}).is_err());
+    assert!(gemm(GgmlType::Q4_0, &w, 2, &acts, |_, _, _| {}).is_err());
+    assert!(gemm(GgmlType::Q4_0, &w, 1, &acts, |_, _, _| {}).is_ok());
+}
+
+/// The Q4_1 kernel keeps llama.cpp's float order, so it equals the AVX2 vec-dot (`x86.rs`,
+/// llama.cpp's order) bit for bit; the golden test against llama.cpp depends on it.
+#[test]
+fn q4_1_bit_identical_to_avx2_vec_dot() {
+    if detect_isa() != Isa::Avx512Vnni || !crate::x86::has_avx2() {
+        eprintln!("SKIPPED: needs AVX-512 VNNI");
+        return;
+    }
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for cols in [32usize, 96, 576, 1536] {
+        let (rows, n_tok) = (9, 6);
+        let w = weights(&mut rng, GgmlType::Q4_1, rows, cols);
+        let x = gaussian(&mut rng, n_tok * cols, 1.5);
+        let mut acts = QActs::new();
+        acts.prepare(GgmlType::Q4_1, &x, cols)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let w_row = w.len() / rows;
+        gemm(GgmlType::Q4_1, &w, rows, &acts, |r, t, v| {
+            let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
+            let want = vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
+                .unwrap_or(f32::NAN);
+            assert_eq!(
+                v.to_bits(),
+                want.to_bits(),
+                "cols {cols} row {r} tok {t} seed {seed}"
+            );
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
