@@ -4,9 +4,10 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::Result;
-use realizar_engine::{ChatMessage, ChatTemplate, GenRequest};
+use realizar_engine::{ChatMessage, ChatTemplate, GenRequest, Generator};
+use realizar_model::Backend;
 
-use crate::load;
+use crate::load::{self, Device};
 use crate::run::SamplingArgs;
 
 pub fn run(
@@ -15,8 +16,20 @@ pub fn run(
     sampling: &SamplingArgs,
     n: usize,
     ctx: usize,
+    device: Device,
 ) -> Result<()> {
-    let mut gen = load::generator(model, ctx)?;
+    match device {
+        Device::Cpu => converse(load::generator(model, ctx)?, system, sampling, n),
+        Device::Cuda => converse(load::cuda_generator(model, ctx)?, system, sampling, n),
+    }
+}
+
+fn converse<B: Backend>(
+    mut gen: Generator<B>,
+    system: Option<&str>,
+    sampling: &SamplingArgs,
+    n: usize,
+) -> Result<()> {
     let template = ChatTemplate::for_tokenizer(&gen.tokenizer)?;
     let mut messages: Vec<ChatMessage> = system
         .map(|s| ChatMessage::new("system", s))

@@ -1,6 +1,7 @@
 //! `realizar inspect FILE [--json]`: what a model file holds.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -193,42 +194,47 @@ impl Report {
         })
     }
 
-    fn print_text(&self) {
-        println!("file:          {}", self.path);
-        println!("format:        {}", self.format);
-        println!("architecture:  {}", self.architecture);
-        println!("name:          {}", self.name);
-        println!(
+    fn print_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "file:          {}", self.path)?;
+        writeln!(out, "format:        {}", self.format)?;
+        writeln!(out, "architecture:  {}", self.architecture)?;
+        writeln!(out, "name:          {}", self.name)?;
+        writeln!(
+            out,
             "parameters:    {} ({})",
             human_count(self.n_params),
             self.n_params
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "size:          {} ({} bytes)",
             human_bytes(self.n_bytes),
             self.n_bytes
-        );
-        println!("context:       {}", opt(&self.context_length));
-        println!("vocabulary:    {}", opt(&self.vocab_size));
-        println!("tokenizer:     {}", opt(&self.tokenizer));
-        println!(
+        )?;
+        writeln!(out, "context:       {}", opt(&self.context_length))?;
+        writeln!(out, "vocabulary:    {}", opt(&self.vocab_size))?;
+        writeln!(out, "tokenizer:     {}", opt(&self.tokenizer))?;
+        writeln!(
+            out,
             "chat template: {}",
             if self.chat_template { "yes" } else { "no" }
-        );
-        println!();
-        println!(
+        )?;
+        writeln!(out)?;
+        writeln!(
+            out,
             "{:<8} {:>8} {:>14} {:>12}",
             "type", "tensors", "parameters", "size"
-        );
+        )?;
         for (ty, (n, p, b)) in &self.by_type {
-            println!(
+            writeln!(
+                out,
                 "{ty:<8} {n:>8} {:>14} {:>12}",
                 human_count(*p),
                 human_bytes(*b)
-            );
+            )?;
         }
-        println!();
-        println!("{} tensors:", self.tensors.len());
+        writeln!(out)?;
+        writeln!(out, "{} tensors:", self.tensors.len())?;
         let w = self
             .tensors
             .iter()
@@ -236,18 +242,20 @@ impl Report {
             .max()
             .unwrap_or(4)
             .max(4);
-        println!(
+        writeln!(
+            out,
             "{:<w$}  {:<7} {:<24} {:>12}",
             "name", "type", "shape", "bytes"
-        );
+        )?;
         for (name, ty, dims, bytes) in &self.tensors {
             let shape = dims
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(" x ");
-            println!("{name:<w$}  {ty:<7} {shape:<24} {bytes:>12}");
+            writeln!(out, "{name:<w$}  {ty:<7} {shape:<24} {bytes:>12}")?;
         }
+        Ok(())
     }
 }
 
@@ -260,9 +268,10 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         }
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
     } else {
-        report.print_text();
+        report.print_text(&mut std::io::stdout().lock())?;
     }
     Ok(())
 }

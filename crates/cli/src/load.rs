@@ -3,10 +3,36 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use realizar_cuda::CudaBackend;
 use realizar_engine::{Generator, Tokenizer};
 use realizar_formats::ModelFile;
 use realizar_model::{load_cpu_from, CpuBackend, LoadOptions};
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// `--device cpu|cuda|auto`: auto is cuda when a CUDA device is found, else cpu; cuda without a
+/// device is an error naming why.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => match realizar_cuda::probe() {
+            Ok(_) => Ok(Device::Cuda),
+            Err(e) => bail!("--device cuda: {e}"),
+        },
+        "auto" => Ok(if realizar_cuda::probe().is_ok() {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        }),
+        other => bail!("unknown device {other:?}: use cpu, cuda or auto"),
+    }
+}
 
 /// Sizes the rayon pool (once per process). `None` uses the physical core count.
 pub fn set_threads(threads: Option<usize>) {
@@ -55,16 +81,33 @@ pub fn tokenizer(file: &ModelFile) -> Result<Tokenizer> {
     tok.context("loading the tokenizer")
 }
 
-/// Opens a model and its tokenizer on the CPU with a KV cache of `ctx` tokens.
-pub fn generator(path: &Path, ctx: usize) -> Result<Generator<CpuBackend>> {
+fn open(path: &Path) -> Result<(Arc<ModelFile>, Tokenizer)> {
     let file =
         Arc::new(ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?);
     let tok = tokenizer(&file)?;
+    Ok((file, tok))
+}
+
+/// Opens a model and its tokenizer on the CPU with a KV cache of `ctx` tokens.
+pub fn generator(path: &Path, ctx: usize) -> Result<Generator<CpuBackend>> {
+    let (file, tok) = open(path)?;
     let opts = LoadOptions {
         kv_tokens: ctx,
         ..LoadOptions::default()
     };
     let model =
         load_cpu_from(file, &opts).with_context(|| format!("loading {}", path.display()))?;
+    Ok(Generator::new(model, tok))
+}
+
+/// Opens a model and its tokenizer on the first CUDA device with a KV cache of `ctx` tokens.
+pub fn cuda_generator(path: &Path, ctx: usize) -> Result<Generator<CudaBackend>> {
+    let (file, tok) = open(path)?;
+    let opts = LoadOptions {
+        kv_tokens: ctx,
+        ..LoadOptions::default()
+    };
+    let model = realizar_cuda::load_cuda_from(file, &opts)
+        .with_context(|| format!("loading {} on CUDA", path.display()))?;
     Ok(Generator::new(model, tok))
 }

@@ -1,11 +1,15 @@
 //! The `realizar` command line.
 
+mod bench;
 mod chat;
 mod inspect;
 mod load;
 mod model_path;
 mod perplexity;
+mod quantize;
 mod run;
+mod serve;
+mod synth;
 mod tokenize;
 
 use std::path::PathBuf;
@@ -60,6 +64,9 @@ enum Command {
         /// Context size in tokens.
         #[arg(long, default_value_t = 4096)]
         ctx: usize,
+        /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Chat with a model in the terminal.
     Chat {
@@ -77,6 +84,9 @@ enum Command {
         threads: Option<usize>,
         #[arg(long, default_value_t = 4096)]
         ctx: usize,
+        /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Print the token ids of a text as a JSON array (without BOS).
     Tokenize {
@@ -86,6 +96,51 @@ enum Command {
         #[arg(long)]
         no_parse_special: bool,
         text: String,
+    },
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
+    /// Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does.
+    Bench {
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Prompt tokens of the pp test (0: skip it).
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        n_prompt: usize,
+        /// Generated tokens of the tg test (0: skip it).
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        n_gen: usize,
+        /// Repetitions of each test.
+        #[arg(short = 'r', long, default_value_t = 3)]
+        reps: usize,
+        /// Worker threads (default: physical cores).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Write a GGUF model with quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+    /// Q6_K, Q4_K_M, Q5_K_M (or F16, BF16, F32). Quantized inputs are dequantized first.
+    Quantize {
+        /// Input GGUF file.
+        input: PathBuf,
+        /// Output GGUF file.
+        output: PathBuf,
+        /// Target type or mix.
+        #[arg(value_name = "TYPE")]
+        ty: String,
+    },
+    /// Write a random-weight GGUF of a real model's shape, for speed tests.
+    Synth {
+        /// smollm2-135m, qwen2.5-0.5b, llama-3.2-1b or llama-3.1-8b.
+        #[arg(long)]
+        shape: String,
+        /// Any type `quantize` takes (Q4_K_M, Q8_0, F16, ...).
+        #[arg(long = "type", value_name = "TYPE")]
+        ty: String,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Perplexity of a text file, computed as llama-perplexity does.
     Perplexity {
@@ -102,6 +157,9 @@ enum Command {
         chunks: Option<usize>,
         #[arg(short, long)]
         threads: Option<usize>,
+        /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
 }
 
@@ -119,8 +177,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             json,
             threads,
             ctx,
+            device,
         } => {
             load::set_threads(threads);
+            let device = load::device(&device)?;
             let model = model_path::resolve(model.as_deref())?;
             run::run(run::RunArgs {
                 model: &model,
@@ -130,6 +190,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 top_logprobs,
                 json,
                 ctx,
+                device,
             })
         }
         Command::Chat {
@@ -139,10 +200,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             sampling,
             threads,
             ctx,
+            device,
         } => {
             load::set_threads(threads);
+            let device = load::device(&device)?;
             let model = model_path::resolve(model.as_deref())?;
-            chat::run(&model, system.as_deref(), &sampling, n_predict, ctx)
+            chat::run(&model, system.as_deref(), &sampling, n_predict, ctx, device)
         }
         Command::Tokenize {
             model,
@@ -153,15 +216,46 @@ fn dispatch(cmd: Command) -> Result<()> {
             &text,
             !no_parse_special,
         ),
+        Command::Serve(args) => serve::run(args),
+        Command::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            reps,
+            threads,
+            device,
+        } => {
+            let n_threads = threads.unwrap_or_else(load::physical_cores).max(1);
+            load::set_threads(Some(n_threads));
+            let model = model_path::resolve(model.as_deref())?;
+            bench::run(bench::BenchArgs {
+                model: &model,
+                n_prompt,
+                n_gen,
+                reps,
+                threads: n_threads,
+                device: &device,
+            })
+        }
+        Command::Quantize { input, output, ty } => quantize::run(&input, &output, &ty),
+        Command::Synth { shape, ty, output } => synth::run(&shape, &ty, &output),
         Command::Perplexity {
             model,
             file,
             ctx,
             chunks,
             threads,
+            device,
         } => {
             load::set_threads(threads);
-            perplexity::run(&model_path::resolve(model.as_deref())?, &file, ctx, chunks)
+            let device = load::device(&device)?;
+            perplexity::run(
+                &model_path::resolve(model.as_deref())?,
+                &file,
+                ctx,
+                chunks,
+                device,
+            )
         }
     }
 }
@@ -170,6 +264,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`realizar inspect | head`) is the reader's choice, not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // One clear line: the error and its causes.
             eprintln!("realizar: {}", format!("{e:#}").replace('\n', " "));

@@ -5,15 +5,34 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use realizar_engine::Generator;
+use realizar_model::Backend;
 
-use crate::load;
+use crate::load::{self, Device};
 
-pub fn run(model: &Path, text_file: &Path, ctx: usize, max_chunks: Option<usize>) -> Result<()> {
+pub fn run(
+    model: &Path,
+    text_file: &Path,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    device: Device,
+) -> Result<()> {
     let text = std::fs::read_to_string(text_file)
         .with_context(|| format!("reading {}", text_file.display()))?;
-    let mut gen = load::generator(model, ctx)?;
+    match device {
+        Device::Cpu => score(load::generator(model, ctx)?, &text, ctx, max_chunks),
+        Device::Cuda => score(load::cuda_generator(model, ctx)?, &text, ctx, max_chunks),
+    }
+}
+
+fn score<B: Backend>(
+    mut gen: Generator<B>,
+    text: &str,
+    ctx: usize,
+    max_chunks: Option<usize>,
+) -> Result<()> {
     let add_bos = gen.tokenizer.adds_bos();
-    let tokens = gen.tokenizer.encode(&text, add_bos, false)?;
+    let tokens = gen.tokenizer.encode(text, add_bos, false)?;
     if ctx < 2 {
         bail!("--ctx must be at least 2");
     }

@@ -4,10 +4,11 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Result;
-use realizar_engine::{GenRequest, SamplingParams};
+use realizar_engine::{GenRequest, Generator, SamplingParams};
+use realizar_model::Backend;
 use serde_json::json;
 
-use crate::load;
+use crate::load::{self, Device};
 
 /// Sampling flags shared by `run` and `chat`, with llama.cpp's defaults.
 #[derive(clap::Args, Debug, Clone)]
@@ -54,11 +55,18 @@ pub struct RunArgs<'a> {
     pub top_logprobs: usize,
     pub json: bool,
     pub ctx: usize,
+    pub device: Device,
 }
 
 pub fn run(a: RunArgs<'_>) -> Result<()> {
     let t_load = Instant::now();
-    let mut gen = load::generator(a.model, a.ctx)?;
+    match a.device {
+        Device::Cpu => generate(load::generator(a.model, a.ctx)?, t_load, &a),
+        Device::Cuda => generate(load::cuda_generator(a.model, a.ctx)?, t_load, &a),
+    }
+}
+
+fn generate<B: Backend>(mut gen: Generator<B>, t_load: Instant, a: &RunArgs<'_>) -> Result<()> {
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let prompt = gen.tokenizer.encode(a.prompt, true, true)?;
     let req = GenRequest {

@@ -10,8 +10,6 @@ use realizar_engine::Tokenizer;
 use realizar_formats::GgufFile;
 use serde_json::Value;
 
-/// The default model, downloading it with the shared script if needed.
-
 fn reference() -> Value {
     let path = shared_dir().join("reference/smollm2-135m-instruct-q4_1.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -1,0 +1,224 @@
+//! `realizar serve`: the OpenAI-compatible server on one model.
+//!
+//! Opens the model file and tokenizer here (so a bad path fails at once), binds the socket,
+//! starts the engine thread (which maps the weights; /health answers 503 until it is ready) and
+//! serves until SIGTERM or Ctrl-C, then drains in-flight requests for the grace period.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use realizar_engine::{Engine, EngineConfig, EngineError, SchedConfig};
+use realizar_formats::ModelFile;
+use realizar_model::{load_cpu_from, LoadOptions};
+use realizar_server::{AppState, ServerConfig};
+
+use crate::{load, model_path};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Model file or folder (default: SmolLM2-135M-Instruct Q4_1, fetched on first use).
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the log says which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+    /// Read the API key from the first line of a file.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Context of one sequence in tokens (prompt + completion).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// Requests waiting for a slot at most; beyond, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// KV-cache size in tokens, shared by all sequences (default: max(ctx, 16384)).
+    #[arg(long)]
+    pub kv_tokens: Option<usize>,
+    /// Prompt tokens of one sequence per step (longer prompts are prefilled in chunks).
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// Worker threads (default: physical cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Seconds in-flight requests may run on after SIGTERM / Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub grace: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body: usize,
+    /// The model id /v1/models reports (default: the file name without extension).
+    #[arg(long)]
+    pub alias: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    init_logging();
+    let device = load::device(match a.device {
+        Device::Cpu => "cpu",
+        Device::Cuda => "cuda",
+        Device::Auto => "auto",
+    })?;
+    if a.ctx == 0 || a.max_batch == 0 || a.prefill_chunk == 0 {
+        bail!("--ctx, --max-batch and --prefill-chunk must be at least 1");
+    }
+    let api_key = match (&a.api_key, &a.api_key_file) {
+        (Some(k), _) => Some(k.trim().to_string()),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the API key file {}", f.display()))?;
+            let key = text.lines().next().unwrap_or_default().trim().to_string();
+            if key.is_empty() {
+                bail!("the API key file {} is empty", f.display());
+            }
+            Some(key)
+        }
+        (None, None) => None,
+    };
+    if api_key.as_deref() == Some("") {
+        bail!("--api-key is empty");
+    }
+    load::set_threads(a.threads);
+    let path = model_path::resolve(a.model.as_deref())?;
+    let file =
+        Arc::new(ModelFile::open(&path).with_context(|| format!("opening {}", path.display()))?);
+    let tokenizer = Arc::new(load::tokenizer(&file)?);
+    let model_name = a.alias.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "realizar".into())
+    });
+
+    let sched = SchedConfig {
+        max_seqs: a.max_batch,
+        max_step_tokens: a.prefill_chunk + a.max_batch,
+        prefill_chunk: a.prefill_chunk,
+    };
+    let kv_tokens = a.kv_tokens.unwrap_or(16384).max(a.ctx);
+    let opts = LoadOptions {
+        kv_tokens,
+        max_batch_tokens: sched.max_step_tokens,
+        ..LoadOptions::default()
+    };
+    let cfg = EngineConfig {
+        ctx: a.ctx,
+        max_queue: a.max_queue,
+        sched,
+    };
+    let load_path = path.clone();
+    let spawned = match device {
+        load::Device::Cpu => Engine::spawn(cfg, tokenizer, move || {
+            let t0 = std::time::Instant::now();
+            let model = load_cpu_from(file, &opts).map_err(EngineError::from)?;
+            log_loaded(&load_path, "cpu", t0, &model);
+            Ok(model)
+        }),
+        load::Device::Cuda => Engine::spawn(cfg, tokenizer, move || {
+            let t0 = std::time::Instant::now();
+            let model = realizar_cuda::load_cuda_from(file, &opts).map_err(EngineError::from)?;
+            log_loaded(&load_path, "cuda", t0, &model);
+            Ok(model)
+        }),
+    };
+    let (engine, _join) = spawned.context("starting the engine thread")?;
+
+    let server_cfg = ServerConfig {
+        api_key,
+        model_name,
+        body_limit: a.max_body,
+        grace: Duration::from_secs(a.grace),
+    };
+    let state = AppState::new(engine, server_cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(
+            "listening on http://{local} (model {}, ctx {}, max batch {}, max queue {})",
+            path.display(),
+            a.ctx,
+            a.max_batch,
+            a.max_queue
+        );
+        realizar_server::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+fn log_loaded<B: realizar_model::Backend>(
+    path: &std::path::Path,
+    device: &str,
+    t0: std::time::Instant,
+    model: &realizar_model::Model<B>,
+) {
+    tracing::info!(
+        "loaded {} on {device} in {} ms: KV cache {} blocks of {} tokens",
+        path.display(),
+        t0.elapsed().as_millis(),
+        model.n_blocks(),
+        model.block_size()
+    );
+}
+
+/// One line per event on stderr; `RUST_LOG` overrides the level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
