@@ -29,6 +29,28 @@ struct Cli {
     command: Command,
 }
 
+/// Where and how wide a generating command runs.
+#[derive(clap::Args)]
+struct Placement {
+    /// Worker threads (default: physical cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Context size in tokens.
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl Placement {
+    /// Sizes the thread pool and resolves the device.
+    fn apply(&self) -> Result<load::Device> {
+        load::set_threads(self.threads);
+        load::device(&self.device)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Show what a model file holds: format, architecture, parameters, tensors.
@@ -58,15 +80,8 @@ enum Command {
         /// Print JSON lines: prompt tokens, one object per token, then a summary.
         #[arg(long)]
         json: bool,
-        /// Worker threads (default: physical cores).
-        #[arg(short, long)]
-        threads: Option<usize>,
-        /// Context size in tokens.
-        #[arg(long, default_value_t = 4096)]
-        ctx: usize,
-        /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        place: Placement,
     },
     /// Chat with a model in the terminal.
     Chat {
@@ -80,13 +95,8 @@ enum Command {
         n_predict: usize,
         #[command(flatten)]
         sampling: run::SamplingArgs,
-        #[arg(short, long)]
-        threads: Option<usize>,
-        #[arg(long, default_value_t = 4096)]
-        ctx: usize,
-        /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        place: Placement,
     },
     /// Print the token ids of a text as a JSON array (without BOS).
     Tokenize {
@@ -175,12 +185,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             sampling,
             top_logprobs,
             json,
-            threads,
-            ctx,
-            device,
+            place,
         } => {
-            load::set_threads(threads);
-            let device = load::device(&device)?;
+            let device = place.apply()?;
             let model = model_path::resolve(model.as_deref())?;
             run::run(run::RunArgs {
                 model: &model,
@@ -189,7 +196,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 sampling: &sampling,
                 top_logprobs,
                 json,
-                ctx,
+                ctx: place.ctx,
                 device,
             })
         }
@@ -198,14 +205,18 @@ fn dispatch(cmd: Command) -> Result<()> {
             system,
             n_predict,
             sampling,
-            threads,
-            ctx,
-            device,
+            place,
         } => {
-            load::set_threads(threads);
-            let device = load::device(&device)?;
+            let device = place.apply()?;
             let model = model_path::resolve(model.as_deref())?;
-            chat::run(&model, system.as_deref(), &sampling, n_predict, ctx, device)
+            chat::run(
+                &model,
+                system.as_deref(),
+                &sampling,
+                n_predict,
+                place.ctx,
+                device,
+            )
         }
         Command::Tokenize {
             model,
