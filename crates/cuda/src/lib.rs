@@ -153,7 +153,14 @@ pub fn load_cuda_from(
         .map(|t| file.tensor_bytes(t).len())
         .sum();
     backend.check_fits("weights and KV cache", weight_bytes + kv_bytes)?;
-    let weights = Weights::load(&file, &cfg, &backend)?;
+    // Upload progress on stderr (indicatif draws nothing when stderr is not a terminal).
+    let bar = indicatif::ProgressBar::new(weight_bytes as u64).with_style(
+        indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let weights = Weights::load_observed(&file, &cfg, &backend, &|t| bar.inc(t.data.len() as u64));
+    bar.finish_and_clear();
+    let weights = weights?;
     Model::new(
         cfg,
         backend,

@@ -55,6 +55,8 @@ struct Loader<'a, 'b, B: Backend> {
     cfg: &'b ModelConfig,
     naming: Naming,
     backend: &'b B,
+    /// Told of each tensor just before it is uploaded (for progress bars).
+    observe: &'b dyn Fn(&TensorView<'_>),
 }
 
 impl<'a, B: Backend> Loader<'a, '_, B> {
@@ -105,6 +107,7 @@ impl<'a, B: Backend> Loader<'a, '_, B> {
                 found: format!("{} x {}", v.rows, v.cols),
             });
         }
+        (self.observe)(&v);
         self.backend.upload(&v, how).map(Some)
     }
 
@@ -129,6 +132,16 @@ impl<W> Weights<W> {
         cfg: &ModelConfig,
         backend: &B,
     ) -> Result<Self, ModelError> {
+        Self::load_observed(file, cfg, backend, &|_| {})
+    }
+
+    /// As `load`, calling `observe` with each tensor just before it is uploaded.
+    pub fn load_observed<B: Backend<Weight = W>>(
+        file: &ModelFile,
+        cfg: &ModelConfig,
+        backend: &B,
+        observe: &dyn Fn(&TensorView<'_>),
+    ) -> Result<Self, ModelError> {
         let naming = if file.gguf().is_some() {
             Naming::Gguf
         } else {
@@ -139,6 +152,7 @@ impl<W> Weights<W> {
             cfg,
             naming,
             backend,
+            observe,
         };
         let e = cfg.n_embd;
         let (q, kv, ff, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
