@@ -117,18 +117,24 @@ impl Block for f32 {
     const TYPE: GgmlType = GgmlType::F32;
 }
 
+/// Checks that `len` bytes are a whole number of `T`s.
+fn whole_blocks<T: Pod>(len: usize) -> Result<(), QuantError> {
+    let size = std::mem::size_of::<T>();
+    if size == 0 || !len.is_multiple_of(size) {
+        return Err(QuantError::Length {
+            what: std::any::type_name::<T>(),
+            expected: len.next_multiple_of(size.max(1)),
+            got: len,
+        });
+    }
+    Ok(())
+}
+
 /// View bytes as a slice of `T` without copying. Fails when the length is not a whole number
 /// of `T`s, or (only for `T` with alignment > 1, such as `f32`) when the bytes are misaligned.
 /// Every block struct of this crate has alignment 1, so for them only the length can fail.
 pub fn as_blocks<T: Pod>(bytes: &[u8]) -> Result<&[T], QuantError> {
-    let size = std::mem::size_of::<T>();
-    if size == 0 || !bytes.len().is_multiple_of(size) {
-        return Err(QuantError::Length {
-            what: std::any::type_name::<T>(),
-            expected: bytes.len().next_multiple_of(size.max(1)),
-            got: bytes.len(),
-        });
-    }
+    whole_blocks::<T>(bytes.len())?;
     bytemuck::try_cast_slice(bytes).map_err(|_| QuantError::Misaligned {
         what: std::any::type_name::<T>(),
         align: std::mem::align_of::<T>(),
@@ -137,14 +143,7 @@ pub fn as_blocks<T: Pod>(bytes: &[u8]) -> Result<&[T], QuantError> {
 
 /// Mutable form of [`as_blocks`].
 pub fn as_blocks_mut<T: Pod>(bytes: &mut [u8]) -> Result<&mut [T], QuantError> {
-    let size = std::mem::size_of::<T>();
-    if size == 0 || !bytes.len().is_multiple_of(size) {
-        return Err(QuantError::Length {
-            what: std::any::type_name::<T>(),
-            expected: bytes.len().next_multiple_of(size.max(1)),
-            got: bytes.len(),
-        });
-    }
+    whole_blocks::<T>(bytes.len())?;
     bytemuck::try_cast_slice_mut(bytes).map_err(|_| QuantError::Misaligned {
         what: std::any::type_name::<T>(),
         align: std::mem::align_of::<T>(),

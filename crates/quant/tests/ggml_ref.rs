@@ -11,26 +11,14 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use realizar_quant::{dequantize_row, quantize_activations, quantize_row, GgmlType};
+use realizar_quant::{dequantize_row, quantize_activations, quantize_row, GgmlType, ALL_TYPES};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const QUANT: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q8_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::Q8K,
-    GgmlType::Iq4Nl,
-    GgmlType::Iq4Xs,
-];
+/// Every block-quantized type of the table.
+fn quant_types() -> impl Iterator<Item = GgmlType> {
+    ALL_TYPES.iter().copied().filter(|t| t.is_quantized())
+}
 
 fn find_lib() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("REALIZAR_GGML_LIB") {
@@ -82,7 +70,7 @@ fn matches_ggml_c_reference() {
     let n = 256 * 32;
     let mut manifest = String::new();
     let mut inputs = Vec::new();
-    for &ty in QUANT {
+    for ty in quant_types() {
         let x = test_data(&mut rng, n);
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(dir.join(format!("{}.q.in", ty.name())), bytes).expect("write");
