@@ -9,7 +9,8 @@
 //! Legacy types go two 32-blocks per 512-bit step (lanes 0..8 block 2p, lanes 8..16 block
 //! 2p+1); K-quants 64 elements per step with integer sub-block scales multiplied per lane.
 
-use super::{QActs, TOK_GROUP};
+use super::tiled::{rows_tiled, TiledLegacy};
+use super::{QActs, TILED_MIN_TOK, TOK_GROUP};
 use crate::fp::Half;
 use crate::kquants::{scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
@@ -30,7 +31,7 @@ pub(super) fn available() -> bool {
 const TOK_TILE: usize = 32;
 
 /// A legacy 32-element weight block as the VNNI kernel sees it.
-trait Legacy: bytemuck::Pod {
+pub(super) trait Legacy: bytemuck::Pod {
     /// log2 of the offset subtracted from the unsigned quants (0: none); must match
     /// `super::offset_shift`.
     const SHIFT: u32;
@@ -333,36 +334,27 @@ unsafe fn legacy_row_stream<W: Legacy>(w: &[W], a: &QActs, t: usize) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
-/// Rows x tokens for one legacy type.
+/// Rows x tokens for one legacy type: 16-row register tiles (`tiled.rs`) for two tokens or
+/// more, else each row streamed once.
 ///
 /// # Safety
 /// As [`legacy_row`], for every token of `a`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn legacy_rows<W: Legacy, F: FnMut(usize, usize, f32)>(
+unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
     w: &[W],
     n_rows: usize,
     a: &QActs,
     sink: &mut F,
 ) {
-    let nb = a.cols / QK;
-    // Whole groups of tokens, a cache tile at a time (prefill).
-    let grouped = a.n_tok / TOK_GROUP * TOK_GROUP;
-    for tt in (0..grouped).step_by(TOK_TILE) {
-        let te = (tt + TOK_TILE).min(grouped);
-        for r in 0..n_rows {
-            let wr = &w[r * nb..(r + 1) * nb];
-            for t in (tt..te).step_by(TOK_GROUP) {
-                // SAFETY: tokens t..t + TOK_GROUP < n_tok; the rest as this function requires.
-                let o = unsafe { legacy_row::<W, TOK_GROUP>(wr, a, t) };
-                for (i, v) in o.into_iter().enumerate() {
-                    sink(r, t + i, v);
-                }
-            }
-        }
+    if a.n_tok >= TILED_MIN_TOK {
+        // SAFETY: the caller's guarantees.
+        unsafe { rows_tiled::<W, F>(w, n_rows, a, sink) };
+        return;
     }
-    // The remaining tokens (decode: the only one), one row at a time in memory order: for
-    // Q4_1 / Q5_1 in llama.cpp's float order, the others with two 512-bit chains.
-    for t in grouped..a.n_tok {
+    let nb = a.cols / QK;
+    // Decode (batches of two or more go to `tiled.rs`): one row at a time in memory order,
+    // for Q4_1 / Q5_1 in llama.cpp's float order, the others with two 512-bit chains.
+    for t in 0..a.n_tok {
         for r in 0..n_rows {
             let wr = &w[r * nb..(r + 1) * nb];
             // SAFETY: token t < n_tok, row r < n_rows of nb blocks.

@@ -19,6 +19,8 @@
 mod avx512;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tiled;
 
 use crate::iq4::*;
 use crate::kquants::*;
@@ -28,6 +30,10 @@ use bytemuck::Pod;
 
 /// Tokens dotted with one unpacked weight block at a time.
 pub const TOK_GROUP: usize = 4;
+
+/// From this many tokens on, the legacy types use the register-tiled kernels (`tiled.rs`);
+/// fewer tokens (decode) stream each weight row once.
+pub const TILED_MIN_TOK: usize = 2;
 
 /// The instruction-set level of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +96,10 @@ pub struct QActs {
     /// each 4 consecutive quants: the initial value of the VNNI accumulator, so the integer
     /// dot comes out exactly `sum((q - o) * y)`.
     yoff: Vec<i32>,
+    /// Per block: the scale `d` once ...
+    dy: Vec<f32>,
+    /// ... and `-o` times the block's quant sum (the tiled kernels' initial accumulator).
+    ycorr: Vec<i32>,
     expanded: bool,
 }
 
@@ -129,21 +139,50 @@ impl QActs {
             self.dexp.resize(n_tok * nb * 8, 0.0);
             self.s.resize(n_tok * nb, 0.0);
             self.yoff.resize(n_tok * nb * 8, 0);
+            self.dy.resize(n_tok * nb, 0.0);
+            self.ycorr.resize(n_tok * nb, 0);
         }
         let shift = offset_shift(wty);
         for t in 0..n_tok {
             let raw = &mut self.raw[t * row_bytes..(t + 1) * row_bytes];
             quantize_activations(act_ty, &x[t * cols..(t + 1) * cols], raw)?;
             if expanded {
-                expand(
-                    act_ty,
-                    raw,
-                    &mut self.qs[t * cols..(t + 1) * cols],
-                    &mut self.dexp[t * nb * 8..(t + 1) * nb * 8],
-                    &mut self.s[t * nb..(t + 1) * nb],
-                    &mut self.yoff[t * nb * 8..(t + 1) * nb * 8],
-                    shift,
-                )?;
+                self.expand_token(t, act_ty, shift)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the expanded form of token `t` from its Q8_0 / Q8_1 blocks in `raw`.
+    fn expand_token(&mut self, t: usize, act_ty: GgmlType, shift: u32) -> Result<(), QuantError> {
+        let (cols, nb) = (self.cols, self.cols / 32);
+        let raw = &self.raw[t * self.row_bytes..(t + 1) * self.row_bytes];
+        let qs = &mut self.qs[t * cols..(t + 1) * cols];
+        let dexp = &mut self.dexp[t * nb * 8..(t + 1) * nb * 8];
+        let s = &mut self.s[t * nb..(t + 1) * nb];
+        let yoff = &mut self.yoff[t * nb * 8..(t + 1) * nb * 8];
+        let dy = &mut self.dy[t * nb..(t + 1) * nb];
+        let ycorr = &mut self.ycorr[t * nb..(t + 1) * nb];
+        let mut put = |b: usize, d: f32, sv: f32, q: &[i8; 32]| {
+            qs[32 * b..32 * b + 32].copy_from_slice(q);
+            dexp[8 * b..8 * b + 8].fill(d);
+            dy[b] = d;
+            s[b] = sv;
+            let mut total = 0;
+            for (o, quad) in yoff[8 * b..8 * b + 8].iter_mut().zip(q.chunks_exact(4)) {
+                let sum: i32 = quad.iter().map(|&v| v as i32).sum();
+                total += sum;
+                *o = if shift == 0 { 0 } else { -(sum << shift) };
+            }
+            ycorr[b] = if shift == 0 { 0 } else { -(total << shift) };
+        };
+        if act_ty == GgmlType::Q8_1 {
+            for (b, blk) in as_blocks::<BlockQ8_1>(raw)?.iter().enumerate() {
+                put(b, blk.d.to_f32(), blk.s.to_f32(), &blk.qs);
+            }
+        } else {
+            for (b, blk) in as_blocks::<BlockQ8_0>(raw)?.iter().enumerate() {
+                put(b, blk.d.to_f32(), 0.0, &blk.qs);
             }
         }
         Ok(())
@@ -158,37 +197,6 @@ fn offset_shift(wty: GgmlType) -> u32 {
         GgmlType::Q8_0 => 7, // i8 weights are biased by 128 to be unsigned for VNNI
         _ => 0,
     }
-}
-
-/// Fill the expanded form of one token from its Q8_0 / Q8_1 blocks.
-fn expand(
-    act_ty: GgmlType,
-    raw: &[u8],
-    qs: &mut [i8],
-    dexp: &mut [f32],
-    s: &mut [f32],
-    yoff: &mut [i32],
-    shift: u32,
-) -> Result<(), QuantError> {
-    let mut put = |b: usize, d: f32, sv: f32, q: &[i8; 32]| {
-        qs[32 * b..32 * b + 32].copy_from_slice(q);
-        dexp[8 * b..8 * b + 8].fill(d);
-        s[b] = sv;
-        for (o, quad) in yoff[8 * b..8 * b + 8].iter_mut().zip(q.chunks_exact(4)) {
-            let sum: i32 = quad.iter().map(|&v| v as i32).sum();
-            *o = if shift == 0 { 0 } else { -(sum << shift) };
-        }
-    };
-    if act_ty == GgmlType::Q8_1 {
-        for (b, blk) in as_blocks::<BlockQ8_1>(raw)?.iter().enumerate() {
-            put(b, blk.d.to_f32(), blk.s.to_f32(), &blk.qs);
-        }
-    } else {
-        for (b, blk) in as_blocks::<BlockQ8_0>(raw)?.iter().enumerate() {
-            put(b, blk.d.to_f32(), 0.0, &blk.qs);
-        }
-    }
-    Ok(())
 }
 
 /// The AVX-512 legacy kernel family for a weight type, if it has one on this CPU.

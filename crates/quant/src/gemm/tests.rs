@@ -59,8 +59,9 @@ fn check_type(ty: GgmlType, isa: Isa, rng: &mut StdRng, seed: u64) {
         &[256, 512, 1536]
     };
     for &cols in shapes {
-        for n_tok in [1usize, 3, 4, 5, 9, 37] {
-            let rows = rng.gen_range(1..10);
+        for n_tok in [1usize, 2, 3, 4, 5, 8, 9, 17, 37] {
+            // Ragged against the 16-row tiles and the token groups.
+            let rows = rng.gen_range(1..41);
             let w = weights(rng, ty, rows, cols);
             let xs = rng.gen_range(0.05f32..4.0);
             let x = gaussian(rng, n_tok * cols, xs);
@@ -147,7 +148,7 @@ fn q4_1_bit_identical_to_avx2_vec_dot() {
     let seed: u64 = rand::random();
     let mut rng = StdRng::seed_from_u64(seed);
     for cols in [32usize, 96, 576, 1536] {
-        let (rows, n_tok) = (9, 6);
+        let (rows, n_tok) = (rng.gen_range(1..41), rng.gen_range(1..12));
         let w = weights(&mut rng, GgmlType::Q4_1, rows, cols);
         let x = gaussian(&mut rng, n_tok * cols, 1.5);
         let mut acts = QActs::new();
