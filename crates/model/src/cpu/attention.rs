@@ -6,8 +6,8 @@
 //! accumulator kept in the cache's type (f16 or f32), rescaled whenever a new maximum appears.
 
 use half::f16;
-use rayon::prelude::*;
 
+use super::pool::Pool;
 use super::{CpuBuf, KvStore};
 use crate::backend::{AttnParams, AttnPlan};
 
@@ -26,6 +26,10 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         dst.iter_mut()
             .zip(src)
             .for_each(|(d, &s)| *d = Self::from_f32(s));
+    }
+    /// `x[i] = Self::from_f32(x[i]).to_f32()`: rounds in place to this type's values.
+    fn round_f32(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = Self::from_f32(*v).to_f32());
     }
 }
 
@@ -47,6 +51,39 @@ impl KvElem for f16 {
         let n = src.len().min(dst.len());
         dst[..n].convert_from_f32_slice(&src[..n]);
     }
+    #[inline(always)]
+    fn round_f32(x: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has AVX2 and F16C (checked).
+            unsafe { round_f16_f16c(x) };
+            return;
+        }
+        x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+    }
+}
+
+/// Rounds every value to f16 (round to nearest even, as `f16::from_f32`) and back.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_f16_f16c(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` is 8 f32, read and written unaligned.
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = f16::from_f32(*v).to_f32();
+    }
 }
 
 impl KvElem for f32 {
@@ -57,6 +94,7 @@ impl KvElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn round_f32(_x: &mut [f32]) {}
 }
 
 pub fn kv_store<T: KvElem>(
@@ -79,19 +117,50 @@ pub fn kv_store<T: KvElem>(
     }
 }
 
-/// Scratch of one attention task: the query in f16 and the f16 value accumulator, with f32
-/// copies of them and of the current key and value rows (the arithmetic runs on these; every
-/// f16 rounding of the scalar formulation is kept, so results are unchanged bit for bit).
-struct Scratch<T> {
-    q: Vec<T>,
-    acc: Vec<T>,
-    qf: Vec<f32>,
-    accf: Vec<f32>,
-    kf: Vec<f32>,
+/// Keys per chunk: scores are computed for this many keys at once, one key per lane.
+const KEYS: usize = 16;
+/// Most tokens of one sequence handled by one task (each chunk's keys are converted once per
+/// task and used by all its tokens and the query heads sharing the KV head).
+const TOK_RUN: usize = 16;
+
+/// Scratch of one attention task, all in f32 (values of the cache's type where the scalar
+/// formulation rounds to it).
+#[derive(Default)]
+struct Scratch {
+    /// The chunk's keys transposed: `kt[i * KEYS + l]` = element i of key l.
+    kt: Vec<f32>,
+    /// The chunk's values: `vf[l * hd + i]`.
     vf: Vec<f32>,
+    /// Per (token, head) of the task: the query rounded to the cache type ...
+    q: Vec<f32>,
+    /// ... the value accumulator (values of the cache type) ...
+    acc: Vec<f32>,
+    /// ... and the running maximum and sum of the online softmax.
+    max: Vec<f32>,
+    sum: Vec<f32>,
     tmp: Vec<f32>,
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// A pointer that tasks write through at disjoint indices.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only to write disjoint elements from different tasks (see `attention`).
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+/// Causal attention for every (token, head) of `q` into `out`.
+///
+/// Per (token, head) the arithmetic is the scalar formulation's, in the same order, so results
+/// are bit for bit those of a plain loop over keys: the score is a sequential f32 sum of the
+/// 64 (head_dim) products, times `scale`; then the online-softmax step with the accumulator
+/// rounded to the cache type after every update. What is vectorized is across independent
+/// chains: 16 keys' scores at once (one per lane, each summed in element order) and the
+/// accumulator's elements. Tasks are (run of up to 16 tokens of one sequence, KV head).
 pub fn attention<T: KvElem>(
     q: &CpuBuf,
     kv: &KvStore<T>,
@@ -99,70 +168,230 @@ pub fn attention<T: KvElem>(
     plan: &AttnPlan,
     p: AttnParams,
     out: &mut CpuBuf,
+    pool: &Pool,
 ) {
+    let n_tok = plan.positions.len().min(q.rows);
+    // Runs of consecutive tokens of one sequence, at most TOK_RUN long.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let mut t1 = t0 + 1;
+        while t1 < n_tok && t1 - t0 < TOK_RUN && plan.seq_of[t1] == plan.seq_of[t0] {
+            t1 += 1;
+        }
+        runs.push((t0, t1));
+        t0 = t1;
+    }
+    let n_kv = p.n_head_kv;
+    let out_ptr = SyncPtr(out.data.as_mut_ptr());
+    let (out_rows, out_cols) = (out.rows, out.cols);
+    debug_assert!(out_rows >= n_tok && out_cols == p.n_head * p.head_dim);
+    let ctx = Ctx {
+        q,
+        kv,
+        layer,
+        plan,
+        p,
+    };
+    pool.run(runs.len() * n_kv, &|task| {
+        let (t0, t1) = runs[task / n_kv];
+        let g = task % n_kv;
+        SCRATCH.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            let o = out_ptr;
+            run_task(&ctx, (t0, t1), g, &mut sc, &mut |t, h, v| {
+                // SAFETY: t < n_tok <= out.rows and h < n_head, so the row of `hd` elements at
+                // t * n_head * hd + h * hd lies inside out.data; each (t, h) belongs to exactly
+                // one task (tokens of one run, heads of one KV head), and `out` is not
+                // otherwise touched until `run` returns.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(o.0.add(t * out_cols + h * v.len()), v.len())
+                };
+                dst.copy_from_slice(v);
+            });
+        });
+    });
+}
+
+/// What every task of one attention call reads.
+struct Ctx<'a, T> {
+    q: &'a CpuBuf,
+    kv: &'a KvStore<T>,
+    layer: usize,
+    plan: &'a AttnPlan,
+    p: AttnParams,
+}
+
+/// Tokens `t0..t1` (one sequence) x the query heads of KV head `g`.
+fn run_task<T: KvElem>(
+    c: &Ctx<T>,
+    (t0, t1): (usize, usize),
+    g: usize,
+    sc: &mut Scratch,
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked).
+        unsafe { run_task_avx2(c, (t0, t1), g, sc, emit) };
+        return;
+    }
+    run_task_body(c, (t0, t1), g, sc, emit);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// [`run_task_body`] compiled for AVX2 (the compiler vectorizes the independent lanes; Rust
+/// never contracts a multiply and an add into an FMA, so the values are unchanged).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_task_avx2<T: KvElem>(
+    c: &Ctx<T>,
+    (t0, t1): (usize, usize),
+    g: usize,
+    sc: &mut Scratch,
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    run_task_body(c, (t0, t1), g, sc, emit);
+}
+
+#[inline(always)]
+fn run_task_body<T: KvElem>(
+    c: &Ctx<T>,
+    (t0, t1): (usize, usize),
+    g: usize,
+    sc: &mut Scratch,
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    let Ctx {
+        q,
+        kv,
+        layer,
+        plan,
+        p,
+    } = *c;
     let hd = p.head_dim;
     let group = p.n_head / p.n_head_kv;
     let qd = p.n_head * hd;
     let kvd = kv.kv_dim;
     let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
     let bs = plan.block_size;
-    // One task per (token, head): out[t][h] = softmax(q . K^T * scale) V over visible keys.
-    out.as_mut_slice()
-        .par_chunks_mut(hd)
-        .enumerate()
-        .for_each_init(
-            || Scratch {
-                q: vec![T::ZERO; hd],
-                acc: vec![T::ZERO; hd],
-                qf: vec![0.0; hd],
-                accf: vec![0.0; hd],
-                kf: vec![0.0; hd],
-                vf: vec![0.0; hd],
-                tmp: vec![0.0; hd],
-            },
-            |sc, (idx, dst)| {
-                let (t, h) = (idx / p.n_head, idx % p.n_head);
-                let pos = plan.positions[t] as usize;
-                let table = &plan.seqs[plan.seq_of[t] as usize];
-                let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let qh = &q.data[t * qd + h * hd..t * qd + (h + 1) * hd];
-                T::from_f32_slice(qh, &mut sc.q);
-                T::to_f32_slice(&sc.q, &mut sc.qf);
-                sc.acc.iter_mut().for_each(|a| *a = T::ZERO);
-                sc.accf.iter_mut().for_each(|a| *a = 0.0);
-                let kh = (h / group) * hd;
-                let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                for j in lo..=pos {
-                    let base = (table[j / bs] as usize * bs + j % bs) * kvd + kh;
-                    T::to_f32_slice(&kc[base..base + hd], &mut sc.kf);
-                    let s = sc.qf.iter().zip(&sc.kf).map(|(&a, &b)| a * b).sum::<f32>() * p.scale;
+    let table = &plan.seqs[plan.seq_of[t0] as usize];
+    let kh = g * hd;
+    let n_tok = t1 - t0;
+    let n_q = n_tok * group;
+    sc.kt.resize(hd * KEYS, 0.0);
+    sc.vf.resize(KEYS * hd, 0.0);
+    sc.q.resize(n_q * hd, 0.0);
+    sc.acc.resize(n_q * hd, 0.0);
+    sc.tmp.resize(hd.max(KEYS), 0.0);
+    sc.max.clear();
+    sc.max.resize(n_q, f32::NEG_INFINITY);
+    sc.sum.clear();
+    sc.sum.resize(n_q, 0.0);
+    sc.acc.iter_mut().for_each(|a| *a = 0.0);
+    // Queries rounded to the cache type; keys each token sees: lo..=pos.
+    let mut k_lo = usize::MAX;
+    let mut k_hi = 0;
+    for t in t0..t1 {
+        let pos = plan.positions[t] as usize;
+        let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        k_lo = k_lo.min(lo);
+        k_hi = k_hi.max(pos + 1);
+        for j in 0..group {
+            let h = g * group + j;
+            let i = (t - t0) * group + j;
+            let src = &q.data[t * qd + h * hd..t * qd + (h + 1) * hd];
+            let dst = &mut sc.q[i * hd..(i + 1) * hd];
+            dst.copy_from_slice(src);
+            T::round_f32(dst);
+        }
+    }
+    let slot = |j: usize| (table[j / bs] as usize * bs + j % bs) * kvd + kh;
+    let mut c0 = k_lo;
+    while c0 < k_hi {
+        let c1 = (c0 + KEYS).min(k_hi);
+        // The chunk's keys, transposed, and values, in f32 (unused lanes zero).
+        for l in 0..KEYS {
+            let j = c0 + l;
+            let row = &mut sc.tmp[..hd];
+            if j < c1 {
+                let base = slot(j);
+                T::to_f32_slice(&kc[base..base + hd], row);
+                T::to_f32_slice(&vc[base..base + hd], &mut sc.vf[l * hd..(l + 1) * hd]);
+            } else {
+                row.iter_mut().for_each(|x| *x = 0.0);
+            }
+            for (i, &x) in row.iter().enumerate() {
+                sc.kt[i * KEYS + l] = x;
+            }
+        }
+        for t in t0..t1 {
+            let pos = plan.positions[t] as usize;
+            let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let (j0, j1) = (c0.max(lo), c1.min(pos + 1));
+            if j0 >= j1 {
+                continue;
+            }
+            for jh in 0..group {
+                let i = (t - t0) * group + jh;
+                // Scores of the chunk's keys: per lane, the products summed in element order.
+                let mut s = [-0.0f32; KEYS];
+                for (&qv, kcol) in sc.q[i * hd..(i + 1) * hd]
+                    .iter()
+                    .zip(sc.kt.chunks_exact(KEYS))
+                {
+                    for (s, &k) in s.iter_mut().zip(kcol) {
+                        *s += qv * k;
+                    }
+                }
+                let acc = &mut sc.acc[i * hd..(i + 1) * hd];
+                let (mut max, mut sum) = (sc.max[i], sc.sum[i]);
+                for j in j0..j1 {
+                    let s = s[j - c0] * p.scale;
                     let (mut ms, mut vs) = (1.0f32, 1.0f32);
                     if s > max {
                         let old = max;
                         max = s;
                         ms = (old - max).exp();
-                        sc.tmp
-                            .iter_mut()
-                            .zip(&sc.accf)
-                            .for_each(|(t, &a)| *t = a * ms);
-                        T::from_f32_slice(&sc.tmp, &mut sc.acc);
-                        T::to_f32_slice(&sc.acc, &mut sc.accf);
+                        acc.iter_mut().for_each(|a| *a *= ms);
+                        T::round_f32(acc);
                     } else {
                         vs = (s - max).exp();
                     }
-                    T::to_f32_slice(&vc[base..base + hd], &mut sc.vf);
-                    sc.tmp
-                        .iter_mut()
-                        .zip(sc.accf.iter().zip(&sc.vf))
-                        .for_each(|(t, (&a, &b))| *t = a + b * vs);
-                    T::from_f32_slice(&sc.tmp, &mut sc.acc);
-                    T::to_f32_slice(&sc.acc, &mut sc.accf);
+                    let v = &sc.vf[(j - c0) * hd..(j - c0 + 1) * hd];
+                    acc.iter_mut().zip(v).for_each(|(a, &b)| *a += b * vs);
+                    T::round_f32(acc);
                     sum = sum * ms + vs;
                 }
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                dst.iter_mut()
-                    .zip(&sc.accf)
-                    .for_each(|(d, &a)| *d = a * inv);
-            },
-        );
+                sc.max[i] = max;
+                sc.sum[i] = sum;
+            }
+        }
+        c0 = c1;
+    }
+    for t in t0..t1 {
+        for jh in 0..group {
+            let i = (t - t0) * group + jh;
+            let sum = sc.sum[i];
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            let dst = &mut sc.tmp[..hd];
+            dst.iter_mut()
+                .zip(&sc.acc[i * hd..(i + 1) * hd])
+                .for_each(|(d, &a)| *d = a * inv);
+            emit(t, g * group + jh, dst);
+        }
+    }
 }
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;

@@ -251,8 +251,8 @@ impl Backend for CpuBackend {
         out: &mut CpuBuf,
     ) {
         match kv {
-            CpuKv::F16(s) => attention::attention(q, s, layer, plan, p, out),
-            CpuKv::F32(s) => attention::attention(q, s, layer, plan, p, out),
+            CpuKv::F16(s) => attention::attention(q, s, layer, plan, p, out, &self.pool),
+            CpuKv::F32(s) => attention::attention(q, s, layer, plan, p, out, &self.pool),
         }
     }
 
