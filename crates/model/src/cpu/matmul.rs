@@ -86,12 +86,14 @@ pub fn matmul(
             &wbytes[r0 * w_row..r1 * w_row],
             r1 - r0,
             acts,
-            |r, t, v| {
-                // SAFETY: gemm calls back with r < r1 - r0 and t < n_tok <= out.rows, so
-                // r0 + r < rows == out.cols and the index is inside out.data; each (t, row) is
-                // written by exactly one task (tasks own disjoint row ranges), and `out` is not
-                // otherwise touched until `run` returns.
-                unsafe { *o.0.add(t * rows + r0 + r) = v };
+            |r, t, v: &[f32]| {
+                // SAFETY: gemm calls back with r + v.len() <= r1 - r0 and t < n_tok <=
+                // out.rows, so r0 + r + v.len() <= rows == out.cols and the run is inside
+                // out.data; each (t, row) is written by exactly one task (tasks own disjoint
+                // row ranges), and `out` is not otherwise touched until `run` returns.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(o.0.add(t * rows + r0 + r), v.len()) };
+                dst.copy_from_slice(v);
             },
         );
         if let Err(e) = res {

@@ -10,7 +10,8 @@
 //! 2p+1); K-quants 64 elements per step with integer sub-block scales multiplied per lane.
 
 use super::tiled::{rows_tiled, TiledLegacy};
-use super::{QActs, TILED_MIN_TOK, TOK_GROUP};
+use super::tiled_k::{rows_tiled_k, TiledK};
+use super::{QActs, TILED_MIN_TOK};
 use crate::fp::Half;
 use crate::kquants::{scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
@@ -25,10 +26,6 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
         && crate::x86::has_avx2()
 }
-
-/// Tokens per cache tile: the weight rows of a call are walked once per tile, so a tile's
-/// activations stay in L2 while the rows stream through L1.
-const TOK_TILE: usize = 32;
 
 /// A legacy 32-element weight block as the VNNI kernel sees it.
 pub(super) trait Legacy: bytemuck::Pod {
@@ -340,7 +337,7 @@ unsafe fn legacy_row_stream<W: Legacy>(w: &[W], a: &QActs, t: usize) -> f32 {
 /// # Safety
 /// As [`legacy_row`], for every token of `a`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
+unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, &[f32])>(
     w: &[W],
     n_rows: usize,
     a: &QActs,
@@ -365,7 +362,7 @@ unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
                     legacy_row_stream::<W>(wr, a, t)
                 }
             };
-            sink(r, t, v);
+            sink(r, t, &[v]);
         }
     }
 }
@@ -375,7 +372,7 @@ unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
 /// # Safety
 /// The CPU must support the kernels' features; `w` holds `n_rows` rows of `a.cols` elements of
 /// `wty`, and `a` was prepared and expanded for `wty`.
-pub(super) unsafe fn gemm_legacy<F: FnMut(usize, usize, f32)>(
+pub(super) unsafe fn gemm_legacy<F: FnMut(usize, usize, &[f32])>(
     wty: GgmlType,
     w: &[u8],
     n_rows: usize,
@@ -406,7 +403,7 @@ pub(super) unsafe fn gemm_legacy<F: FnMut(usize, usize, f32)>(
 
 /// A K-quant super-block unpacked for the VNNI kernel: four 64-element steps of unsigned quants
 /// with per-lane integer scales, plus the terms that use the activation's 16-element sums.
-trait KQuant: bytemuck::Pod {
+pub(super) trait KQuant: bytemuck::Pod {
     /// Per super-block: (quants per step, scales per step, bsum weights as i16 (16 lanes),
     /// d, coefficient of the bsum term relative to `y.d`).
     ///
@@ -417,8 +414,8 @@ trait KQuant: bytemuck::Pod {
     unsafe fn unpack(&self) -> KUnpacked;
 }
 
-struct KUnpacked {
-    q: [__m512i; 4],
+pub(super) struct KUnpacked {
+    pub(super) q: [__m512i; 4],
     sc: [__m512i; 4],
     bw: __m256i,
     d: f32,
@@ -614,33 +611,26 @@ unsafe fn kquant_row<W: KQuant, const T: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn kquant_rows<W: KQuant, F: FnMut(usize, usize, f32)>(
+unsafe fn kquant_rows<W: TiledK, F: FnMut(usize, usize, &[f32])>(
     w: &[W],
     n_rows: usize,
     a: &[BlockQ8K],
     n_tok: usize,
     sink: &mut F,
 ) {
+    if n_tok >= TILED_MIN_TOK {
+        // SAFETY: the caller's guarantees.
+        unsafe { rows_tiled_k::<W, F>(w, n_rows, a, n_tok, sink) };
+        return;
+    }
+    // Decode: each row once per token.
     let nbk = w.len() / n_rows.max(1);
-    for tt in (0..n_tok).step_by(TOK_TILE) {
-        let te = (tt + TOK_TILE).min(n_tok);
+    for t in 0..n_tok {
         for r in 0..n_rows {
             let wr = &w[r * nbk..(r + 1) * nbk];
-            let mut t = tt;
-            while t + TOK_GROUP <= te {
-                // SAFETY: tokens t..t + TOK_GROUP < n_tok, rows of nbk blocks.
-                let o = unsafe { kquant_row::<W, TOK_GROUP>(wr, a, nbk, t) };
-                for (i, v) in o.into_iter().enumerate() {
-                    sink(r, t + i, v);
-                }
-                t += TOK_GROUP;
-            }
-            while t < te {
-                // SAFETY: as above, one token.
-                let [v] = unsafe { kquant_row::<W, 1>(wr, a, nbk, t) };
-                sink(r, t, v);
-                t += 1;
-            }
+            // SAFETY: token t < n_tok, rows of nbk blocks.
+            let [v] = unsafe { kquant_row::<W, 1>(wr, a, nbk, t) };
+            sink(r, t, &[v]);
         }
     }
 }
@@ -650,7 +640,7 @@ unsafe fn kquant_rows<W: KQuant, F: FnMut(usize, usize, f32)>(
 /// # Safety
 /// The CPU must support the kernels' features; `w` holds `n_rows` rows of `a.cols` elements of
 /// `wty` and `a` was prepared for `wty`.
-pub(super) unsafe fn gemm_kquant<F: FnMut(usize, usize, f32)>(
+pub(super) unsafe fn gemm_kquant<F: FnMut(usize, usize, &[f32])>(
     wty: GgmlType,
     w: &[u8],
     n_rows: usize,

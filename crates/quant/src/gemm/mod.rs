@@ -5,10 +5,14 @@
 //! llama.cpp's activation rounding), then asks for `out[row][token]` over a range of weight rows
 //! ([`gemm`]). The kernel is chosen once per call from the weight type and the CPU ([`Isa`]):
 //!
-//! - AVX-512 VNNI (`avx512.rs`): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (pairs of 32-blocks per 512-bit
-//!   step) and Q4_K, Q5_K, Q6_K (64 elements per step); each weight block is unpacked once and
-//!   dotted with up to [`TOK_GROUP`] tokens, so prefill reuses the unpacked weights from
-//!   registers and the weight row from L1 across the tokens.
+//! - AVX-512 VNNI, two tokens or more (prefill, batched decode): register tiles of 16 weight
+//!   rows x up to 8 tokens (`tiled.rs` for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; `tiled_k.rs` for Q4_K,
+//!   Q5_K, Q6_K). A tile's weights are repacked once per call so that each 512-bit vector holds
+//!   4 consecutive elements of 16 rows; one `vpdpbusd` with a token's 4 activation bytes
+//!   broadcast advances 16 dot products, and each weight vector is reused from a register for
+//!   every token of the group.
+//! - AVX-512 VNNI, one token (decode, `avx512.rs`): each weight row streamed once in memory
+//!   order with a software prefetch (pairs of 32-blocks or 64 K-quant elements per step).
 //! - Everything else (and every type on CPUs without VNNI): the typed per-row vec-dot, which
 //!   has AVX2 versions for Q4_1 and Q8_0 (`x86.rs`) and scalar references for all.
 //!
@@ -21,6 +25,8 @@ mod avx512;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod tiled;
+#[cfg(target_arch = "x86_64")]
+mod tiled_k;
 
 use crate::iq4::*;
 use crate::kquants::*;
@@ -28,11 +34,8 @@ use crate::legacy::*;
 use crate::{as_blocks, quantize_activations, vec_dot, vec_dot_type, GgmlType, QuantError};
 use bytemuck::Pod;
 
-/// Tokens dotted with one unpacked weight block at a time.
-pub const TOK_GROUP: usize = 4;
-
-/// From this many tokens on, the legacy types use the register-tiled kernels (`tiled.rs`);
-/// fewer tokens (decode) stream each weight row once.
+/// From this many tokens on, the AVX-512 kernels are the register-tiled ones (`tiled.rs`,
+/// `tiled_k.rs`); fewer tokens (decode) stream each weight row once.
 pub const TILED_MIN_TOK: usize = 2;
 
 /// The instruction-set level of the kernels.
@@ -208,14 +211,15 @@ fn legacy_kernel(wty: GgmlType, isa: Isa) -> Option<GgmlType> {
     (isa == Isa::Avx512Vnni && legacy).then_some(wty)
 }
 
-/// `sink(r, t, dot(weight row r, activation row t))` for every row of `w` (`n_rows` rows of
-/// `acts`' weight type and width, back to back) and every token of `acts`.
+/// `sink(r0, t, v)` with `v[i] = dot(weight row r0 + i, activation row t)`, covering every row
+/// of `w` (`n_rows` rows of `acts`' weight type and width, back to back) and every token of
+/// `acts` once (runs of up to 16 rows).
 pub fn gemm(
     wty: GgmlType,
     w: &[u8],
     n_rows: usize,
     acts: &QActs,
-    sink: impl FnMut(usize, usize, f32),
+    sink: impl FnMut(usize, usize, &[f32]),
 ) -> Result<(), QuantError> {
     gemm_isa(detect_isa(), wty, w, n_rows, acts, sink)
 }
@@ -227,7 +231,7 @@ pub fn gemm_isa(
     w: &[u8],
     n_rows: usize,
     acts: &QActs,
-    mut sink: impl FnMut(usize, usize, f32),
+    mut sink: impl FnMut(usize, usize, &[f32]),
 ) -> Result<(), QuantError> {
     if acts.wty != Some(wty) {
         return Err(QuantError::Unsupported {
@@ -274,13 +278,13 @@ fn gemm_fallback(
     w: &[u8],
     n_rows: usize,
     acts: &QActs,
-    sink: &mut dyn FnMut(usize, usize, f32),
+    sink: &mut dyn FnMut(usize, usize, &[f32]),
 ) -> Result<(), QuantError> {
     fn typed<W: Pod, A: Pod>(
         w: &[u8],
         n_rows: usize,
         acts: &QActs,
-        sink: &mut dyn FnMut(usize, usize, f32),
+        sink: &mut dyn FnMut(usize, usize, &[f32]),
         dot: fn(usize, &[W], &[A]) -> f32,
     ) -> Result<(), QuantError> {
         let w: &[W] = as_blocks(w)?;
@@ -289,7 +293,7 @@ fn gemm_fallback(
         for r in 0..n_rows {
             let wr = &w[r * wb..(r + 1) * wb];
             for t in 0..acts.n_tok {
-                sink(r, t, dot(acts.cols, wr, &a[t * ab..(t + 1) * ab]));
+                sink(r, t, &[dot(acts.cols, wr, &a[t * ab..(t + 1) * ab])]);
             }
         }
         Ok(())
@@ -314,7 +318,7 @@ fn gemm_fallback(
                 let wr = &w[r * w_row..(r + 1) * w_row];
                 for t in 0..acts.n_tok {
                     let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
-                    sink(r, t, vec_dot(wty, acts.cols, wr, a)?);
+                    sink(r, t, &[vec_dot(wty, acts.cols, wr, a)?]);
                 }
             }
             Ok(())

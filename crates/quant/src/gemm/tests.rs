@@ -69,8 +69,16 @@ fn check_type(ty: GgmlType, isa: Isa, rng: &mut StdRng, seed: u64) {
             acts.prepare(ty, &x, cols)
                 .unwrap_or_else(|e| panic!("prepare {ty}: {e}"));
             let mut got = vec![f32::NAN; rows * n_tok];
-            gemm_isa(isa, ty, &w, rows, &acts, |r, t, v| got[r * n_tok + t] = v)
-                .unwrap_or_else(|e| panic!("gemm {ty}: {e}"));
+            gemm_isa(isa, ty, &w, rows, &acts, |r0, t, v| {
+                for (i, &x) in v.iter().enumerate() {
+                    assert!(
+                        got[(r0 + i) * n_tok + t].is_nan(),
+                        "{ty} output written twice"
+                    );
+                    got[(r0 + i) * n_tok + t] = x;
+                }
+            })
+            .unwrap_or_else(|e| panic!("gemm {ty}: {e}"));
             let w_row = w.len() / rows;
             let act_ty = vec_dot_type(ty);
             let mut wf = vec![0.0f32; cols];
@@ -132,9 +140,9 @@ fn gemm_rejects_mismatched_inputs() {
     assert!(acts.prepare(GgmlType::Q4_0, &x, 48).is_err());
     assert!(acts.prepare(GgmlType::Q4_0, &x, 32).is_ok());
     let w = vec![0u8; 18];
-    assert!(gemm(GgmlType::Q4_1, &w, 1, &acts, |_, _, _| {}).is_err());
-    assert!(gemm(GgmlType::Q4_0, &w, 2, &acts, |_, _, _| {}).is_err());
-    assert!(gemm(GgmlType::Q4_0, &w, 1, &acts, |_, _, _| {}).is_ok());
+    assert!(gemm(GgmlType::Q4_1, &w, 1, &acts, |_, _, _: &[f32]| {}).is_err());
+    assert!(gemm(GgmlType::Q4_0, &w, 2, &acts, |_, _, _: &[f32]| {}).is_err());
+    assert!(gemm(GgmlType::Q4_0, &w, 1, &acts, |_, _, _: &[f32]| {}).is_ok());
 }
 
 /// The Q4_1 kernel keeps llama.cpp's float order, so it equals the AVX2 vec-dot (`x86.rs`,
@@ -155,15 +163,18 @@ fn q4_1_bit_identical_to_avx2_vec_dot() {
         acts.prepare(GgmlType::Q4_1, &x, cols)
             .unwrap_or_else(|e| panic!("{e}"));
         let w_row = w.len() / rows;
-        gemm(GgmlType::Q4_1, &w, rows, &acts, |r, t, v| {
-            let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
-            let want = vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
-                .unwrap_or(f32::NAN);
-            assert_eq!(
-                v.to_bits(),
-                want.to_bits(),
-                "cols {cols} row {r} tok {t} seed {seed}"
-            );
+        gemm(GgmlType::Q4_1, &w, rows, &acts, |r0, t, v| {
+            for (i, &v) in v.iter().enumerate() {
+                let r = r0 + i;
+                let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
+                let want = vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
+                    .unwrap_or(f32::NAN);
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "cols {cols} row {r} tok {t} seed {seed}"
+                );
+            }
         })
         .unwrap_or_else(|e| panic!("{e}"));
     }

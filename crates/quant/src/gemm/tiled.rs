@@ -69,7 +69,7 @@ pub(super) trait TiledLegacy: Legacy {
 /// of row `i` in lane `i`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn transpose16x4(x: [__m128i; ROWS]) -> [__m512i; 4] {
+pub(super) fn transpose16x4(x: [__m128i; ROWS]) -> [__m512i; 4] {
     // a[j] lane l = row 4l + j.
     let a: [__m512i; 4] = std::array::from_fn(|j| {
         let v = _mm512_castsi128_si512(x[j]);
@@ -91,18 +91,10 @@ fn transpose16x4(x: [__m128i; ROWS]) -> [__m512i; 4] {
     ]
 }
 
-/// Loads one 16-byte array.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load16(b: &[u8; 16]) -> __m128i {
-    // SAFETY: reads exactly the 16 bytes of `b`, unaligned.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
-}
-
 /// Stores a vector into a tile slot.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn put(dst: &mut V64, v: __m512i) {
+pub(super) fn put(dst: &mut V64, v: __m512i) {
     // SAFETY: `dst` is 64 aligned bytes.
     unsafe { _mm512_store_si512(dst.0.as_mut_ptr().cast(), v) }
 }
@@ -110,16 +102,34 @@ fn put(dst: &mut V64, v: __m512i) {
 /// Loads a tile slot.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn get(src: &V64) -> __m512i {
+pub(super) fn get(src: &V64) -> __m512i {
     // SAFETY: `src` is 64 aligned bytes.
     unsafe { _mm512_load_si512(src.0.as_ptr().cast()) }
+}
+
+/// Loads the same 16-byte field of 16 blocks.
+#[inline(always)]
+fn load_rows<W>(rows: &[&W; ROWS], field: impl Fn(&W) -> &[u8; 16]) -> [__m128i; ROWS] {
+    let mut x = [unsafe_zero128(); ROWS];
+    for (x, b) in x.iter_mut().zip(rows) {
+        // SAFETY: reads exactly the 16 bytes of the field, unaligned.
+        *x = unsafe { _mm_loadu_si128(field(b).as_ptr().cast()) };
+    }
+    x
+}
+
+/// A zero 128-bit vector (SSE2, part of the x86_64 baseline).
+#[inline(always)]
+fn unsafe_zero128() -> __m128i {
+    // SAFETY: SSE2 is always available on x86_64.
+    unsafe { _mm_setzero_si128() }
 }
 
 /// Low and high nibbles of 16 rows' 16 `qs` bytes: k-steps 0..4 and 4..8.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn nibble_steps(qs: [&[u8; 16]; ROWS]) -> [__m512i; 8] {
-    let v = transpose16x4(qs.map(|q| load16(q)));
+fn nibble_steps(qs: [__m128i; ROWS]) -> [__m512i; 8] {
+    let v = transpose16x4(qs);
     let m4 = _mm512_set1_epi8(0x0F);
     std::array::from_fn(|k| {
         if k < 4 {
@@ -133,11 +143,7 @@ fn nibble_steps(qs: [&[u8; 16]; ROWS]) -> [__m512i; 8] {
 /// Adds bit 4 (`qh` bit `e` for element `e`, little-endian u32 per row) to the k-steps.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn add_high_bits(q: &mut [__m512i; 8], qh: [[u8; 4]; ROWS]) {
-    let mut h = [0u32; ROWS];
-    for (d, s) in h.iter_mut().zip(qh) {
-        *d = u32::from_le_bytes(s);
-    }
+fn add_high_bits(q: &mut [__m512i; 8], h: [u32; ROWS]) {
     // SAFETY: `h` is 16 u32 = 64 bytes, read unaligned.
     let hv = unsafe { _mm512_loadu_si512(h.as_ptr().cast()) };
     let bit4 = _mm512_set1_epi8(0x10);
@@ -170,15 +176,19 @@ macro_rules! tiled_nibbles {
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]) {
-                put8(out, nibble_steps(rows.map(|b| &b.qs)));
+                put8(out, nibble_steps(load_rows(rows, |b| &b.qs)));
             }
         })*
         $(impl TiledLegacy for $ty5 {
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]) {
-                let mut q = nibble_steps(rows.map(|b| &b.qs));
-                add_high_bits(&mut q, rows.map(|b| b.qh));
+                let mut q = nibble_steps(load_rows(rows, |b| &b.qs));
+                let mut qh = [0u32; ROWS];
+                for (h, b) in qh.iter_mut().zip(rows) {
+                    *h = u32::from_le_bytes(b.qh);
+                }
+                add_high_bits(&mut q, qh);
                 put8(out, q);
             }
         })*
@@ -192,9 +202,9 @@ impl TiledLegacy for BlockQ8_0 {
     unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]) {
         let flip = _mm512_set1_epi8(-128);
         for h in 0..2 {
-            let x = rows.map(|b| {
-                // SAFETY: reads bytes 16h..16h+16 of the 32-byte `qs`, unaligned.
-                unsafe { _mm_loadu_si128(b.qs.as_ptr().add(16 * h).cast()) }
+            let x = load_rows(rows, |b| {
+                let half: &[i8; 16] = b.qs[16 * h..16 * h + 16].try_into().unwrap_or(&[0; 16]);
+                bytemuck::cast_ref(half)
             });
             for (k, v) in transpose16x4(x).into_iter().enumerate() {
                 // q + 128 as unsigned bytes.
@@ -207,8 +217,11 @@ impl TiledLegacy for BlockQ8_0 {
 /// 16 f16 values widened to a tile slot.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn put_halves(dst: &mut V64, h: [Half; ROWS]) {
-    let bits = h.map(|v| v.to_bits());
+fn put_halves<W>(dst: &mut V64, rows: &[&W; ROWS], field: impl Fn(&W) -> Half) {
+    let mut bits = [0u16; ROWS];
+    for (b, r) in bits.iter_mut().zip(rows) {
+        *b = field(r).to_bits();
+    }
     // SAFETY: `bits` is 16 u16 = 32 bytes, read unaligned; `dst` is 64 aligned bytes.
     unsafe {
         let v = _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr().cast()));
@@ -224,13 +237,16 @@ fn repack_tile<W: TiledLegacy>(w: &[W], nb: usize, n_rows: usize, r0: usize, til
     tile.d.resize(nb, V64::ZERO);
     tile.m.resize(nb, V64::ZERO);
     let row = |i: usize| (r0 + i).min(n_rows - 1) * nb;
+    let mut blocks: [&W; ROWS] = [&w[0]; ROWS];
     for b in 0..nb {
-        let blocks: [&W; ROWS] = std::array::from_fn(|i| &w[row(i) + b]);
+        for (i, blk) in blocks.iter_mut().enumerate() {
+            *blk = &w[row(i) + b];
+        }
         // SAFETY: CPU features as required by this function.
         unsafe { W::repack(&blocks, &mut tile.q[8 * b..8 * b + 8]) };
-        put_halves(&mut tile.d[b], blocks.map(|x| x.d()));
+        put_halves(&mut tile.d[b], &blocks, W::d);
         if W::SHIFT == 0 {
-            put_halves(&mut tile.m[b], blocks.map(|x| x.m()));
+            put_halves(&mut tile.m[b], &blocks, W::m);
         }
     }
 }
@@ -319,7 +335,7 @@ unsafe fn ordered<const T: usize>(tile: &Tile, nb: usize, a: &QActs, t0: usize) 
 /// Sends lanes `0..n` of each token's result vector.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn emit<const T: usize, F: FnMut(usize, usize, f32)>(
+fn emit<const T: usize, F: FnMut(usize, usize, &[f32])>(
     v: [__m512; T],
     r0: usize,
     n: usize,
@@ -330,9 +346,7 @@ fn emit<const T: usize, F: FnMut(usize, usize, f32)>(
         let mut o = [0.0f32; ROWS];
         // SAFETY: `o` is 16 f32, written unaligned.
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
-        for (i, &x) in o.iter().enumerate().take(n) {
-            sink(r0 + i, t0 + t, x);
-        }
+        sink(r0, t0 + t, &o[..n]);
     }
 }
 
@@ -341,7 +355,7 @@ fn emit<const T: usize, F: FnMut(usize, usize, f32)>(
 /// # Safety
 /// As [`fused`], for all tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile_tokens<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
+unsafe fn tile_tokens<W: TiledLegacy, F: FnMut(usize, usize, &[f32])>(
     tile: &Tile,
     nb: usize,
     a: &QActs,
@@ -390,7 +404,7 @@ unsafe fn tile_tokens<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
 /// The CPU must support the kernels' features; `w` holds `n_rows` rows of `a.cols`
 /// elements of `W`, and `a` was prepared and expanded for `W`'s type.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn rows_tiled<W: TiledLegacy, F: FnMut(usize, usize, f32)>(
+pub(super) unsafe fn rows_tiled<W: TiledLegacy, F: FnMut(usize, usize, &[f32])>(
     w: &[W],
     n_rows: usize,
     a: &QActs,
