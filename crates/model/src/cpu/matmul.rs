@@ -60,7 +60,7 @@ pub fn matmul(
         return matmul_exact(ty, rows, cols, data.as_slice(), x, out).map_err(quant_err);
     }
     let n_tok = x.rows;
-    acts.prepare(ty, &x.data[..n_tok * cols], cols)
+    acts.prepare_par(ty, &x.data[..n_tok * cols], cols, &|n, f| pool.run(n, f))
         .map_err(quant_err)?;
     let acts: &QActs = acts;
     let w_row = ty.row_bytes(cols as u64).map_err(quant_err)? as usize;

@@ -257,7 +257,7 @@ impl Backend for CpuBackend {
     }
 
     fn glu(&self, gate: &mut CpuBuf, up: &CpuBuf, act: Activation) {
-        ops::glu(gate, up, act);
+        ops::glu(gate, up, act, &self.pool);
     }
 
     fn add(&self, x: &mut CpuBuf, y: &CpuBuf) {

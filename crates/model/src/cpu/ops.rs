@@ -2,6 +2,9 @@
 
 use realizar_quant::dequantize_row;
 
+use std::sync::Mutex;
+
+use super::pool::Pool;
 use super::{CpuBuf, CpuWeight};
 use crate::backend::RopeParams;
 use crate::config::{Activation, RopeLayout};
@@ -110,13 +113,27 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-pub fn glu(gate: &mut CpuBuf, up: &CpuBuf, act: Activation) {
+/// `gate = act(gate) * up`, elementwise, in pieces of [`GLU_PIECE`] elements spread over the
+/// pool (the exponentials make it worth it in prefill).
+pub fn glu(gate: &mut CpuBuf, up: &CpuBuf, act: Activation, pool: &Pool) {
     let f = match act {
         Activation::Silu => silu,
         Activation::GeluTanh => gelu_tanh,
     };
-    gate.as_mut_slice()
-        .iter_mut()
-        .zip(up.as_slice())
-        .for_each(|(g, &u)| *g = f(*g) * u);
+    let pieces: Vec<Mutex<(&mut [f32], &[f32])>> = gate
+        .as_mut_slice()
+        .chunks_mut(GLU_PIECE)
+        .zip(up.as_slice().chunks(GLU_PIECE))
+        .map(Mutex::new)
+        .collect();
+    pool.run(pieces.len(), &|i| {
+        let mut piece = pieces[i].lock().unwrap_or_else(|p| p.into_inner());
+        let (g, u) = &mut *piece;
+        g.iter_mut()
+            .zip(u.iter())
+            .for_each(|(g, &u)| *g = f(*g) * u);
+    });
 }
+
+/// Elements per parallel piece of [`glu`].
+const GLU_PIECE: usize = 8192;

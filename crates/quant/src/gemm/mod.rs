@@ -118,6 +118,19 @@ impl QActs {
 
     /// Quantize `x` (`n_tok` rows of `cols` f32) for products with weights of type `wty`.
     pub fn prepare(&mut self, wty: GgmlType, x: &[f32], cols: usize) -> Result<(), QuantError> {
+        self.prepare_par(wty, x, cols, &|n, f| (0..n).for_each(f))
+    }
+
+    /// [`prepare`](Self::prepare) with the tokens spread by `par`: `par(n, f)` must call
+    /// `f(i)` once for every `i < n` (from any threads) and return when all calls are done,
+    /// as a thread pool's `run` does. The result does not depend on how the calls are spread.
+    pub fn prepare_par(
+        &mut self,
+        wty: GgmlType,
+        x: &[f32],
+        cols: usize,
+        par: Par<'_>,
+    ) -> Result<(), QuantError> {
         if cols == 0 || !x.len().is_multiple_of(cols) {
             return Err(QuantError::Length {
                 what: "activation rows",
@@ -137,35 +150,108 @@ impl QActs {
         self.expanded = expanded;
         self.raw.resize(n_tok * row_bytes, 0);
         let nb = cols / 32;
-        if expanded {
-            self.qs.resize(n_tok * cols, 0);
-            self.dexp.resize(n_tok * nb * 8, 0.0);
-            self.s.resize(n_tok * nb, 0.0);
-            self.yoff.resize(n_tok * nb * 8, 0);
-            self.dy.resize(n_tok * nb, 0.0);
-            self.ycorr.resize(n_tok * nb, 0);
-        }
+        // Per token: element counts of the expanded buffers (0 when not expanded).
+        let ex = |n: usize| if expanded { n } else { 0 };
+        let per_tok = [ex(cols), ex(nb * 8), ex(nb), ex(nb * 8), ex(nb), ex(nb)];
+        self.qs.resize(n_tok * per_tok[0], 0);
+        self.dexp.resize(n_tok * per_tok[1], 0.0);
+        self.s.resize(n_tok * per_tok[2], 0.0);
+        self.yoff.resize(n_tok * per_tok[3], 0);
+        self.dy.resize(n_tok * per_tok[4], 0.0);
+        self.ycorr.resize(n_tok * per_tok[5], 0);
         let shift = offset_shift(wty);
-        for t in 0..n_tok {
-            let raw = &mut self.raw[t * row_bytes..(t + 1) * row_bytes];
-            quantize_activations(act_ty, &x[t * cols..(t + 1) * cols], raw)?;
-            if expanded {
-                self.expand_token(t, act_ty, shift)?;
+        // Chunks of tokens with their own disjoint pieces of every buffer.
+        let n_chunks = n_tok.div_ceil(PREP_CHUNK);
+        let mut rest = TokenBufs {
+            raw: &mut self.raw,
+            qs: &mut self.qs,
+            dexp: &mut self.dexp,
+            s: &mut self.s,
+            yoff: &mut self.yoff,
+            dy: &mut self.dy,
+            ycorr: &mut self.ycorr,
+        };
+        let chunks: Vec<std::sync::Mutex<TokenBufs>> = (0..n_chunks)
+            .map(|c| {
+                let n = PREP_CHUNK.min(n_tok - c * PREP_CHUNK);
+                std::sync::Mutex::new(rest.split_off(n, row_bytes, &per_tok))
+            })
+            .collect();
+        let failed: std::sync::Mutex<Option<QuantError>> = std::sync::Mutex::new(None);
+        par(n_chunks, &|c| {
+            let mut bufs = chunks[c].lock().unwrap_or_else(|p| p.into_inner());
+            let t0 = c * PREP_CHUNK;
+            let res = (0..PREP_CHUNK.min(n_tok - t0)).try_for_each(|i| {
+                let mut tok = bufs.split_off(1, row_bytes, &per_tok);
+                let xr = &x[(t0 + i) * cols..(t0 + i + 1) * cols];
+                quantize_activations(act_ty, xr, tok.raw)?;
+                if expanded {
+                    tok.expand(act_ty, shift)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = res {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
+        });
+        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// A parallel runner: `par(n, f)` calls `f(i)` for every `i < n`, possibly from several
+/// threads, and returns when all calls are done.
+pub type Par<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+
+/// Tokens per parallel chunk of [`QActs::prepare_par`].
+const PREP_CHUNK: usize = 4;
+
+/// Mutable views of some tokens' parts of the [`QActs`] buffers.
+struct TokenBufs<'a> {
+    raw: &'a mut [u8],
+    qs: &'a mut [i8],
+    dexp: &'a mut [f32],
+    s: &'a mut [f32],
+    yoff: &'a mut [i32],
+    dy: &'a mut [f32],
+    ycorr: &'a mut [i32],
+}
+
+/// Splits the first `n` elements off `*s`.
+fn take<'a, T>(s: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let n = n.min(s.len());
+    let (head, tail) = std::mem::take(s).split_at_mut(n);
+    *s = tail;
+    head
+}
+
+impl<'a> TokenBufs<'a> {
+    /// The first `n` tokens' views (`per_tok`: expanded elements per token, as `prepare_par`).
+    fn split_off(&mut self, n: usize, row_bytes: usize, per_tok: &[usize; 6]) -> TokenBufs<'a> {
+        TokenBufs {
+            raw: take(&mut self.raw, n * row_bytes),
+            qs: take(&mut self.qs, n * per_tok[0]),
+            dexp: take(&mut self.dexp, n * per_tok[1]),
+            s: take(&mut self.s, n * per_tok[2]),
+            yoff: take(&mut self.yoff, n * per_tok[3]),
+            dy: take(&mut self.dy, n * per_tok[4]),
+            ycorr: take(&mut self.ycorr, n * per_tok[5]),
+        }
     }
 
-    /// Fills the expanded form of token `t` from its Q8_0 / Q8_1 blocks in `raw`.
-    fn expand_token(&mut self, t: usize, act_ty: GgmlType, shift: u32) -> Result<(), QuantError> {
-        let (cols, nb) = (self.cols, self.cols / 32);
-        let raw = &self.raw[t * self.row_bytes..(t + 1) * self.row_bytes];
-        let qs = &mut self.qs[t * cols..(t + 1) * cols];
-        let dexp = &mut self.dexp[t * nb * 8..(t + 1) * nb * 8];
-        let s = &mut self.s[t * nb..(t + 1) * nb];
-        let yoff = &mut self.yoff[t * nb * 8..(t + 1) * nb * 8];
-        let dy = &mut self.dy[t * nb..(t + 1) * nb];
-        let ycorr = &mut self.ycorr[t * nb..(t + 1) * nb];
+    /// Fills one token's expanded form from its Q8_0 / Q8_1 blocks in `raw`.
+    fn expand(&mut self, act_ty: GgmlType, shift: u32) -> Result<(), QuantError> {
+        let TokenBufs {
+            raw,
+            qs,
+            dexp,
+            s,
+            yoff,
+            dy,
+            ycorr,
+        } = self;
         let mut put = |b: usize, d: f32, sv: f32, q: &[i8; 32]| {
             qs[32 * b..32 * b + 32].copy_from_slice(q);
             dexp[8 * b..8 * b + 8].fill(d);

@@ -179,3 +179,37 @@ fn q4_1_bit_identical_to_avx2_vec_dot() {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// Spreading the activation quantization over threads changes nothing.
+#[test]
+fn prepare_par_equals_prepare() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Calls the chunks in reverse order from two threads.
+    let par = |n: usize, f: &(dyn Fn(usize) + Sync)| {
+        std::thread::scope(|sc| {
+            sc.spawn(|| (0..n).rev().step_by(2).for_each(f));
+            sc.spawn(|| (0..n).rev().skip(1).step_by(2).for_each(f));
+        })
+    };
+    for &ty in &[
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::F16,
+    ] {
+        let cols = if ty.block_size() == 256 { 512 } else { 96 };
+        for n_tok in [1usize, 3, 4, 9, 17] {
+            let x = gaussian(&mut rng, n_tok * cols, 2.0);
+            let (mut a, mut b) = (QActs::new(), QActs::new());
+            a.prepare(ty, &x, cols).unwrap_or_else(|e| panic!("{e}"));
+            b.prepare_par(ty, &x, cols, &par)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(a.raw == b.raw && a.qs == b.qs && a.yoff == b.yoff && a.ycorr == b.ycorr);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&a.dexp) == bits(&b.dexp) && bits(&a.dy) == bits(&b.dy));
+            assert!(bits(&a.s) == bits(&b.s), "{ty} n_tok {n_tok} seed {seed}");
+        }
+    }
+}
