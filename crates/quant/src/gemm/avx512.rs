@@ -18,6 +18,32 @@ use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 use crate::{as_blocks, GgmlType, QuantError, QK_K};
 use std::arch::x86_64::*;
 
+/// `[f(0), f(1), f(2), f(3)]` written out, so the vector code is inlined into the caller (an
+/// `array::from_fn` closure is a separate function without the caller's target features).
+macro_rules! unroll4 {
+    (|$k:ident| $body:expr) => {
+        [
+            {
+                let $k = 0usize;
+                $body
+            },
+            {
+                let $k = 1usize;
+                $body
+            },
+            {
+                let $k = 2usize;
+                $body
+            },
+            {
+                let $k = 3usize;
+                $body
+            },
+        ]
+    };
+}
+pub(super) use unroll4;
+
 /// True when these kernels may run (AVX-512 F/BW/VL/VNNI plus AVX2/FMA/F16C).
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -435,7 +461,7 @@ fn k4_scales(scales: &[u8; 12]) -> ([__m512i; 4], __m256i) {
         mn[2 * j] = m as i16;
         mn[2 * j + 1] = m as i16;
     }
-    let scv = std::array::from_fn(|k| {
+    let scv = unroll4!(|k| {
         _mm512_inserti64x4::<1>(
             _mm512_set1_epi32(sc[2 * k]),
             _mm256_set1_epi32(sc[2 * k + 1]),
@@ -452,7 +478,7 @@ impl KQuant for BlockQ4K {
     unsafe fn unpack(&self) -> KUnpacked {
         let (sc, bw) = k4_scales(&self.scales);
         let m4 = _mm256_set1_epi8(0x0F);
-        let q = std::array::from_fn(|k| {
+        let q = unroll4!(|k| {
             // SAFETY: reads bytes 32k..32k+32 of the 128-byte `qs`.
             let v = unsafe { _mm256_loadu_si256(self.qs.as_ptr().add(32 * k).cast()) };
             _mm512_inserti64x4::<1>(
@@ -478,7 +504,7 @@ impl KQuant for BlockQ5K {
         let m4 = _mm256_set1_epi8(0x0F);
         // SAFETY: `qh` is 32 bytes, read unaligned.
         let qh = unsafe { _mm256_loadu_si256(self.qh.as_ptr().cast()) };
-        let q = std::array::from_fn(|k| {
+        let q = unroll4!(|k| {
             // SAFETY: reads bytes 32k..32k+32 of the 128-byte `qs`.
             let v = unsafe { _mm256_loadu_si256(self.qs.as_ptr().add(32 * k).cast()) };
             let lo = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((1u8 << (2 * k)) as i8));
@@ -507,7 +533,7 @@ impl KQuant for BlockQ6K {
         // SAFETY: `scales` is 16 bytes, read unaligned.
         let sc8 = unsafe { _mm_loadu_si128(self.scales.as_ptr().cast()) };
         let sc32 = _mm512_cvtepi8_epi32(sc8);
-        let sc = std::array::from_fn(|k| {
+        let sc = unroll4!(|k| {
             // Step k covers sub-blocks 4k..4k+4, four lanes each.
             let k = k as i32;
             let idx = _mm512_setr_epi32(

@@ -19,7 +19,7 @@
 //!   `fma(dx * dy, float(k-step dot), acc_k)`, the `m * s` terms summed separately in block
 //!   order, and the 8 accumulators added in `hsum_float_8`'s order at the end.
 
-use super::avx512::Legacy;
+use super::avx512::{unroll4, Legacy};
 use super::QActs;
 use crate::fp::Half;
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
@@ -65,30 +65,48 @@ pub(super) trait TiledLegacy: Legacy {
     unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]);
 }
 
-/// Transposes 16 rows of 16 bytes (4 dwords each) into 4 vectors: vector `k` holds dword `k`
-/// of row `i` in lane `i`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn transpose16x4(x: [__m128i; ROWS]) -> [__m512i; 4] {
-    // a[j] lane l = row 4l + j.
-    let a: [__m512i; 4] = std::array::from_fn(|j| {
-        let v = _mm512_castsi128_si512(x[j]);
-        let v = _mm512_inserti32x4::<1>(v, x[4 + j]);
-        let v = _mm512_inserti32x4::<2>(v, x[8 + j]);
-        _mm512_inserti32x4::<3>(v, x[12 + j])
-    });
-    // A 4x4 dword transpose inside every 128-bit lane: out[k] lane l dword j = a[j] lane l
-    // dword k = dword k of row 4l + j.
-    let t0 = _mm512_unpacklo_epi32(a[0], a[1]);
-    let t1 = _mm512_unpackhi_epi32(a[0], a[1]);
-    let t2 = _mm512_unpacklo_epi32(a[2], a[3]);
-    let t3 = _mm512_unpackhi_epi32(a[2], a[3]);
-    [
-        _mm512_unpacklo_epi64(t0, t2),
-        _mm512_unpackhi_epi64(t0, t2),
-        _mm512_unpacklo_epi64(t1, t3),
-        _mm512_unpackhi_epi64(t1, t3),
-    ]
+/// Bytes `off..off + 16` of a field of 16 blocks, transposed: vector `k` holds bytes
+/// `off + 4k..off + 4k + 4` of row `i` in lane `i`. The rows are loaded straight into 512-bit
+/// registers (a 16-byte array on the stack read back as 64 bytes would stall store forwarding).
+///
+/// # Safety
+/// The CPU must support the kernels' features.
+#[inline(always)]
+pub(super) unsafe fn load_t16<W>(
+    rows: &[&W; ROWS],
+    field: fn(&W) -> &[u8],
+    off: usize,
+) -> [__m512i; 4] {
+    macro_rules! ld {
+        ($i:expr) => {{
+            let f = &field(rows[$i])[off..off + 16];
+            // (Inside the unsafe block below: `f` is 16 bytes, read unaligned.)
+            _mm_loadu_si128(f.as_ptr().cast())
+        }};
+    }
+    // SAFETY: the caller's CPU guarantee (AVX-512 F); each load reads the 16 bytes of a
+    // field slice, unaligned.
+    unsafe {
+        // a[j] lane l = row 4l + j.
+        let a: [__m512i; 4] = unroll4!(|j| {
+            let v = _mm512_castsi128_si512(ld!(j));
+            let v = _mm512_inserti32x4::<1>(v, ld!(4 + j));
+            let v = _mm512_inserti32x4::<2>(v, ld!(8 + j));
+            _mm512_inserti32x4::<3>(v, ld!(12 + j))
+        });
+        // A 4x4 dword transpose inside every 128-bit lane: out[k] lane l dword j = a[j] lane
+        // l dword k = dword k of row 4l + j.
+        let t0 = _mm512_unpacklo_epi32(a[0], a[1]);
+        let t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+        let t2 = _mm512_unpacklo_epi32(a[2], a[3]);
+        let t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+        [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ]
+    }
 }
 
 /// Stores a vector into a tile slot.
@@ -107,37 +125,17 @@ pub(super) fn get(src: &V64) -> __m512i {
     unsafe { _mm512_load_si512(src.0.as_ptr().cast()) }
 }
 
-/// Loads the same 16-byte field of 16 blocks.
-#[inline(always)]
-fn load_rows<W>(rows: &[&W; ROWS], field: impl Fn(&W) -> &[u8; 16]) -> [__m128i; ROWS] {
-    let mut x = [unsafe_zero128(); ROWS];
-    for (x, b) in x.iter_mut().zip(rows) {
-        // SAFETY: reads exactly the 16 bytes of the field, unaligned.
-        *x = unsafe { _mm_loadu_si128(field(b).as_ptr().cast()) };
-    }
-    x
-}
-
-/// A zero 128-bit vector (SSE2, part of the x86_64 baseline).
-#[inline(always)]
-fn unsafe_zero128() -> __m128i {
-    // SAFETY: SSE2 is always available on x86_64.
-    unsafe { _mm_setzero_si128() }
-}
-
 /// Low and high nibbles of 16 rows' 16 `qs` bytes: k-steps 0..4 and 4..8.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn nibble_steps(qs: [__m128i; ROWS]) -> [__m512i; 8] {
-    let v = transpose16x4(qs);
+fn nibble_steps(v: [__m512i; 4]) -> [__m512i; 8] {
     let m4 = _mm512_set1_epi8(0x0F);
-    std::array::from_fn(|k| {
-        if k < 4 {
-            _mm512_and_si512(v[k], m4)
-        } else {
-            _mm512_and_si512(_mm512_srli_epi16::<4>(v[k - 4]), m4)
-        }
-    })
+    let mut q = [_mm512_setzero_si512(); 8];
+    for k in 0..4 {
+        q[k] = _mm512_and_si512(v[k], m4);
+        q[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v[k]), m4);
+    }
+    q
 }
 
 /// Adds bit 4 (`qh` bit `e` for element `e`, little-endian u32 per row) to the k-steps.
@@ -176,14 +174,16 @@ macro_rules! tiled_nibbles {
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]) {
-                put8(out, nibble_steps(load_rows(rows, |b| &b.qs)));
+                // SAFETY: the caller's CPU guarantee.
+                put8(out, nibble_steps(unsafe { load_t16(rows, |b| &b.qs[..], 0) }));
             }
         })*
         $(impl TiledLegacy for $ty5 {
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]) {
-                let mut q = nibble_steps(load_rows(rows, |b| &b.qs));
+                // SAFETY: the caller's CPU guarantee.
+                let mut q = nibble_steps(unsafe { load_t16(rows, |b| &b.qs[..], 0) });
                 let mut qh = [0u32; ROWS];
                 for (h, b) in qh.iter_mut().zip(rows) {
                     *h = u32::from_le_bytes(b.qh);
@@ -202,11 +202,9 @@ impl TiledLegacy for BlockQ8_0 {
     unsafe fn repack(rows: &[&Self; ROWS], out: &mut [V64]) {
         let flip = _mm512_set1_epi8(-128);
         for h in 0..2 {
-            let x = load_rows(rows, |b| {
-                let half: &[i8; 16] = b.qs[16 * h..16 * h + 16].try_into().unwrap_or(&[0; 16]);
-                bytemuck::cast_ref(half)
-            });
-            for (k, v) in transpose16x4(x).into_iter().enumerate() {
+            // SAFETY: the caller's CPU guarantee.
+            let x = unsafe { load_t16(rows, |b| bytemuck::cast_slice(&b.qs[..]), 16 * h) };
+            for (k, v) in x.into_iter().enumerate() {
                 // q + 128 as unsigned bytes.
                 put(&mut out[4 * h + k], _mm512_xor_si512(v, flip));
             }
@@ -262,6 +260,16 @@ unsafe fn y4(y: *const i8, b: usize, k: usize) -> __m512i {
     _mm512_set1_epi32(unsafe { y.add(QK * b + 4 * k).cast::<i32>().read_unaligned() })
 }
 
+/// Where the quants of tokens `t0..t0 + T` start.
+#[inline(always)]
+fn token_ptrs<const T: usize>(a: &QActs, t0: usize) -> [*const i8; T] {
+    let mut ys = [std::ptr::null(); T];
+    for (t, y) in ys.iter_mut().enumerate() {
+        *y = a.qs[(t0 + t) * a.cols..].as_ptr();
+    }
+    ys
+}
+
 /// 16 rows x tokens `t0..t0 + T`, integer accumulation per block (types with an offset).
 ///
 /// # Safety
@@ -272,11 +280,13 @@ unsafe fn y4(y: *const i8, b: usize, k: usize) -> __m512i {
 unsafe fn fused<const T: usize>(tile: &Tile, nb: usize, a: &QActs, t0: usize) -> [__m512; T] {
     debug_assert!(tile.q.len() >= 8 * nb && tile.d.len() >= nb && t0 + T <= a.n_tok);
     debug_assert!(a.qs.len() >= a.n_tok * a.cols && a.ycorr.len() >= a.n_tok * nb);
-    let ys: [*const i8; T] = std::array::from_fn(|t| a.qs[(t0 + t) * a.cols..].as_ptr());
+    let ys = token_ptrs::<T>(a, t0);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
-        let mut isum: [__m512i; T] =
-            std::array::from_fn(|t| _mm512_set1_epi32(a.ycorr[(t0 + t) * nb + b]));
+        let mut isum = [_mm512_setzero_si512(); T];
+        for (t, s) in isum.iter_mut().enumerate() {
+            *s = _mm512_set1_epi32(a.ycorr[(t0 + t) * nb + b]);
+        }
         for k in 0..8 {
             let w = get(&tile.q[8 * b + k]);
             for (s, &y) in isum.iter_mut().zip(&ys) {
@@ -302,13 +312,15 @@ unsafe fn fused<const T: usize>(tile: &Tile, nb: usize, a: &QActs, t0: usize) ->
 unsafe fn ordered<const T: usize>(tile: &Tile, nb: usize, a: &QActs, t0: usize) -> [__m512; T] {
     debug_assert!(tile.q.len() >= 8 * nb && tile.m.len() >= nb && t0 + T <= a.n_tok);
     debug_assert!(a.qs.len() >= a.n_tok * a.cols && a.s.len() >= a.n_tok * nb);
-    let ys: [*const i8; T] = std::array::from_fn(|t| a.qs[(t0 + t) * a.cols..].as_ptr());
+    let ys = token_ptrs::<T>(a, t0);
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let mut ms = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let dv = _mm512_castsi512_ps(get(&tile.d[b]));
-        let dd: [__m512; T] =
-            std::array::from_fn(|t| _mm512_mul_ps(dv, _mm512_set1_ps(a.dy[(t0 + t) * nb + b])));
+        let mut dd = [_mm512_setzero_ps(); T];
+        for (t, dd) in dd.iter_mut().enumerate() {
+            *dd = _mm512_mul_ps(dv, _mm512_set1_ps(a.dy[(t0 + t) * nb + b]));
+        }
         for k in 0..8 {
             let w = get(&tile.q[8 * b + k]);
             for ((acc, &y), &dd) in acc.iter_mut().zip(&ys).zip(&dd) {
@@ -323,13 +335,14 @@ unsafe fn ordered<const T: usize>(tile: &Tile, nb: usize, a: &QActs, t0: usize) 
             *ms = _mm512_add_ps(*ms, _mm512_mul_ps(mv, s));
         }
     }
-    std::array::from_fn(|t| {
-        let a = &acc[t];
+    let mut out = [_mm512_setzero_ps(); T];
+    for ((o, a), ms) in out.iter_mut().zip(&acc).zip(ms) {
         // hsum_float_8: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), then + summs.
         let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
         let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
-        _mm512_add_ps(_mm512_add_ps(lo, hi), ms[t])
-    })
+        *o = _mm512_add_ps(_mm512_add_ps(lo, hi), ms);
+    }
+    out
 }
 
 /// Sends lanes `0..n` of each token's result vector.
