@@ -25,7 +25,10 @@ use realizar_quant::GgmlType;
 use crate::compile::Kernels;
 use crate::CudaError;
 
+mod matmul;
 mod ops;
+
+pub use matmul::DEFAULT_GEMM_MIN_TOKENS;
 
 pub use ops::SUPPORTED_TYPES;
 use ops::{embed_kernel, float_kind, matvec_kernel};
@@ -201,6 +204,17 @@ pub struct CudaBackend {
     sticky: Mutex<Option<String>>,
     idx: Mutex<Indices>,
     sync_each: bool,
+    /// Matmuls in f32 on f32 activations (`set_exact`), for comparisons with the CPU reference.
+    exact: bool,
+    /// Matmuls of at least this many tokens go through cuBLAS.
+    gemm_min_tokens: usize,
+    /// Matmuls on rows at least this wide use the 8-bit mmvq kernels in decode.
+    mmvq_min_cols: usize,
+    blas: Option<cudarc::cublas::CudaBlas>,
+    scratch: Mutex<matmul::Scratch>,
+    /// Counts launches that may write activations (all but the mmvq path's own), so that a
+    /// matmul can reuse the 8-bit copy of an input that nothing has written since.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl CudaBackend {
@@ -220,13 +234,41 @@ impl CudaBackend {
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaBackend {
             ctx,
-            stream,
             kernels,
             device_name,
             sticky: Mutex::new(None),
             idx: Mutex::new(Indices::default()),
             sync_each: std::env::var_os("REALIZAR_CUDA_SYNC").is_some_and(|v| v != "0"),
+            exact: std::env::var_os("REALIZAR_CUDA_EXACT").is_some_and(|v| v != "0"),
+            gemm_min_tokens: DEFAULT_GEMM_MIN_TOKENS,
+            mmvq_min_cols: matmul::DEFAULT_MMVQ_MIN_COLS,
+            blas: matmul::open_blas(&stream),
+            scratch: Mutex::new(matmul::Scratch::default()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            stream,
         })
+    }
+
+    /// Exact mode: matmuls on f32 activations in f32 (as the CPU's exact mode), instead of the
+    /// fast paths (8-bit activations for decode, f16 tensor-core GEMMs for prefill).
+    pub fn set_exact(&mut self, exact: bool) {
+        self.exact = exact;
+    }
+
+    /// Matmuls of at least `n` tokens use the cuBLAS GEMM path (when cuBLAS is present).
+    pub fn set_gemm_min_tokens(&mut self, n: usize) {
+        self.gemm_min_tokens = n.max(1);
+    }
+
+    /// Decode matmuls on rows at least `n` wide use the 8-bit mmvq kernels (narrower ones the
+    /// f32 kernels, which are faster there).
+    pub fn set_mmvq_min_cols(&mut self, n: usize) {
+        self.mmvq_min_cols = n;
+    }
+
+    /// Whether cuBLAS loaded (the prefill GEMM path).
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
     }
 
     /// The device's name as the driver reports it.
@@ -328,6 +370,10 @@ impl CudaBackend {
         args: &[Arg],
     ) -> Result<(), CudaError> {
         let f = self.kernels.get(name)?;
+        if !name.starts_with("mmvq_") {
+            self.epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -356,6 +402,9 @@ impl CudaBackend {
     }
 
     fn alloc_buf(&self, rows: usize, cols: usize) -> Result<CudaBuf, CudaError> {
+        // A new buffer may reuse a freed one's address: no cached quantization survives it.
+        self.epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mem = self
             .stream
             .alloc_zeros::<f32>((rows * cols).max(1))
@@ -484,6 +533,9 @@ impl CudaBackend {
         }
         let ntok = x.rows;
         if ntok == 0 {
+            return Ok(());
+        }
+        if self.matmul_fast(ty, w.ptr(), rows, cols, x, out)? {
             return Ok(());
         }
         let nt = if ntok == 1 { 1 } else { 8 };

@@ -45,6 +45,16 @@ const SOURCES: &[Source] = &[
         dequant: true,
     },
     Source {
+        file: "mmvq.cu",
+        text: include_str!("../kernels/mmvq.cu"),
+        dequant: true,
+    },
+    Source {
+        file: "gemm.cu",
+        text: include_str!("../kernels/gemm.cu"),
+        dequant: true,
+    },
+    Source {
         file: "attention.cu",
         text: include_str!("../kernels/attention.cu"),
         dequant: false,
@@ -85,6 +95,58 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matvec_f16_8",
             "matvec_bf16_1",
             "matvec_bf16_8",
+        ],
+    ),
+    (
+        "mmvq.cu",
+        &[
+            "quantize_q8_1",
+            "mmvq_q4_0_1",
+            "mmvq_q4_0_2",
+            "mmvq_q4_0_4",
+            "mmvq_q4_0_8",
+            "mmvq_q4_1_1",
+            "mmvq_q4_1_2",
+            "mmvq_q4_1_4",
+            "mmvq_q4_1_8",
+            "mmvq_q5_0_1",
+            "mmvq_q5_0_2",
+            "mmvq_q5_0_4",
+            "mmvq_q5_0_8",
+            "mmvq_q5_1_1",
+            "mmvq_q5_1_2",
+            "mmvq_q5_1_4",
+            "mmvq_q5_1_8",
+            "mmvq_q8_0_1",
+            "mmvq_q8_0_2",
+            "mmvq_q8_0_4",
+            "mmvq_q8_0_8",
+            "mmvq_q4_k_1",
+            "mmvq_q4_k_2",
+            "mmvq_q4_k_4",
+            "mmvq_q4_k_8",
+            "mmvq_q5_k_1",
+            "mmvq_q5_k_2",
+            "mmvq_q5_k_4",
+            "mmvq_q5_k_8",
+            "mmvq_q6_k_1",
+            "mmvq_q6_k_2",
+            "mmvq_q6_k_4",
+            "mmvq_q6_k_8",
+        ],
+    ),
+    (
+        "gemm.cu",
+        &[
+            "dequant_f16_q4_0",
+            "dequant_f16_q4_1",
+            "dequant_f16_q5_0",
+            "dequant_f16_q5_1",
+            "dequant_f16_q8_0",
+            "dequant_f16_q4_k",
+            "dequant_f16_q5_k",
+            "dequant_f16_q6_k",
+            "to_half",
         ],
     ),
     (
@@ -309,6 +371,8 @@ mod tests {
                     src.text
                         .contains(n.trim_end_matches("_1").trim_end_matches("_8"))
                         || src.text.contains("MATVEC_")
+                        || src.text.contains("MMVQ_ALL(")
+                        || src.text.contains("DEQUANT_F16(")
                         || src.text.contains("EMBED_Q"),
                     "{n} not in {}",
                     src.file
@@ -333,6 +397,22 @@ mod tests {
             }
             Err(e) => panic!("expected a compile error with a log, got {e}"),
             Ok(_) => panic!("bad source compiled"),
+        }
+    }
+
+    /// Every module compiles for Hopper, where NVRTC is installed (no GPU needed): the device
+    /// machine's first use would otherwise be the first compile.
+    #[test]
+    fn every_module_compiles_for_sm_90() {
+        // SAFETY: only checks whether the library can be opened.
+        if !unsafe { nvrtc_sys::is_culib_present() } {
+            eprintln!("skipping NVRTC compile check: no libnvrtc");
+            return;
+        }
+        for src in SOURCES {
+            if let Err(e) = compile(src.file, &full_source(src), "sm_90") {
+                panic!("{e}");
+            }
         }
     }
 

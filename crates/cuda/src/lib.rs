@@ -14,7 +14,9 @@ use std::sync::Arc;
 use realizar_formats::ModelFile;
 use realizar_model::{config_of, LoadOptions, Model, ModelError, Weights};
 
-pub use backend::{CudaBackend, CudaBuf, CudaKv, CudaWeight, SUPPORTED_TYPES};
+pub use backend::{
+    CudaBackend, CudaBuf, CudaKv, CudaWeight, DEFAULT_GEMM_MIN_TOKENS, SUPPORTED_TYPES,
+};
 
 use std::ffi::c_int;
 
@@ -48,6 +50,11 @@ pub enum CudaError {
     Call {
         call: &'static str,
         e: cudarc::driver::DriverError,
+    },
+    #[error("cuBLAS call {call} failed: {e:?}")]
+    Blas {
+        call: &'static str,
+        e: cudarc::cublas::result::CublasError,
     },
     #[error("not supported on the CUDA backend: {0}")]
     Unsupported(String),
@@ -152,7 +159,13 @@ pub fn load_cuda_from(
         .iter()
         .map(|t| file.tensor_bytes(t).len())
         .sum();
-    backend.check_fits("weights and KV cache", weight_bytes + kv_bytes)?;
+    // Plus the matmul scratch: a 64 MiB f16 weight tile for prefill GEMMs and the activations'
+    // 8-bit and f16 copies.
+    let scratch = (64 << 20) + opts.max_batch_tokens * cfg.n_ff.max(cfg.n_embd) * 4;
+    backend.check_fits(
+        "weights, KV cache and matmul scratch",
+        weight_bytes + kv_bytes + scratch,
+    )?;
     // Upload progress on stderr (indicatif draws nothing when stderr is not a terminal).
     let bar = indicatif::ProgressBar::new(weight_bytes as u64).with_style(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes}")

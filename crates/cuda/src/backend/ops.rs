@@ -154,7 +154,9 @@ impl Backend for CudaBackend {
             Arg::I(x.cols as i32),
             Arg::F(eps),
         ];
-        self.keep(self.launch("rms_norm", (x.rows as u32, 1, 1), 256, &args));
+        // About 4 elements per thread: a decode step has one row, so one block does it all.
+        let threads = (x.cols / 4).div_ceil(32).clamp(1, 32) as u32 * 32;
+        self.keep(self.launch("rms_norm", (x.rows as u32, 1, 1), threads, &args));
     }
 
     fn rms_norm_heads(&self, x: &mut CudaBuf, w: &CudaWeight, head_dim: usize, eps: f32) {

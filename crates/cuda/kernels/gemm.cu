@@ -1,0 +1,54 @@
+// Helpers of the tensor-core prefill path: weight rows dequantized to f16 tiles and activations
+// converted to f16 / bf16, for cuBLAS GEMMs with f32 accumulation. Launch with 256 threads.
+
+__device__ __forceinline__ u16 f2bf(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return (u16)(u >> 16);
+}
+
+// out (f16, rows x cols) = the rows of w starting at `row0`; one thread per 32-element chunk.
+template <class T>
+__device__ __forceinline__ void dequant_f16(const u8* __restrict__ w, u16* __restrict__ out,
+                                            int row0, int rows, int cols) {
+    long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = cols / 32;
+    if (g >= (long long)rows * per_row) return;
+    int r = (int)(g / per_row), c = (int)(g % per_row);
+    const u8* wr = w + (size_t)(row0 + r) * (size_t)(cols / T::QK) * T::BYTES;
+    float v[32];
+    T::chunk(wr + (c / T::CHUNKS) * T::BYTES, c % T::CHUNKS, v);
+    uint4* o = (uint4*)(out + (size_t)r * cols + (size_t)c * 32);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        uint4 p;
+        p.x = (u32)f2h(v[8 * k]) | ((u32)f2h(v[8 * k + 1]) << 16);
+        p.y = (u32)f2h(v[8 * k + 2]) | ((u32)f2h(v[8 * k + 3]) << 16);
+        p.z = (u32)f2h(v[8 * k + 4]) | ((u32)f2h(v[8 * k + 5]) << 16);
+        p.w = (u32)f2h(v[8 * k + 6]) | ((u32)f2h(v[8 * k + 7]) << 16);
+        o[k] = p;
+    }
+}
+
+#define DEQUANT_F16(NAME, T)                                                                    \
+    extern "C" __global__ void dequant_f16_##NAME(const u8* w, u16* out, int row0, int rows,     \
+                                                  int cols) {                                   \
+        dequant_f16<T>(w, out, row0, rows, cols);                                               \
+    }
+
+DEQUANT_F16(q4_0, Q4_0)
+DEQUANT_F16(q4_1, Q4_1)
+DEQUANT_F16(q5_0, Q5_0)
+DEQUANT_F16(q5_1, Q5_1)
+DEQUANT_F16(q8_0, Q8_0)
+DEQUANT_F16(q4_k, Q4K)
+DEQUANT_F16(q5_k, Q5K)
+DEQUANT_F16(q6_k, Q6K)
+
+// y = x rounded to f16 (kind 1) or bf16 (kind 2), n elements.
+extern "C" __global__ void to_half(const float* __restrict__ x, u16* __restrict__ y, long long n,
+                                   int kind) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = kind == 1 ? f2h(x[i]) : f2bf(x[i]);
+}

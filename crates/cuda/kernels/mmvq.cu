@@ -1,0 +1,341 @@
+// Fast quantized matrix-vector products: weights in their GGML blocks, activations quantized
+// once per matmul to 8 bits in blocks of 32 ("q8_1": int8 values, a scale d and d * sum(q)),
+// integer dot products with dp4a.
+//
+// quantize_q8_1: x (ntok x cols f32, cols a multiple of 32) -> xq (ntok x cols int8) and
+// xds (ntok x cols/32 float2: d, d * sum(q)). One warp per block of 32; d = amax / 127,
+// q = rint(x / d) (round half to even).
+//
+// mmvq_<type>_<NT>: out[t][r] = sum over the row of w[r][c] * d_x * q_x[t][c]. A block of
+// THREADS threads computes ROWS rows (1 for one token, 2 for more) for NT tokens: the threads
+// take the rows' "pieces" round robin (8 or 16 quant bytes of a block: consecutive threads read
+// consecutive bytes, so a warp's loads are contiguous), load a piece once (16-byte loads where
+// the block layout is 16-byte aligned, 32- or paired 16-bit loads otherwise) and dot it with NT
+// tokens' activations; partial sums meet in shared memory. (Measured on an H200, 8B Q4_K
+// decode: this layout 203 tok/s; one warp per row with 4 pieces in flight per lane, 174.)
+// Grid: (ceil(rows / ROWS), ceil(ntok / NT)), THREADS threads.
+
+#define THREADS 128
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// A 32-bit little-endian int at a 2-byte-aligned address.
+__device__ __forceinline__ int ld_i2(const u8* p) {
+    return (int)((u32)ld16(p) | ((u32)ld16(p + 2) << 16));
+}
+
+__device__ __forceinline__ int ld_i4(const u8* p) { return *(const int*)p; }
+
+// Bits 0..3 of b moved to bit 4 of each byte (the fifth bit of four 5-bit quants).
+__device__ __forceinline__ int spread4(u32 b) {
+    return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
+}
+
+extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __restrict__ xq,
+                                         float2* __restrict__ xds, int nblocks) {
+    int lane = threadIdx.x & 31;
+    int blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (blk >= nblocks) return;
+    float v = x[(size_t)blk * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int q = __float2int_rn(v * id);
+    xq[(size_t)blk * 32 + lane] = (i8)q;
+    float s = warp_sum((float)q);
+    if (lane == 0) {
+        float2 r;
+        r.x = d;
+        r.y = d * s;
+        xds[blk] = r;
+    }
+}
+
+// Each type: SUBS pieces per block of QK elements; load() reads piece s of the block at `b`
+// into registers; dot() multiplies it with the activations of the whole block (xq: QK / 4
+// ints, xds: QK / 32 pairs (d, d * sum q)). A block's constant terms (offsets and minimums,
+// which need the sum over a whole 32-element chunk) are added by the piece that starts that
+// chunk, so the pieces of a block sum to the block's dot product.
+
+__device__ __forceinline__ int4 ld_x4(const int* p) { return *(const int4*)p; }
+
+// Sum of dp4a over 4 ints of weights and 4 of activations.
+__device__ __forceinline__ int dot4(int a0, int a1, int a2, int a3, int4 x, int s) {
+    return dp4a(a3, x.w, dp4a(a2, x.z, dp4a(a1, x.y, dp4a(a0, x.x, s))));
+}
+
+// Q4_0: two pieces of 8 quant bytes (elements 8s..8s+7 and 16+8s..16+8s+7).
+struct MQ4_0 {
+    static constexpr int QK = 32, BYTES = 18, SUBS = 2;
+    int q0, q1;
+    float d;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        d = h2f(ld16(b));
+        q0 = ld_i2(b + 2 + 8 * s);
+        q1 = ld_i2(b + 6 + 8 * s);
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int2 lo = *(const int2*)(x + 2 * s), hi = *(const int2*)(x + 4 + 2 * s);
+        int v = dp4a(q0 & 0x0F0F0F0F, lo.x, 0);
+        v = dp4a(q1 & 0x0F0F0F0F, lo.y, v);
+        v = dp4a((q0 >> 4) & 0x0F0F0F0F, hi.x, v);
+        v = dp4a((q1 >> 4) & 0x0F0F0F0F, hi.y, v);
+        float2 a = ds[0];
+        return d * (a.x * (float)v - (s == 0 ? 8.0f * a.y : 0.0f));
+    }
+};
+
+struct MQ4_1 {
+    static constexpr int QK = 32, BYTES = 20, SUBS = 2;
+    int q0, q1;
+    float d, m;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        d = h2f(ld16(b));
+        m = h2f(ld16(b + 2));
+        q0 = ld_i4(b + 4 + 8 * s);
+        q1 = ld_i4(b + 8 + 8 * s);
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int2 lo = *(const int2*)(x + 2 * s), hi = *(const int2*)(x + 4 + 2 * s);
+        int v = dp4a(q0 & 0x0F0F0F0F, lo.x, 0);
+        v = dp4a(q1 & 0x0F0F0F0F, lo.y, v);
+        v = dp4a((q0 >> 4) & 0x0F0F0F0F, hi.x, v);
+        v = dp4a((q1 >> 4) & 0x0F0F0F0F, hi.y, v);
+        float2 a = ds[0];
+        return d * a.x * (float)v + (s == 0 ? m * a.y : 0.0f);
+    }
+};
+
+// Q5_0 / Q5_1: as Q4_0 / Q4_1 with the fifth bits of elements 8s.. (qh bits 8s..) and
+// 16+8s.. (qh bits 16+8s..).
+struct MQ5_0 {
+    static constexpr int QK = 32, BYTES = 22, SUBS = 2;
+    int l0, l1, h0, h1;
+    float d;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        d = h2f(ld16(b));
+        u32 qh = (u32)ld_i2(b + 2);
+        int q0 = ld_i2(b + 6 + 8 * s), q1 = ld_i2(b + 10 + 8 * s);
+        l0 = (q0 & 0x0F0F0F0F) | spread4(qh >> (8 * s));
+        l1 = (q1 & 0x0F0F0F0F) | spread4(qh >> (8 * s + 4));
+        h0 = ((q0 >> 4) & 0x0F0F0F0F) | spread4(qh >> (16 + 8 * s));
+        h1 = ((q1 >> 4) & 0x0F0F0F0F) | spread4(qh >> (20 + 8 * s));
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int2 lo = *(const int2*)(x + 2 * s), hi = *(const int2*)(x + 4 + 2 * s);
+        int v = dp4a(h1, hi.y, dp4a(h0, hi.x, dp4a(l1, lo.y, dp4a(l0, lo.x, 0))));
+        float2 a = ds[0];
+        return d * (a.x * (float)v - (s == 0 ? 16.0f * a.y : 0.0f));
+    }
+};
+
+struct MQ5_1 {
+    static constexpr int QK = 32, BYTES = 24, SUBS = 2;
+    int l0, l1, h0, h1;
+    float d, m;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        d = h2f(ld16(b));
+        m = h2f(ld16(b + 2));
+        u32 qh = (u32)ld_i4(b + 4);
+        int q0 = ld_i4(b + 8 + 8 * s), q1 = ld_i4(b + 12 + 8 * s);
+        l0 = (q0 & 0x0F0F0F0F) | spread4(qh >> (8 * s));
+        l1 = (q1 & 0x0F0F0F0F) | spread4(qh >> (8 * s + 4));
+        h0 = ((q0 >> 4) & 0x0F0F0F0F) | spread4(qh >> (16 + 8 * s));
+        h1 = ((q1 >> 4) & 0x0F0F0F0F) | spread4(qh >> (20 + 8 * s));
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int2 lo = *(const int2*)(x + 2 * s), hi = *(const int2*)(x + 4 + 2 * s);
+        int v = dp4a(h1, hi.y, dp4a(h0, hi.x, dp4a(l1, lo.y, dp4a(l0, lo.x, 0))));
+        float2 a = ds[0];
+        return d * a.x * (float)v + (s == 0 ? m * a.y : 0.0f);
+    }
+};
+
+// Q8_0: two pieces of 16 quant bytes.
+struct MQ8_0 {
+    static constexpr int QK = 32, BYTES = 34, SUBS = 2;
+    int q[4];
+    float d;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        d = h2f(ld16(b));
+#pragma unroll
+        for (int k = 0; k < 4; k++) q[k] = ld_i2(b + 2 + 16 * s + 4 * k);
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int v = dot4(q[0], q[1], q[2], q[3], ld_x4(x + 4 * s), 0);
+        return d * ds[0].x * (float)v;
+    }
+};
+
+// Q4_K piece s (0..7): quant bytes 16s..16s+15, i.e. elements 16h..16h+15 (h = s % 2) of
+// chunks 2j (low nibbles) and 2j + 1 (high nibbles), j = s / 2.
+struct MQ4K {
+    static constexpr int QK = 256, BYTES = 144, SUBS = 8;
+    int4 q;
+    float d0, m0, d1, m1;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        int j = s >> 1;
+        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
+        float sc, mn;
+        scale_min_k4(2 * j, b + 4, &sc, &mn);
+        d0 = d * sc;
+        m0 = dmin * mn;
+        scale_min_k4(2 * j + 1, b + 4, &sc, &mn);
+        d1 = d * sc;
+        m1 = dmin * mn;
+        q = *(const int4*)(b + 16 + 16 * s);
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int j = s >> 1, h = s & 1;
+        const int m = 0x0F0F0F0F;
+        int v0 = dot4(q.x & m, q.y & m, q.z & m, q.w & m, ld_x4(x + 16 * j + 4 * h), 0);
+        int v1 = dot4((q.x >> 4) & m, (q.y >> 4) & m, (q.z >> 4) & m, (q.w >> 4) & m,
+                      ld_x4(x + 16 * j + 8 + 4 * h), 0);
+        float2 a = ds[2 * j], c = ds[2 * j + 1];
+        float r = d0 * a.x * (float)v0 + d1 * c.x * (float)v1;
+        return h == 0 ? r - (m0 * a.y + m1 * c.y) : r;
+    }
+};
+
+// Q5_K piece s: as Q4_K, plus bits 2j and 2j + 1 of high-bit bytes 16h..16h+15.
+struct MQ5K {
+    static constexpr int QK = 256, BYTES = 176, SUBS = 8;
+    int lo[4], hi[4];
+    float d0, m0, d1, m1;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        int j = s >> 1, h = s & 1;
+        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
+        float sc, mn;
+        scale_min_k4(2 * j, b + 4, &sc, &mn);
+        d0 = d * sc;
+        m0 = dmin * mn;
+        scale_min_k4(2 * j + 1, b + 4, &sc, &mn);
+        d1 = d * sc;
+        m1 = dmin * mn;
+        int4 q = *(const int4*)(b + 48 + 16 * s);
+        int4 qh = *(const int4*)(b + 16 + 16 * h);
+        int qa[4] = {q.x, q.y, q.z, q.w}, ha[4] = {qh.x, qh.y, qh.z, qh.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            lo[k] = (qa[k] & 0x0F0F0F0F) | (((ha[k] >> (2 * j)) & 0x01010101) << 4);
+            hi[k] = ((qa[k] >> 4) & 0x0F0F0F0F) | (((ha[k] >> (2 * j + 1)) & 0x01010101) << 4);
+        }
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int j = s >> 1, h = s & 1;
+        int v0 = dot4(lo[0], lo[1], lo[2], lo[3], ld_x4(x + 16 * j + 4 * h), 0);
+        int v1 = dot4(hi[0], hi[1], hi[2], hi[3], ld_x4(x + 16 * j + 8 + 4 * h), 0);
+        float2 a = ds[2 * j], c = ds[2 * j + 1];
+        float r = d0 * a.x * (float)v0 + d1 * c.x * (float)v1;
+        return h == 0 ? r - (m0 * a.y + m1 * c.y) : r;
+    }
+};
+
+// Q6_K piece s (0..7) = (n, k1, h) = (s / 4, (s / 2) % 2, s % 2): low-quant bytes
+// 64n + 32k1 + 16h.. (+16) and high-bit bytes 32n + 16h.. (+16), i.e. elements 16h..16h+15 of
+// chunks c0 = 4n + k1 (low nibbles, high bits 2k1) and c1 = c0 + 2 (high nibbles, bits 2k1 + 4);
+// values minus 32 as signed bytes. The layout is only 2-byte aligned.
+struct MQ6K {
+    static constexpr int QK = 256, BYTES = 210, SUBS = 8;
+    int v0[4], v1[4];
+    float s0, s1;
+    __device__ __forceinline__ static int minus32(int v) {
+        return (int)((((u32)v | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
+    }
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        int n = s >> 2, k1 = (s >> 1) & 1, h = s & 1;
+        const u8* l4 = b + n * 64 + k1 * 32 + 16 * h;
+        const u8* h2 = b + 128 + n * 32 + 16 * h;
+        const i8* sc = (const i8*)(b + 192 + n * 8);
+        float d = h2f(ld16(b + 208));
+        s0 = d * (float)sc[2 * k1 + h];
+        s1 = d * (float)sc[2 * k1 + 4 + h];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int l = ld_i2(l4 + 4 * k);
+            int hb = ld_i2(h2 + 4 * k);
+            v0[k] = minus32((l & 0x0F0F0F0F) | (((hb >> (2 * k1)) & 0x03030303) << 4));
+            v1[k] = minus32(((l >> 4) & 0x0F0F0F0F) | (((hb >> (2 * k1 + 4)) & 0x03030303) << 4));
+        }
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        int n = s >> 2, k1 = (s >> 1) & 1, h = s & 1;
+        int c0 = 4 * n + k1, c1 = c0 + 2;
+        int a = dot4(v0[0], v0[1], v0[2], v0[3], ld_x4(x + 8 * c0 + 4 * h), 0);
+        int c = dot4(v1[0], v1[1], v1[2], v1[3], ld_x4(x + 8 * c1 + 4 * h), 0);
+        return ds[c0].x * s0 * (float)a + ds[c1].x * s1 * (float)c;
+    }
+};
+
+template <class T, int NT, int ROWS>
+__device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __restrict__ xq,
+                                     const float2* __restrict__ xds, float* __restrict__ out,
+                                     int rows, int cols, int ntok) {
+    __shared__ float part[THREADS / 32][ROWS * NT];
+    int tid = threadIdx.x;
+    int row0 = blockIdx.x * ROWS;
+    int t0 = blockIdx.y * NT;
+    int nblk = cols / T::QK;
+    int nsub = nblk * T::SUBS;
+    size_t row_bytes = (size_t)nblk * T::BYTES;
+    float acc[ROWS][NT];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+    for (int i = tid; i < nsub; i += THREADS) {
+        int blk = i / T::SUBS, s = i % T::SUBS;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            if (row0 + r < rows) {
+                T wv;
+                wv.load(w + (size_t)(row0 + r) * row_bytes + (size_t)blk * T::BYTES, s);
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    if (t0 + t < ntok) {
+                        size_t tok = (size_t)(t0 + t);
+                        acc[r][t] += wv.dot(s, xq + tok * (cols / 4) + blk * (T::QK / 4),
+                                            xds + tok * (cols / 32) + blk * (T::QK / 32));
+                    }
+                }
+            }
+        }
+    }
+    int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float v = warp_sum(acc[r][t]);
+            if (lane == 0) part[warp][r * NT + t] = v;
+        }
+    __syncthreads();
+    if (tid < ROWS * NT) {
+        int r = tid / NT, t = tid % NT;
+        float v = 0.0f;
+#pragma unroll
+        for (int k = 0; k < THREADS / 32; k++) v += part[k][tid];
+        if (row0 + r < rows && t0 + t < ntok) out[(size_t)(t0 + t) * rows + row0 + r] = v;
+    }
+}
+
+#define MMVQ(NAME, T, NT, ROWS)                                                                 \
+    extern "C" __global__ void mmvq_##NAME##_##NT(const u8* w, const int* xq, const float2* xds, \
+                                                  float* out, int rows, int cols, int ntok) {   \
+        mmvq<T, NT, ROWS>(w, xq, xds, out, rows, cols, ntok);                                   \
+    }
+
+#define MMVQ_ALL(NAME, T) MMVQ(NAME, T, 1, 1) MMVQ(NAME, T, 2, 2) MMVQ(NAME, T, 4, 2) MMVQ(NAME, T, 8, 2)
+
+MMVQ_ALL(q4_0, MQ4_0)
+MMVQ_ALL(q4_1, MQ4_1)
+MMVQ_ALL(q5_0, MQ5_0)
+MMVQ_ALL(q5_1, MQ5_1)
+MMVQ_ALL(q8_0, MQ8_0)
+MMVQ_ALL(q4_k, MQ4K)
+MMVQ_ALL(q5_k, MQ5K)
+MMVQ_ALL(q6_k, MQ6K)

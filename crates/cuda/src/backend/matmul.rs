@@ -1,0 +1,301 @@
+//! Matrix products on the GPU, three ways, chosen per call:
+//!
+//! - **mmvq** (decode and small batches, the default): activations quantized once per call to 8
+//!   bits in blocks of 32 (`quantize_q8_1`), then integer dot products (dp4a) against the
+//!   weights' own blocks, 1/2/4/8 tokens per weight read (kernels/mmvq.cu). This is the numerics
+//!   of llama.cpp's CUDA decode path: the 8-bit activation rounding moves logits by ~1e-3.
+//! - **GEMM** (prefill, `gemm_min_tokens` tokens or more, when cuBLAS loads): weight rows
+//!   dequantized to f16 in tiles, activations rounded to f16 (bf16 for BF16 weights), and a
+//!   cuBLAS GEMM on tensor cores with f32 accumulation (kernels/gemm.cu).
+//! - **exact** (`set_exact(true)`, and float weights in decode): f32 activations and f32 math
+//!   on the weights dequantized in registers (kernels/matvec.cu); matches the CPU's exact mode to
+//!   ~1e-6.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use realizar_quant::GgmlType;
+
+use super::{raw, Arg, CudaBackend, CudaBuf};
+use crate::CudaError;
+
+/// Elements of weight dequantized per GEMM tile (64 MiB of f16).
+const TILE_ELEMS: usize = 32 << 20;
+
+/// Rows narrower than this use the f32 kernels in decode, by default.
+pub const DEFAULT_MMVQ_MIN_COLS: usize = 2048;
+
+/// Tokens from which a matmul goes through cuBLAS (when it is present), by default.
+pub const DEFAULT_GEMM_MIN_TOKENS: usize = 32;
+
+/// Device scratch of the fast paths, grown on demand and reused.
+#[derive(Default)]
+pub(super) struct Scratch {
+    xq: Option<CudaSlice<u8>>,
+    xds: Option<CudaSlice<f32>>,
+    wh: Option<CudaSlice<u16>>,
+    xh: Option<CudaSlice<u16>>,
+    /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
+    quantized: Option<(u64, usize, usize, u64)>,
+}
+
+/// A device array of at least `n` elements in `slot` (reallocated when too small).
+fn ensure<T: DeviceRepr + ValidAsZeroBits>(
+    b: &CudaBackend,
+    slot: &mut Option<CudaSlice<T>>,
+    n: usize,
+) -> Result<u64, CudaError> {
+    if slot.as_ref().is_none_or(|s| s.len() < n) {
+        *slot = None;
+        let mem = b
+            .stream
+            .alloc_zeros::<T>(n.max(1).next_power_of_two())
+            .map_err(|e| CudaError::call("cuMemAlloc(matmul scratch)", e))?;
+        *slot = Some(mem);
+    }
+    Ok(slot.as_ref().map_or(0, |s| raw(s, &b.stream)))
+}
+
+macro_rules! mmvq_names {
+    ($t:literal) => {
+        [
+            concat!("mmvq_", $t, "_1"),
+            concat!("mmvq_", $t, "_2"),
+            concat!("mmvq_", $t, "_4"),
+            concat!("mmvq_", $t, "_8"),
+        ]
+    };
+}
+
+/// The mmvq kernels (1, 2, 4, 8 tokens per weight read) and the f16 dequantizer of a block type.
+fn fast_kernels(ty: GgmlType) -> Option<([&'static str; 4], &'static str)> {
+    Some(match ty {
+        GgmlType::Q4_0 => (mmvq_names!("q4_0"), "dequant_f16_q4_0"),
+        GgmlType::Q4_1 => (mmvq_names!("q4_1"), "dequant_f16_q4_1"),
+        GgmlType::Q5_0 => (mmvq_names!("q5_0"), "dequant_f16_q5_0"),
+        GgmlType::Q5_1 => (mmvq_names!("q5_1"), "dequant_f16_q5_1"),
+        GgmlType::Q8_0 => (mmvq_names!("q8_0"), "dequant_f16_q8_0"),
+        GgmlType::Q4K => (mmvq_names!("q4_k"), "dequant_f16_q4_k"),
+        GgmlType::Q5K => (mmvq_names!("q5_k"), "dequant_f16_q5_k"),
+        GgmlType::Q6K => (mmvq_names!("q6_k"), "dequant_f16_q6_k"),
+        _ => return None,
+    })
+}
+
+/// The cuBLAS handle of a backend, when libcublas loads.
+pub(super) fn open_blas(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> Option<CudaBlas> {
+    // SAFETY: only checks whether the library can be opened; nothing is called through it.
+    if !unsafe { blas_sys::is_culib_present() } {
+        return None;
+    }
+    CudaBlas::new(stream.clone()).ok()
+}
+
+impl CudaBackend {
+    /// Fast paths of `matmul`; `Ok(false)` when the exact kernels must do it.
+    pub(super) fn matmul_fast(
+        &self,
+        ty: GgmlType,
+        w_ptr: u64,
+        rows: usize,
+        cols: usize,
+        x: &CudaBuf,
+        out: &CudaBuf,
+    ) -> Result<bool, CudaError> {
+        let ntok = x.rows;
+        if self.exact {
+            return Ok(false);
+        }
+        if ntok >= self.gemm_min_tokens && self.blas.is_some() {
+            return self.gemm(ty, w_ptr, rows, cols, x, out);
+        }
+        let Some((names, _)) = fast_kernels(ty) else {
+            return Ok(false);
+        };
+        // Narrow rows leave most of an mmvq block idle and add a quantize launch; the f32
+        // kernels did better there (SmolLM2-135M, 576/1536 columns, H200: tg128 513 tok/s
+        // with them, 339 with mmvq).
+        if cols < self.mmvq_min_cols {
+            return Ok(false);
+        }
+        let (nt, name) = match ntok {
+            1 => (1, names[0]),
+            2 => (2, names[1]),
+            3 | 4 => (4, names[2]),
+            _ => (8, names[3]),
+        };
+        let nblocks = ntok * cols / 32;
+        let mut s = self.scratch();
+        let xq = ensure(self, &mut s.xq, ntok * cols)?;
+        let xds = ensure(self, &mut s.xds, 2 * nblocks)?;
+        // q, k and v (and gate and up) multiply the same input: quantize it once.
+        let epoch = || self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        if s.quantized != Some((x.ptr, ntok, cols, epoch())) {
+            s.quantized = None;
+            self.launch(
+                "quantize_q8_1",
+                (nblocks.div_ceil(8) as u32, 1, 1),
+                256,
+                &[
+                    Arg::P(x.ptr),
+                    Arg::P(xq),
+                    Arg::P(xds),
+                    Arg::I(nblocks as i32),
+                ],
+            )?;
+            s.quantized = Some((x.ptr, ntok, cols, epoch()));
+        }
+        if out.ptr == x.ptr {
+            s.quantized = None;
+        }
+        // Rows per block: 1 for one token, 2 for more (kernels/mmvq.cu).
+        let per_block = if nt == 1 { 1 } else { 2 };
+        let grid = (rows.div_ceil(per_block) as u32, ntok.div_ceil(nt) as u32, 1);
+        self.launch(
+            name,
+            grid,
+            128,
+            &[
+                Arg::P(w_ptr),
+                Arg::P(xq),
+                Arg::P(xds),
+                Arg::P(out.ptr),
+                Arg::I(rows as i32),
+                Arg::I(cols as i32),
+                Arg::I(ntok as i32),
+            ],
+        )?;
+        Ok(true)
+    }
+
+    /// out = x W^T through cuBLAS; `Ok(false)` for weight types it does not take.
+    fn gemm(
+        &self,
+        ty: GgmlType,
+        w_ptr: u64,
+        rows: usize,
+        cols: usize,
+        x: &CudaBuf,
+        out: &CudaBuf,
+    ) -> Result<bool, CudaError> {
+        use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
+        let ntok = x.rows;
+        let dequant = fast_kernels(ty).map(|(_, d)| d);
+        let (wt, half_kind) = match ty {
+            GgmlType::F32 => (CUDA_R_32F, 0),
+            GgmlType::F16 => (CUDA_R_16F, 1),
+            GgmlType::Bf16 => (CUDA_R_16BF, 2),
+            _ if dequant.is_some() => (CUDA_R_16F, 1),
+            _ => return Ok(false),
+        };
+        let mut s = self.scratch();
+        s.quantized = None;
+        let xb = if half_kind == 0 {
+            x.ptr
+        } else {
+            let n = ntok * cols;
+            let p = ensure(self, &mut s.xh, n)?;
+            self.launch(
+                "to_half",
+                ((n.div_ceil(256)) as u32, 1, 1),
+                256,
+                &[
+                    Arg::P(x.ptr),
+                    Arg::P(p),
+                    Arg::L(n as i64),
+                    Arg::I(half_kind),
+                ],
+            )?;
+            p
+        };
+        let Some(dq) = dequant else {
+            self.gemm_call(wt, w_ptr, rows, rows, cols, xb, ntok, out.ptr)?;
+            return Ok(true);
+        };
+        let tile = (TILE_ELEMS / cols).clamp(1, rows);
+        let wh = ensure(self, &mut s.wh, tile * cols)?;
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = tile.min(rows - r0);
+            let chunks = n * cols / 32;
+            self.launch(
+                dq,
+                (chunks.div_ceil(256) as u32, 1, 1),
+                256,
+                &[
+                    Arg::P(w_ptr),
+                    Arg::P(wh),
+                    Arg::I(r0 as i32),
+                    Arg::I(n as i32),
+                    Arg::I(cols as i32),
+                ],
+            )?;
+            self.gemm_call(wt, wh, n, rows, cols, xb, ntok, out.ptr + 4 * r0 as u64)?;
+            r0 += n;
+        }
+        Ok(true)
+    }
+
+    /// C (ntok x ldc row-major, first m columns) = X (ntok x k) A^T, A being m x k row-major in
+    /// type `wt` and X in the same type (f32 with f32 weights).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_call(
+        &self,
+        wt: blas_sys::cudaDataType,
+        a: u64,
+        m: usize,
+        ldc: usize,
+        k: usize,
+        xb: u64,
+        ntok: usize,
+        c: u64,
+    ) -> Result<(), CudaError> {
+        let Some(h) = self.blas.as_ref() else {
+            return Err(CudaError::Unsupported("cuBLAS is not loaded".into()));
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // cuBLAS is column-major: C^T (m x ntok, leading dimension ldc) = op(A) B with A the
+        // row-major weight seen as k x m (lda = k, op = transpose) and B = X^T, k x ntok.
+        // SAFETY: a, xb and c are live device allocations of this context holding at least
+        // m*k, ntok*k and ntok*ldc elements of the stated types (checked by the callers'
+        // shape checks); alpha and beta are host f32 values, as the default pointer mode wants.
+        unsafe {
+            blas::gemm_ex(
+                *h.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m as i32,
+                ntok as i32,
+                k as i32,
+                (&alpha) as *const f32 as *const c_void,
+                a as *const c_void,
+                wt,
+                k as i32,
+                xb as *const c_void,
+                wt,
+                k as i32,
+                (&beta) as *const f32 as *const c_void,
+                c as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ldc as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaError::Blas {
+            call: "cublasGemmEx",
+            e,
+        })?;
+        if self.sync_each {
+            self.stream
+                .synchronize()
+                .map_err(|e| CudaError::kernel("cublasGemmEx", e))?;
+        }
+        Ok(())
+    }
+
+    fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
+        self.scratch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
