@@ -50,7 +50,7 @@ pub use float::{
     vec_dot_f32,
 };
 pub use fp::{Bf16, Half};
-pub use gemm::{detect_isa, gemm, Isa, QActs};
+pub use gemm::{detect_isa, gemm, Isa, Kernels, QActs};
 pub use iq4::{
     dequantize_iq4_nl, dequantize_iq4_xs, quantize_iq4_nl, quantize_iq4_xs, vec_dot_iq4_nl_q8_0,
     vec_dot_iq4_xs_q8_k, BlockIq4Nl, BlockIq4Xs, KVALUES_IQ4NL,

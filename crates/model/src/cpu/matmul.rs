@@ -7,7 +7,7 @@
 //! group of tokens, so prefill is matrix-matrix work rather than one product per token.
 
 use rayon::prelude::*;
-use realizar_quant::{dequantize_row, gemm, GgmlType, QActs, QuantError};
+use realizar_quant::{dequantize_row, gemm, GgmlType, Kernels, QActs, QuantError};
 
 use std::sync::Mutex;
 
@@ -27,7 +27,8 @@ unsafe impl Sync for SyncPtr {}
 const ROWS_PER_TASK: usize = 16;
 
 /// `out = W x`. With `exact`, weights rows are dequantized and multiplied with the f32
-/// activations (a slow oracle); otherwise activations are quantized as llama.cpp does.
+/// activations (a slow oracle); otherwise activations are quantized as llama.cpp does and
+/// `kernels` says whether a token's result may depend on the token count (see [`Kernels`]).
 pub fn matmul(
     w: &CpuWeight,
     x: &CpuBuf,
@@ -35,6 +36,7 @@ pub fn matmul(
     acts: &mut QActs,
     pool: &Pool,
     exact: bool,
+    kernels: Kernels,
 ) -> Result<(), ModelError> {
     let CpuWeight::Matrix {
         ty,
@@ -86,6 +88,7 @@ pub fn matmul(
             &wbytes[r0 * w_row..r1 * w_row],
             r1 - r0,
             acts,
+            kernels,
             |r, t, v: &[f32]| {
                 // SAFETY: gemm calls back with r + v.len() <= r1 - r0 and t < n_tok <=
                 // out.rows, so r0 + r + v.len() <= rows == out.cols and the run is inside

@@ -123,6 +123,9 @@ pub struct CpuBackend {
     /// Reference mode: f32 activations and f64 dot products instead of llama.cpp's 8-bit
     /// activation quantization. Slow; an oracle for tests against exact evaluations.
     exact: bool,
+    /// Batch-invariant matmul kernels: a token's result does not depend on the other tokens of
+    /// the step (`LoadOptions::deterministic`). The other ops are per token already.
+    deterministic: bool,
 }
 
 impl CpuBackend {
@@ -133,12 +136,18 @@ impl CpuBackend {
             scratch: Mutex::new(realizar_quant::QActs::new()),
             pool: pool::Pool::new(rayon::current_num_threads()),
             exact: false,
+            deterministic: false,
         }
     }
 
     /// Switches the reference mode (see the field `exact`).
     pub fn set_exact(&mut self, exact: bool) {
         self.exact = exact;
+    }
+
+    /// Switches batch-invariant matmuls (see the field `deterministic`).
+    pub fn set_deterministic(&mut self, deterministic: bool) {
+        self.deterministic = deterministic;
     }
 }
 
@@ -223,7 +232,12 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, w: &CpuWeight, x: &CpuBuf, out: &mut CpuBuf) -> Result<(), ModelError> {
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        matmul::matmul(w, x, out, &mut scratch, &self.pool, self.exact)
+        let kernels = if self.deterministic {
+            realizar_quant::Kernels::BatchInvariant
+        } else {
+            realizar_quant::Kernels::Fastest
+        };
+        matmul::matmul(w, x, out, &mut scratch, &self.pool, self.exact, kernels)
     }
 
     fn add_bias(&self, x: &mut CpuBuf, b: &CpuWeight) {

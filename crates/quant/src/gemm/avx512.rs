@@ -9,9 +9,10 @@
 //! Legacy types go two 32-blocks per 512-bit step (lanes 0..8 block 2p, lanes 8..16 block
 //! 2p+1); K-quants 64 elements per step with integer sub-block scales multiplied per lane.
 
+use super::invariant;
 use super::tiled::{rows_tiled, TiledLegacy};
 use super::tiled_k::{rows_tiled_k, TiledK};
-use super::{QActs, TILED_MIN_TOK};
+use super::{Kernels, QActs, TILED_MIN_TOK};
 use crate::fp::Half;
 use crate::kquants::{scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
@@ -305,6 +306,58 @@ fn scales2<W: Legacy>(b0: &W, b1: &W, bcast: __m512i) -> (__m512, f32, f32) {
     (dx, m0, m1)
 }
 
+/// One step of a row-streaming one-token kernel: blocks `p` and `p + 1` of row `w` (`p` alone
+/// at the row's end) with token `t`. Returns the integer dots with the offset included (lanes
+/// 0..8 block `p`, lanes 8..16 block `p + 1`, each lane a sum of 4 products), `d_w * d_y` in
+/// the same lanes, and whether there was a second block. Prefetches 1 KiB ahead in the row.
+///
+/// # Safety
+/// As [`legacy_row`] with token `t`; `p < w.len()`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn stream_step<W: Legacy>(
+    w: &[W],
+    a: &QActs,
+    t: usize,
+    p: usize,
+) -> (__m512i, __m512, bool) {
+    let nb = w.len();
+    let cols = a.cols;
+    debug_assert!(nb * QK == cols && t < a.n_tok && p < nb);
+    debug_assert!(a.qs.len() >= a.n_tok * cols && a.dexp.len() >= a.n_tok * nb * 8);
+    let pair = p + 1 < nb;
+    let (b0, b1) = (&w[p], if pair { &w[p + 1] } else { &w[p] });
+    // A hint only: `wrapping_add` computes an address that may lie past the row.
+    _mm_prefetch::<_MM_HINT_T0>((b0 as *const W).cast::<u8>().wrapping_add(1024).cast());
+    let (qmask, lmask): (u64, u16) = if pair {
+        (u64::MAX, 0xFFFF)
+    } else {
+        (0xFFFF_FFFF, 0x00FF)
+    };
+    // SAFETY: CPU features as required by this function.
+    let qx = unsafe { W::unpack2(b0, b1) };
+    let (dx, _, _) = scales2(b0, b1, bcast_d());
+    let blk = t * nb + p;
+    // SAFETY: token t < n_tok and block p (p + 1 when `pair`) < nb: the reads under the masks
+    // are inside the buffers, as in `legacy_row`.
+    let (yq, init, dy) = unsafe {
+        (
+            _mm512_maskz_loadu_epi8(qmask, a.qs.as_ptr().add(t * cols + QK * p).cast()),
+            if W::SHIFT != 0 {
+                _mm512_maskz_loadu_epi32(lmask, a.yoff.as_ptr().add(8 * blk).cast())
+            } else {
+                _mm512_setzero_si512()
+            },
+            _mm512_maskz_loadu_ps(lmask, a.dexp.as_ptr().add(8 * blk)),
+        )
+    };
+    (
+        _mm512_dpbusd_epi32(init, qx, yq),
+        _mm512_mul_ps(dx, dy),
+        pair,
+    )
+}
+
 /// One legacy weight row with one token, walking the row in memory order (a single stream the
 /// hardware prefetcher follows, plus a software prefetch 1 KiB ahead) with 512-bit float
 /// accumulators in two chains. Used for decode of the types without a min (Q4_0, Q5_0, Q8_0),
@@ -314,51 +367,19 @@ fn scales2<W: Legacy>(b0: &W, b1: &W, bcast: __m512i) -> (__m512, f32, f32) {
 /// As [`legacy_row`] with token `t`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn legacy_row_stream<W: Legacy>(w: &[W], a: &QActs, t: usize) -> f32 {
-    let nb = w.len();
-    let cols = a.cols;
-    debug_assert!(nb * QK == cols && t < a.n_tok && !W::HAS_MIN);
-    debug_assert!(a.qs.len() >= a.n_tok * cols && a.dexp.len() >= a.n_tok * nb * 8);
-    let (qs, dexp, yoff) = (a.qs.as_ptr(), a.dexp.as_ptr(), a.yoff.as_ptr());
-    let bcast2 = bcast_d();
+    debug_assert!(!W::HAS_MIN);
     let mut acc = [_mm512_setzero_ps(); 2];
-    let mut p = 0;
-    while p < nb {
-        let pair = p + 1 < nb;
-        let (b0, b1) = (&w[p], if pair { &w[p + 1] } else { &w[p] });
-        // A hint only: `wrapping_add` computes an address that may lie past the row.
-        _mm_prefetch::<_MM_HINT_T0>((b0 as *const W).cast::<u8>().wrapping_add(1024).cast());
-        let (qmask, lmask): (u64, u16) = if pair {
-            (u64::MAX, 0xFFFF)
-        } else {
-            (0xFFFF_FFFF, 0x00FF)
-        };
-        // SAFETY: CPU features as required by this function.
-        let qx = unsafe { W::unpack2(b0, b1) };
-        let (dx, _, _) = scales2(b0, b1, bcast2);
-        let blk = t * nb + p;
-        // SAFETY: token t < n_tok and block p (p + 1 when `pair`) < nb: the reads under the
-        // masks are inside the buffers, as in `legacy_row`.
-        let (yq, init, dy) = unsafe {
-            (
-                _mm512_maskz_loadu_epi8(qmask, qs.add(t * cols + QK * p).cast()),
-                if W::SHIFT != 0 {
-                    _mm512_maskz_loadu_epi32(lmask, yoff.add(8 * blk).cast())
-                } else {
-                    _mm512_setzero_si512()
-                },
-                _mm512_maskz_loadu_ps(lmask, dexp.add(8 * blk)),
-            )
-        };
-        let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, qx, yq));
+    for p in (0..w.len()).step_by(2) {
+        // SAFETY: the caller's guarantees; p < nb.
+        let (dot, dd, _) = unsafe { stream_step(w, a, t, p) };
         let c = (p / 2) % 2;
-        acc[c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dx, dy), acc[c]);
-        p += 2;
+        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dd, acc[c]);
     }
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
 /// Rows x tokens for one legacy type: 16-row register tiles (`tiled.rs`) for two tokens or
-/// more, else each row streamed once.
+/// more, else each row streamed once (batch-invariant: with the tiles' arithmetic).
 ///
 /// # Safety
 /// As [`legacy_row`], for every token of `a`.
@@ -367,6 +388,7 @@ unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, &[f32])>(
     w: &[W],
     n_rows: usize,
     a: &QActs,
+    kernels: Kernels,
     sink: &mut F,
 ) {
     if a.n_tok >= TILED_MIN_TOK {
@@ -376,7 +398,9 @@ unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, &[f32])>(
     }
     let nb = a.cols / QK;
     // Decode (batches of two or more go to `tiled.rs`): one row at a time in memory order,
-    // for Q4_1 / Q5_1 in llama.cpp's float order, the others with two 512-bit chains.
+    // for Q4_1 / Q5_1 in llama.cpp's float order (also the tiles'), the others with two 512-bit
+    // chains or, batch-invariant, in the tiles' order.
+    let invariant = kernels == Kernels::BatchInvariant;
     for t in 0..a.n_tok {
         for r in 0..n_rows {
             let wr = &w[r * nb..(r + 1) * nb];
@@ -384,6 +408,8 @@ unsafe fn legacy_rows<W: TiledLegacy, F: FnMut(usize, usize, &[f32])>(
             let v = unsafe {
                 if W::HAS_MIN {
                     legacy_row::<W, 1>(wr, a, t)[0]
+                } else if invariant {
+                    invariant::legacy_row::<W>(wr, a, t)
                 } else {
                     legacy_row_stream::<W>(wr, a, t)
                 }
@@ -403,16 +429,17 @@ pub(super) unsafe fn gemm_legacy<F: FnMut(usize, usize, &[f32])>(
     w: &[u8],
     n_rows: usize,
     a: &QActs,
+    k: Kernels,
     sink: &mut F,
 ) -> Result<(), QuantError> {
     // SAFETY (all arms): the caller's guarantees, with `w` viewed as the type's blocks.
     unsafe {
         match wty {
-            GgmlType::Q4_0 => legacy_rows::<BlockQ4_0, F>(as_blocks(w)?, n_rows, a, sink),
-            GgmlType::Q4_1 => legacy_rows::<BlockQ4_1, F>(as_blocks(w)?, n_rows, a, sink),
-            GgmlType::Q5_0 => legacy_rows::<BlockQ5_0, F>(as_blocks(w)?, n_rows, a, sink),
-            GgmlType::Q5_1 => legacy_rows::<BlockQ5_1, F>(as_blocks(w)?, n_rows, a, sink),
-            GgmlType::Q8_0 => legacy_rows::<BlockQ8_0, F>(as_blocks(w)?, n_rows, a, sink),
+            GgmlType::Q4_0 => legacy_rows::<BlockQ4_0, F>(as_blocks(w)?, n_rows, a, k, sink),
+            GgmlType::Q4_1 => legacy_rows::<BlockQ4_1, F>(as_blocks(w)?, n_rows, a, k, sink),
+            GgmlType::Q5_0 => legacy_rows::<BlockQ5_0, F>(as_blocks(w)?, n_rows, a, k, sink),
+            GgmlType::Q5_1 => legacy_rows::<BlockQ5_1, F>(as_blocks(w)?, n_rows, a, k, sink),
+            GgmlType::Q8_0 => legacy_rows::<BlockQ8_0, F>(as_blocks(w)?, n_rows, a, k, sink),
             other => {
                 return Err(QuantError::Unsupported {
                     op: "avx512 legacy gemm",
@@ -442,10 +469,10 @@ pub(super) trait KQuant: bytemuck::Pod {
 
 pub(super) struct KUnpacked {
     pub(super) q: [__m512i; 4],
-    sc: [__m512i; 4],
-    bw: __m256i,
-    d: f32,
-    c: f32,
+    pub(super) sc: [__m512i; 4],
+    pub(super) bw: __m256i,
+    pub(super) d: f32,
+    pub(super) c: f32,
 }
 
 /// Scales and mins of Q4_K / Q5_K: per step k, lanes 0..8 scale 2k, lanes 8..16 scale 2k+1;
@@ -636,12 +663,18 @@ unsafe fn kquant_row<W: KQuant, const T: usize>(
     out
 }
 
+/// K-quant rows x tokens: 16-row register tiles (`tiled_k.rs`) for two tokens or more, else
+/// each row once per token (batch-invariant: with the tiles' arithmetic).
+///
+/// # Safety
+/// As [`kquant_row`], for every token of `a`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn kquant_rows<W: TiledK, F: FnMut(usize, usize, &[f32])>(
     w: &[W],
     n_rows: usize,
     a: &[BlockQ8K],
     n_tok: usize,
+    kernels: Kernels,
     sink: &mut F,
 ) {
     if n_tok >= TILED_MIN_TOK {
@@ -655,7 +688,12 @@ unsafe fn kquant_rows<W: TiledK, F: FnMut(usize, usize, &[f32])>(
         for r in 0..n_rows {
             let wr = &w[r * nbk..(r + 1) * nbk];
             // SAFETY: token t < n_tok, rows of nbk blocks.
-            let [v] = unsafe { kquant_row::<W, 1>(wr, a, nbk, t) };
+            let v = unsafe {
+                match kernels {
+                    Kernels::Fastest => kquant_row::<W, 1>(wr, a, nbk, t)[0],
+                    Kernels::BatchInvariant => invariant::kquant_row::<W>(wr, a, t),
+                }
+            };
             sink(r, t, &[v]);
         }
     }
@@ -671,6 +709,7 @@ pub(super) unsafe fn gemm_kquant<F: FnMut(usize, usize, &[f32])>(
     w: &[u8],
     n_rows: usize,
     a: &QActs,
+    k: Kernels,
     sink: &mut F,
 ) -> Result<(), QuantError> {
     let y: &[BlockQ8K] = as_blocks(&a.raw)?;
@@ -684,9 +723,9 @@ pub(super) unsafe fn gemm_kquant<F: FnMut(usize, usize, &[f32])>(
     // SAFETY (all arms): the caller's guarantees; the activation length is checked above.
     unsafe {
         match wty {
-            GgmlType::Q4K => kquant_rows::<BlockQ4K, F>(as_blocks(w)?, n_rows, y, a.n_tok, sink),
-            GgmlType::Q5K => kquant_rows::<BlockQ5K, F>(as_blocks(w)?, n_rows, y, a.n_tok, sink),
-            GgmlType::Q6K => kquant_rows::<BlockQ6K, F>(as_blocks(w)?, n_rows, y, a.n_tok, sink),
+            GgmlType::Q4K => kquant_rows::<BlockQ4K, F>(as_blocks(w)?, n_rows, y, a.n_tok, k, sink),
+            GgmlType::Q5K => kquant_rows::<BlockQ5K, F>(as_blocks(w)?, n_rows, y, a.n_tok, k, sink),
+            GgmlType::Q6K => kquant_rows::<BlockQ6K, F>(as_blocks(w)?, n_rows, y, a.n_tok, k, sink),
             other => {
                 return Err(QuantError::Unsupported {
                     op: "avx512 k-quant gemm",

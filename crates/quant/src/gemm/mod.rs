@@ -16,11 +16,22 @@
 //! - Everything else (and every type on CPUs without VNNI): the typed per-row vec-dot, which
 //!   has AVX2 versions for Q4_1 and Q8_0 (`x86.rs`) and scalar references for all.
 //!
+//! A token's result can differ in the last bits between the one-token and the tiled kernels
+//! (Q4_0, Q5_0, Q8_0 and the K-quants sum in another float order), so with [`Kernels::Fastest`]
+//! a sequence decoding alone and the same sequence inside a batch may diverge.
+//! [`Kernels::BatchInvariant`] gives every (row, token) one arithmetic whatever the token count:
+//! the tiled kernels' (whose per-token arithmetic does not depend on the other tokens of the
+//! group), for one token computed by row-streaming kernels in the same order (`invariant.rs`);
+//! Q4_1 / Q5_1's one-token kernel already sums in that (llama.cpp's) order, and the typed
+//! vec-dots are per (row, token) anyway.
+//!
 //! NEON would slot in as another [`Isa`] arm. Every SIMD kernel is tested against the scalar
 //! vec-dot on random data (`tests.rs`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod invariant;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -37,6 +48,19 @@ use bytemuck::Pod;
 /// From this many tokens on, the AVX-512 kernels are the register-tiled ones (`tiled.rs`,
 /// `tiled_k.rs`); fewer tokens (decode) stream each weight row once.
 pub const TILED_MIN_TOK: usize = 2;
+
+/// How [`gemm`] chooses between the one-token and the multi-token kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fastest kernel for the token count; a token's result may then depend, in the last
+    /// bits, on how many tokens the call has.
+    #[default]
+    Fastest,
+    /// One arithmetic per (row, token) for every token count: a token's result is bit for bit
+    /// the same alone or inside any batch (`--deterministic`). Costs single-token decode speed
+    /// on the types whose one-token kernel is not already batch-invariant.
+    BatchInvariant,
+}
 
 /// The instruction-set level of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,15 +323,16 @@ fn legacy_kernel(wty: GgmlType, isa: Isa) -> Option<GgmlType> {
 
 /// `sink(r0, t, v)` with `v[i] = dot(weight row r0 + i, activation row t)`, covering every row
 /// of `w` (`n_rows` rows of `acts`' weight type and width, back to back) and every token of
-/// `acts` once (runs of up to 16 rows).
+/// `acts` once (runs of up to 16 rows). `kernels`: see [`Kernels`].
 pub fn gemm(
     wty: GgmlType,
     w: &[u8],
     n_rows: usize,
     acts: &QActs,
+    kernels: Kernels,
     sink: impl FnMut(usize, usize, &[f32]),
 ) -> Result<(), QuantError> {
-    gemm_isa(detect_isa(), wty, w, n_rows, acts, sink)
+    gemm_isa(detect_isa(), wty, w, n_rows, acts, kernels, sink)
 }
 
 /// [`gemm`] at a given level (tests compare levels; a level above the CPU's is lowered).
@@ -317,6 +342,7 @@ pub fn gemm_isa(
     w: &[u8],
     n_rows: usize,
     acts: &QActs,
+    kernels: Kernels,
     mut sink: impl FnMut(usize, usize, &[f32]),
 ) -> Result<(), QuantError> {
     if acts.wty != Some(wty) {
@@ -346,15 +372,16 @@ pub fn gemm_isa(
             // SAFETY: `detect_isa` found AVX-512 F/BW/VL/VNNI, FMA and F16C; `w` holds
             // `n_rows` rows of `cols` elements of `wty` and `acts` was prepared (expanded) for
             // `wty` and `cols` (both checked above).
-            unsafe { avx512::gemm_legacy(wty, w, n_rows, acts, &mut sink) }?;
+            unsafe { avx512::gemm_legacy(wty, w, n_rows, acts, kernels, &mut sink) }?;
             return Ok(());
         }
         if matches!(wty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
             // SAFETY: as above; K-quant activations are the raw Q8_K rows.
-            unsafe { avx512::gemm_kquant(wty, w, n_rows, acts, &mut sink) }?;
+            unsafe { avx512::gemm_kquant(wty, w, n_rows, acts, kernels, &mut sink) }?;
             return Ok(());
         }
     }
+    // Per (row, token) whatever the token count: batch-invariant as it is.
     gemm_fallback(wty, w, n_rows, acts, &mut sink)
 }
 

@@ -51,7 +51,7 @@ fn weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> 
     w
 }
 
-fn check_type(ty: GgmlType, isa: Isa, rng: &mut StdRng, seed: u64) {
+fn check_type(ty: GgmlType, isa: Isa, kernels: Kernels, rng: &mut StdRng, seed: u64) {
     let bs = ty.block_size();
     let shapes: &[usize] = if bs == 32 {
         &[32, 64, 96, 576, 1536]
@@ -69,7 +69,7 @@ fn check_type(ty: GgmlType, isa: Isa, rng: &mut StdRng, seed: u64) {
             acts.prepare(ty, &x, cols)
                 .unwrap_or_else(|e| panic!("prepare {ty}: {e}"));
             let mut got = vec![f32::NAN; rows * n_tok];
-            gemm_isa(isa, ty, &w, rows, &acts, |r0, t, v| {
+            gemm_isa(isa, ty, &w, rows, &acts, kernels, |r0, t, v| {
                 for (i, &x) in v.iter().enumerate() {
                     assert!(
                         got[(r0 + i) * n_tok + t].is_nan(),
@@ -95,8 +95,8 @@ fn check_type(ty: GgmlType, isa: Isa, rng: &mut StdRng, seed: u64) {
                     let tol = 2e-5 * mag + 1e-6;
                     assert!(
                         (v - want).abs() <= tol,
-                        "{ty} {isa:?} cols {cols} tok {t}/{n_tok} row {r}: {v} vs scalar {want} \
-                         (tol {tol}, seed {seed})"
+                        "{ty} {isa:?} {kernels:?} cols {cols} tok {t}/{n_tok} row {r}: {v} vs \
+                         scalar {want} (tol {tol}, seed {seed})"
                     );
                 }
             }
@@ -128,8 +128,10 @@ fn gemm_matches_scalar_all_levels() {
         eprintln!("NOTE: no AVX-512 VNNI on this CPU; only the fallback path is tested");
     }
     for &ty in TYPES {
-        check_type(ty, best, &mut rng, seed);
-        check_type(ty, Isa::Scalar, &mut rng, seed);
+        for kernels in [Kernels::Fastest, Kernels::BatchInvariant] {
+            check_type(ty, best, kernels, &mut rng, seed);
+        }
+        check_type(ty, Isa::Scalar, Kernels::Fastest, &mut rng, seed);
     }
 }
 
@@ -140,9 +142,10 @@ fn gemm_rejects_mismatched_inputs() {
     assert!(acts.prepare(GgmlType::Q4_0, &x, 48).is_err());
     assert!(acts.prepare(GgmlType::Q4_0, &x, 32).is_ok());
     let w = vec![0u8; 18];
-    assert!(gemm(GgmlType::Q4_1, &w, 1, &acts, |_, _, _: &[f32]| {}).is_err());
-    assert!(gemm(GgmlType::Q4_0, &w, 2, &acts, |_, _, _: &[f32]| {}).is_err());
-    assert!(gemm(GgmlType::Q4_0, &w, 1, &acts, |_, _, _: &[f32]| {}).is_ok());
+    let k = Kernels::Fastest;
+    assert!(gemm(GgmlType::Q4_1, &w, 1, &acts, k, |_, _, _: &[f32]| {}).is_err());
+    assert!(gemm(GgmlType::Q4_0, &w, 2, &acts, k, |_, _, _: &[f32]| {}).is_err());
+    assert!(gemm(GgmlType::Q4_0, &w, 1, &acts, k, |_, _, _: &[f32]| {}).is_ok());
 }
 
 /// The Q4_1 kernel keeps llama.cpp's float order, so it equals the AVX2 vec-dot (`x86.rs`,
@@ -163,19 +166,26 @@ fn q4_1_bit_identical_to_avx2_vec_dot() {
         acts.prepare(GgmlType::Q4_1, &x, cols)
             .unwrap_or_else(|e| panic!("{e}"));
         let w_row = w.len() / rows;
-        gemm(GgmlType::Q4_1, &w, rows, &acts, |r0, t, v| {
-            for (i, &v) in v.iter().enumerate() {
-                let r = r0 + i;
-                let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
-                let want = vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
-                    .unwrap_or(f32::NAN);
-                assert_eq!(
-                    v.to_bits(),
-                    want.to_bits(),
-                    "cols {cols} row {r} tok {t} seed {seed}"
-                );
-            }
-        })
+        gemm(
+            GgmlType::Q4_1,
+            &w,
+            rows,
+            &acts,
+            Kernels::Fastest,
+            |r0, t, v| {
+                for (i, &v) in v.iter().enumerate() {
+                    let r = r0 + i;
+                    let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
+                    let want = vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
+                        .unwrap_or(f32::NAN);
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "cols {cols} row {r} tok {t} seed {seed}"
+                    );
+                }
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -210,6 +220,107 @@ fn prepare_par_equals_prepare() {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert!(bits(&a.dexp) == bits(&b.dexp) && bits(&a.dy) == bits(&b.dy));
             assert!(bits(&a.s) == bits(&b.s), "{ty} n_tok {n_tok} seed {seed}");
+        }
+    }
+}
+
+/// `out[t * rows + r]`: every product of `w` with the `x.len() / cols` tokens of `x`.
+fn products(
+    isa: Isa,
+    ty: GgmlType,
+    kernels: Kernels,
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    cols: usize,
+) -> Vec<f32> {
+    let n_tok = x.len() / cols;
+    let mut acts = QActs::new();
+    acts.prepare(ty, x, cols)
+        .unwrap_or_else(|e| panic!("prepare {ty}: {e}"));
+    let mut out = vec![f32::NAN; rows * n_tok];
+    gemm_isa(isa, ty, w, rows, &acts, kernels, |r0, t, v| {
+        out[t * rows + r0..t * rows + r0 + v.len()].copy_from_slice(v)
+    })
+    .unwrap_or_else(|e| panic!("gemm {ty}: {e}"));
+    out
+}
+
+/// The weight types `gemm` takes (those with a vec-dot), found by trying each type of the table.
+fn gemm_types() -> Vec<GgmlType> {
+    let types: Vec<GgmlType> = crate::ALL_TYPES
+        .iter()
+        .copied()
+        .filter(|&ty| {
+            let cols = 256; // a whole number of blocks of every type
+            let mut w = vec![0u8; ty.row_bytes(cols as u64).unwrap_or(0) as usize];
+            let mut acts = QActs::new();
+            quantize_row(ty, &vec![0.5; cols], &mut w).is_ok()
+                && acts.prepare(ty, &vec![0.5; cols], cols).is_ok()
+                && gemm(ty, &w, 1, &acts, Kernels::Fastest, |_, _, _| {}).is_ok()
+        })
+        .collect();
+    // The table's vec-dot types, so that a regression in the probe cannot empty the test.
+    for ty in TYPES
+        .iter()
+        .chain(&[GgmlType::F32, GgmlType::Bf16, GgmlType::Iq4Xs])
+    {
+        assert!(types.contains(ty), "gemm no longer takes {ty}");
+    }
+    types
+}
+
+/// With [`Kernels::BatchInvariant`] a token's products are bit for bit the same computed alone
+/// and at a random place in batches of 2..40 tokens, for every weight type at every level (the
+/// promise behind `--deterministic`). How often [`Kernels::Fastest`] differs is printed.
+#[test]
+fn batch_invariant_kernels_give_a_token_the_same_bits_in_any_batch() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut levels = vec![detect_isa(), Isa::Avx2, Isa::Scalar];
+    levels.dedup();
+    for ty in gemm_types() {
+        // 5 blocks of 32 (an odd count: the pairwise kernels' tail) or 2 super-blocks.
+        let cols = if ty.block_size() == 256 { 512 } else { 160 };
+        let rows = 37; // two full 16-row tiles and a ragged one
+        let w = weights(&mut rng, ty, rows, cols);
+        let scale = rng.gen_range(0.1f32..3.0);
+        let x = gaussian(&mut rng, cols, scale);
+        for &isa in &levels {
+            let alone = products(isa, ty, Kernels::BatchInvariant, &w, rows, &x, cols);
+            assert!(
+                alone.iter().all(|v| v.is_finite()),
+                "{ty} {isa:?}: {alone:?}"
+            );
+            let fast_alone = products(isa, ty, Kernels::Fastest, &w, rows, &x, cols);
+            let mut fast_diffs = 0;
+            for n_tok in 2..=40 {
+                let at = rng.gen_range(0..n_tok);
+                let scale = rng.gen_range(0.1f32..3.0);
+                let mut batch = gaussian(&mut rng, n_tok * cols, scale);
+                batch[at * cols..(at + 1) * cols].copy_from_slice(&x);
+                let got = products(isa, ty, Kernels::BatchInvariant, &w, rows, &batch, cols);
+                for (r, want) in alone.iter().enumerate() {
+                    let v = got[at * rows + r];
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{ty} {isa:?} row {r}: {v} in a batch of {n_tok} (at {at}) vs {want} \
+                         alone (seed {seed})"
+                    );
+                }
+                let fast = products(isa, ty, Kernels::Fastest, &w, rows, &batch, cols);
+                fast_diffs += (0..rows)
+                    .filter(|&r| fast[at * rows + r].to_bits() != fast_alone[r].to_bits())
+                    .count();
+            }
+            if fast_diffs > 0 {
+                eprintln!(
+                    "{ty} {isa:?}: Kernels::Fastest gave {fast_diffs} of {} products other bits \
+                     in a batch than alone",
+                    39 * rows
+                );
+            }
         }
     }
 }
