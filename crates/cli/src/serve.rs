@@ -55,11 +55,19 @@ pub struct ServeArgs {
     /// Prompt tokens of one sequence per step (longer prompts are prefilled in chunks).
     #[arg(long, default_value_t = 256)]
     pub prefill_chunk: usize,
+    /// Compute every prompt in full instead of reusing the KV blocks of prefixes computed
+    /// before (a shared system prompt, the earlier turns of a chat).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// Batch-invariant arithmetic: a request's tokens (with a seed) do not depend on what else
+    /// is in the batch (bit-identical alone or batched; slower single-sequence decode).
+    #[arg(long)]
+    pub deterministic: bool,
     /// Seconds in-flight requests may run on after SIGTERM / Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
@@ -112,11 +120,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_seqs: a.max_batch,
         max_step_tokens: a.prefill_chunk + a.max_batch,
         prefill_chunk: a.prefill_chunk,
+        prefix_cache: !a.no_prefix_cache,
     };
     let kv_tokens = a.kv_tokens.unwrap_or(16384).max(a.ctx);
     let opts = LoadOptions {
         kv_tokens,
         max_batch_tokens: sched.max_step_tokens,
+        deterministic: a.deterministic,
         ..LoadOptions::default()
     };
     let cfg = EngineConfig {

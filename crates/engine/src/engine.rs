@@ -120,8 +120,14 @@ pub struct EngineStats {
     pub kv_blocks_total: usize,
     pub steps: u64,
     pub preemptions: u64,
-    /// Prompt tokens computed (recomputation after preemption included).
+    /// Prompt tokens computed (recomputation after preemption included; tokens found in the
+    /// prefix cache are not computed).
     pub prefill_tokens: u64,
+    /// Tokens of the requests admitted while the prefix cache was on (each admission, so a
+    /// preempted request counts again when it comes back).
+    pub prefix_cache_queried_tokens: u64,
+    /// Of those, tokens whose KV entries were found in the prefix cache.
+    pub prefix_cache_hit_tokens: u64,
     pub generated_tokens: u64,
     pub cancelled: u64,
 }
@@ -137,6 +143,8 @@ struct Shared {
     steps: AtomicU64,
     preemptions: AtomicU64,
     prefill_tokens: AtomicU64,
+    prefix_queried: AtomicU64,
+    prefix_hits: AtomicU64,
     generated_tokens: AtomicU64,
     cancelled: AtomicU64,
 }
@@ -315,6 +323,8 @@ impl EngineHandle {
             steps: s.steps.load(Ordering::Relaxed),
             preemptions: s.preemptions.load(Ordering::Relaxed),
             prefill_tokens: s.prefill_tokens.load(Ordering::Relaxed),
+            prefix_cache_queried_tokens: s.prefix_queried.load(Ordering::Relaxed),
+            prefix_cache_hit_tokens: s.prefix_hits.load(Ordering::Relaxed),
             generated_tokens: s.generated_tokens.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
         }
@@ -442,7 +452,7 @@ impl<B: Backend> Loop<B> {
             self.tokenizer.eog_ids().to_vec()
         };
         let stop = StopChecker::new(req.stop, stop_tokens, Some(req.max_tokens));
-        self.sched.add(id, req.prompt.len());
+        self.sched.add(id, req.prompt.clone());
         self.active.insert(
             id,
             Active {
@@ -487,6 +497,13 @@ impl<B: Backend> Loop<B> {
     /// One scheduled forward pass and the sampling after it.
     fn step(&mut self) -> Result<(), EngineError> {
         let plan = self.sched.schedule();
+        let prefix = self.sched.prefix_cache_stats();
+        let s = &self.shared;
+        s.preemptions
+            .store(self.sched.preemptions(), Ordering::Relaxed);
+        s.prefix_queried
+            .store(prefix.queried_tokens, Ordering::Relaxed);
+        s.prefix_hits.store(prefix.hit_tokens, Ordering::Relaxed);
         for it in &plan.items {
             if let Some(a) = self.active.get_mut(&it.id) {
                 if !a.admitted {
@@ -528,18 +545,20 @@ impl<B: Backend> Loop<B> {
         let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
         self.sched.commit(&plan);
         self.shared.steps.fetch_add(1, Ordering::Relaxed);
+        // Everything but one-token steps past the prompt (decodes) is prefill; a prompt whose
+        // all but last token came from the prefix cache is a one-token prefill.
         let prefill: usize = plan
             .items
             .iter()
-            .filter(|i| i.n_tokens > 1 || !i.wants_logits)
+            .filter(|i| {
+                let prompt_len = self.active.get(&i.id).map_or(0, |a| a.prompt_len);
+                i.n_tokens > 1 || !i.wants_logits || i.start < prompt_len
+            })
             .map(|i| i.n_tokens)
             .sum();
         self.shared
             .prefill_tokens
             .fetch_add(prefill as u64, Ordering::Relaxed);
-        self.shared
-            .preemptions
-            .store(self.sched.preemptions(), Ordering::Relaxed);
         let mut rows = rows.into_iter();
         for it in plan.items.iter().filter(|i| i.wants_logits) {
             let Some(mut logits) = rows.next() else {
@@ -585,7 +604,7 @@ impl<B: Backend> Loop<B> {
             }
         };
         a.tokens.push(next);
-        self.sched.append_token(id);
+        self.sched.append_token(id, next);
         self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
         let piece = if tok.is_eog(next) && !a.ignore_eos {
             String::new()

@@ -22,7 +22,7 @@ pub use engine::{
 pub use generate::{FinishReason, GenRequest, GenSummary, Generator, TokenEvent};
 pub use kv_blocks::KvBlocks;
 pub use sampler::{Sampler, SamplingParams, StopChecker, StopReason};
-pub use scheduler::{SchedConfig, Scheduler, StepPlan};
+pub use scheduler::{PrefixCacheStats, SchedConfig, Scheduler, StepPlan};
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 
 use std::path::PathBuf;

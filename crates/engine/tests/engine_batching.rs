@@ -22,7 +22,7 @@ const PROMPTS: [&str; 3] = [
     "Here is a list of the planets of the solar system, in order from the sun, with one \
      interesting fact about each of them:",
 ];
-const N: usize = 10;
+const N: usize = 20;
 
 /// Each prompt alone, through the single-sequence Generator: ids and their top-2 logit gap.
 fn tokenizer(file: &ModelFile) -> Tokenizer {
@@ -64,6 +64,7 @@ fn batched(file: &Arc<ModelFile>, tok: &Arc<Tokenizer>, kv_tokens: usize) -> (Ve
         max_seqs: 4,
         max_step_tokens: 8 + 4,
         prefill_chunk: 8,
+        prefix_cache: true,
     };
     let cfg = EngineConfig {
         ctx: kv_tokens,
@@ -146,7 +147,9 @@ fn batched_chunked_and_preempted_requests_match_single_sequence_generation() {
     // Room for everyone: three sequences decode together, prompts prefilled 8 tokens a step.
     let (got, _) = batched(&file, &tok, 1024);
     same(&expected, &got, "batched");
-    // Four blocks of 16 tokens for three sequences of up to 38 tokens: preemption.
+    // Four blocks of 16 tokens for three sequences of 25, 24 and 47 tokens: the two short ones
+    // need their second block while the long one holds two (they are submitted together, so
+    // they overlap by many steps): someone is preempted.
     let (got, preemptions) = batched(&file, &tok, 64);
     same(&expected, &got, "preempted");
     assert!(preemptions > 0, "the small cache never preempted");

@@ -93,6 +93,7 @@ impl TestServer {
             max_seqs: o.max_batch,
             max_step_tokens: 64 + o.max_batch,
             prefill_chunk: 64,
+            prefix_cache: true,
         };
         let opts = LoadOptions {
             kv_tokens: o.kv_tokens,
