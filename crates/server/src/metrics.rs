@@ -1,7 +1,7 @@
 //! Server metrics in the Prometheus text format (version 0.0.4).
 //!
-//! Counters and histograms the routes update, plus the engine's gauges read at scrape time:
-//! queue depth, running sequences and KV-cache blocks.
+//! Counters and histograms the routes update, plus the engine's figures read at scrape time:
+//! queue depth, running sequences, KV-cache blocks, preemptions and prefix-cache lookups.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -218,6 +218,18 @@ impl Metrics {
             "Prompt tokens computed (recomputation after preemption included).",
             e.prefill_tokens,
         );
+        counter(
+            o,
+            "realizar_prefix_cache_queried_tokens_total",
+            "Prompt tokens looked up in the prefix cache at admission.",
+            e.prefix_cache_queried_tokens,
+        );
+        counter(
+            o,
+            "realizar_prefix_cache_hit_tokens_total",
+            "Prompt tokens found in the prefix cache (not computed again).",
+            e.prefix_cache_hit_tokens,
+        );
         gauge(
             o,
             "realizar_engine_ready",
@@ -248,6 +260,9 @@ mod tests {
         let e = EngineStats {
             kv_blocks_total: 10,
             kv_blocks_used: 5,
+            preemptions: 3,
+            prefix_cache_queried_tokens: 200,
+            prefix_cache_hit_tokens: 48,
             ..EngineStats::default()
         };
         let text = m.render(&e, EngineState::Ready);
@@ -262,5 +277,9 @@ mod tests {
         assert!(text.contains("realizar_time_to_first_token_seconds_count 3"));
         assert!(text.contains("realizar_kv_cache_usage_ratio 0.5"));
         assert!(text.contains("realizar_engine_ready 1"));
+        assert!(text.contains("realizar_preemptions_total 3"));
+        assert!(text.contains("realizar_prefix_cache_queried_tokens_total 200"));
+        assert!(text.contains("realizar_prefix_cache_hit_tokens_total 48"));
+        assert!(text.contains("# TYPE realizar_prefix_cache_hit_tokens_total counter"));
     }
 }

@@ -274,12 +274,38 @@ fn side_routes_and_metrics() {
         "realizar_kv_blocks_used",
         "realizar_kv_blocks_total",
         "realizar_kv_cache_usage_ratio",
+        "realizar_preemptions_total",
+        "realizar_prefix_cache_queried_tokens_total",
+        "realizar_prefix_cache_hit_tokens_total",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
     assert!(s.metric("realizar_time_to_first_token_seconds_count") >= 1.0);
     assert!(s.metric("realizar_generation_tokens_total") >= 2.0);
     assert_eq!(s.metric("realizar_kv_blocks_total"), 128.0);
+
+    // The same long prompt twice: the second finds the first's full blocks in the prefix cache
+    // (16-token blocks, the block of its last token always computed).
+    let prompt = "The prefix cache test: a prompt long enough to fill a few blocks of the KV \
+                  cache, with words that no other test sends, so that its blocks are its own.";
+    let n = s
+        .post(
+            "/tokenize",
+            &json!({"content": prompt, "add_special": true}),
+        )
+        .json()["count"]
+        .as_u64()
+        .expect("count") as f64;
+    assert!(n > 32.0, "{n}");
+    let hits = || s.metric("realizar_prefix_cache_hit_tokens_total");
+    let queried = || s.metric("realizar_prefix_cache_queried_tokens_total");
+    let body = completion_body(json!({"prompt": prompt, "max_tokens": 1}));
+    assert_eq!(s.post("/v1/completions", &body).status, 200);
+    let (h0, q0) = (hits(), queried());
+    assert_eq!(s.post("/v1/completions", &body).status, 200);
+    assert!(hits() - h0 >= ((n - 1.0) / 16.0).floor() * 16.0);
+    assert!(queried() - q0 >= n);
+    assert!(hits() <= queried());
 }
 
 #[test]
