@@ -24,6 +24,8 @@ pub struct BenchArgs<'a> {
     pub reps: usize,
     pub threads: usize,
     pub device: &'a str,
+    /// Batch-invariant arithmetic (`LoadOptions::deterministic`).
+    pub deterministic: bool,
 }
 
 pub fn run(a: BenchArgs<'_>) -> Result<()> {
@@ -35,6 +37,7 @@ pub fn run(a: BenchArgs<'_>) -> Result<()> {
     let opts = LoadOptions {
         kv_tokens: a.n_prompt.max(a.n_gen).max(1),
         max_batch_tokens: a.n_prompt.max(1),
+        deterministic: a.deterministic,
         ..LoadOptions::default()
     };
     let what = || format!("loading {}", a.model.display());

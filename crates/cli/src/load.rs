@@ -88,26 +88,36 @@ fn open(path: &Path) -> Result<(Arc<ModelFile>, Tokenizer)> {
     Ok((file, tok))
 }
 
+/// The load options of `run`, `chat` and `perplexity`: a KV cache of `ctx` tokens.
+pub fn options(ctx: usize, deterministic: bool) -> LoadOptions {
+    LoadOptions {
+        kv_tokens: ctx,
+        deterministic,
+        ..LoadOptions::default()
+    }
+}
+
 /// Opens a model and its tokenizer on the CPU with a KV cache of `ctx` tokens.
 pub fn generator(path: &Path, ctx: usize) -> Result<Generator<CpuBackend>> {
+    generator_with(path, &options(ctx, false))
+}
+
+/// Opens a model and its tokenizer on the CPU.
+pub fn generator_with(path: &Path, opts: &LoadOptions) -> Result<Generator<CpuBackend>> {
     let (file, tok) = open(path)?;
-    let opts = LoadOptions {
-        kv_tokens: ctx,
-        ..LoadOptions::default()
-    };
-    let model =
-        load_cpu_from(file, &opts).with_context(|| format!("loading {}", path.display()))?;
+    let model = load_cpu_from(file, opts).with_context(|| format!("loading {}", path.display()))?;
     Ok(Generator::new(model, tok))
 }
 
 /// Opens a model and its tokenizer on the first CUDA device with a KV cache of `ctx` tokens.
 pub fn cuda_generator(path: &Path, ctx: usize) -> Result<Generator<CudaBackend>> {
+    cuda_generator_with(path, &options(ctx, false))
+}
+
+/// Opens a model and its tokenizer on the first CUDA device.
+pub fn cuda_generator_with(path: &Path, opts: &LoadOptions) -> Result<Generator<CudaBackend>> {
     let (file, tok) = open(path)?;
-    let opts = LoadOptions {
-        kv_tokens: ctx,
-        ..LoadOptions::default()
-    };
-    let model = realizar_cuda::load_cuda_from(file, &opts)
+    let model = realizar_cuda::load_cuda_from(file, opts)
         .with_context(|| format!("loading {} on CUDA", path.display()))?;
     Ok(Generator::new(model, tok))
 }

@@ -80,6 +80,10 @@ enum Command {
         /// Print JSON lines: prompt tokens, one object per token, then a summary.
         #[arg(long)]
         json: bool,
+        /// Batch-invariant arithmetic: a sequence's tokens do not depend on what else is in
+        /// the batch (bit-identical alone or batched; slower single-sequence decode).
+        #[arg(long)]
+        deterministic: bool,
         #[command(flatten)]
         place: Placement,
     },
@@ -128,6 +132,10 @@ enum Command {
         /// cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Batch-invariant arithmetic: the kernels `serve --deterministic` and
+        /// `run --deterministic` use.
+        #[arg(long)]
+        deterministic: bool,
     },
     /// Write a GGUF model with quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
     /// Q6_K, Q4_K_M, Q5_K_M (or F16, BF16, F32). Quantized inputs are dequantized first.
@@ -185,6 +193,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             sampling,
             top_logprobs,
             json,
+            deterministic,
             place,
         } => {
             let device = place.apply()?;
@@ -198,6 +207,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 json,
                 ctx: place.ctx,
                 device,
+                deterministic,
             })
         }
         Command::Chat {
@@ -235,6 +245,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             reps,
             threads,
             device,
+            deterministic,
         } => {
             let n_threads = threads.unwrap_or_else(load::physical_cores).max(1);
             load::set_threads(Some(n_threads));
@@ -246,6 +257,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 reps,
                 threads: n_threads,
                 device: &device,
+                deterministic,
             })
         }
         Command::Quantize { input, output, ty } => quantize::run(&input, &output, &ty),

@@ -56,13 +56,16 @@ pub struct RunArgs<'a> {
     pub json: bool,
     pub ctx: usize,
     pub device: Device,
+    /// Batch-invariant arithmetic (`LoadOptions::deterministic`).
+    pub deterministic: bool,
 }
 
 pub fn run(a: RunArgs<'_>) -> Result<()> {
     let t_load = Instant::now();
+    let opts = load::options(a.ctx, a.deterministic);
     match a.device {
-        Device::Cpu => generate(load::generator(a.model, a.ctx)?, t_load, &a),
-        Device::Cuda => generate(load::cuda_generator(a.model, a.ctx)?, t_load, &a),
+        Device::Cpu => generate(load::generator_with(a.model, &opts)?, t_load, &a),
+        Device::Cuda => generate(load::cuda_generator_with(a.model, &opts)?, t_load, &a),
     }
 }
 

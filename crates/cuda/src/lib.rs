@@ -142,7 +142,12 @@ pub fn load_cuda_from(
     opts: &LoadOptions,
 ) -> Result<Model<CudaBackend>, ModelError> {
     let cfg = config_of(&file)?;
-    let backend = CudaBackend::new(0)?;
+    let mut backend = CudaBackend::new(0)?;
+    if opts.deterministic {
+        // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
+        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) do not.
+        backend.set_gemm_min_tokens(usize::MAX);
+    }
     let block_size = opts.block_size.max(1);
     let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);
     let kv_bytes = 2

@@ -80,6 +80,7 @@ fn parity_mode(
         block_size: 16,
         max_batch_tokens: 64,
         kv_type,
+        deterministic: false,
     };
     let t0 = Instant::now();
     let mut g = load_cuda_from(file.clone(), &opts).unwrap();
@@ -454,6 +455,7 @@ fn decode_speed_real_shapes() {
             block_size: 16,
             max_batch_tokens: 512,
             kv_type: KvType::F16,
+            deterministic: false,
         };
         let t = Instant::now();
         let mut g = load_cuda_from(file, &opts).unwrap();

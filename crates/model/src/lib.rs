@@ -58,6 +58,10 @@ pub struct LoadOptions {
     pub max_batch_tokens: usize,
     /// Element type of the KV cache.
     pub kv_type: KvType,
+    /// Batch-invariant arithmetic: a sequence's logits are bit for bit the same whatever else
+    /// is in the batch (on the CPU the matmuls use one kernel arithmetic for every token
+    /// count; on CUDA the f16 GEMM path is off). Costs single-sequence decode speed.
+    pub deterministic: bool,
 }
 
 impl Default for LoadOptions {
@@ -67,6 +71,7 @@ impl Default for LoadOptions {
             block_size: 16,
             max_batch_tokens: 512,
             kv_type: KvType::F16,
+            deterministic: false,
         }
     }
 }
@@ -98,7 +103,8 @@ pub fn load_cpu_from(
     opts: &LoadOptions,
 ) -> Result<Model<CpuBackend>, ModelError> {
     let cfg = config_of(&file)?;
-    let backend = CpuBackend::new(file.clone());
+    let mut backend = CpuBackend::new(file.clone());
+    backend.set_deterministic(opts.deterministic);
     let weights = Weights::load(&file, &cfg, &backend)?;
     let block_size = opts.block_size.max(1);
     let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);

@@ -23,6 +23,7 @@ fn check(path: &Path, reference: &Value, arch: Arch) {
         block_size: 16,
         max_batch_tokens: 64,
         kv_type: KvType::F32,
+        deterministic: false,
     };
     let (_file, mut model) =
         load_cpu(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
