@@ -55,6 +55,11 @@ const SOURCES: &[Source] = &[
         dequant: true,
     },
     Source {
+        file: "sample.cu",
+        text: include_str!("../kernels/sample.cu"),
+        dequant: false,
+    },
+    Source {
         file: "attention.cu",
         text: include_str!("../kernels/attention.cu"),
         dequant: false,
@@ -149,6 +154,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "to_half",
         ],
     ),
+    ("sample.cu", &["top_k_rows"]),
     (
         "attention.cu",
         &[

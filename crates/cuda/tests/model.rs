@@ -217,6 +217,8 @@ struct Types {
     /// Quantize one random row per tensor and repeat it (for speed runs of large shapes, where
     /// values do not matter and generating billions of normals would take minutes).
     tiled: bool,
+    /// The same for the embedding table only.
+    tile_embedding: bool,
 }
 
 impl Types {
@@ -226,6 +228,7 @@ impl Types {
             embedding: ty,
             output: ty,
             tiled: false,
+            tile_embedding: false,
         }
     }
 }
@@ -296,7 +299,7 @@ fn synth(shape: &Shape, types: &Types, path: &Path, seed_rng: &mut rand::rngs::S
             _ => types.matrices,
         };
         let rb = ty.row_bytes(cols as u64).unwrap() as usize;
-        if types.tiled {
+        if types.tiled || (types.tile_embedding && name == "token_embd.weight") {
             let vals = normal(seed_rng, cols, 0.02);
             let mut row = vec![0u8; rb];
             realizar_quant::quantize_row(ty, &vals, &mut row).unwrap();
@@ -316,6 +319,37 @@ fn synth(shape: &Shape, types: &Types, path: &Path, seed_rng: &mut rand::rngs::S
         w.add_tensor(name, &[cols as u64, rows as u64], ty, data);
     }
     w.write_file(path).unwrap();
+}
+
+/// Llama-3.1-8B's widths (4096 / 14336, 32 heads over 8 KV heads, vocabulary 128256) in
+/// Q4_K_M's types (Q4_K matrices, Q6_K output), two layers so the f64 CPU reference stays quick.
+/// The embedding repeats one random row (token identity does not matter to the comparison; it
+/// saves half a billion normals); the output head is fully random.
+#[test]
+fn llama_8b_shape_matches_cpu() {
+    let Some(_g) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng("synth-8b");
+    let shape = Shape {
+        name: "llama-3.1-8b-2l",
+        n_embd: 4096,
+        n_ff: 14336,
+        n_head: 32,
+        n_head_kv: 8,
+        n_layers: 2,
+        vocab: 128_256,
+    };
+    let p = dir.path().join("llama-3.1-8b-2l-q4_k_m.gguf");
+    let types = Types {
+        matrices: GgmlType::Q4K,
+        embedding: GgmlType::Q4K,
+        output: GgmlType::Q6K,
+        tiled: false,
+        tile_embedding: true,
+    };
+    synth(&shape, &types, &p, &mut r);
+    let ok = parity(shape.name, &p, KvType::F16, 1e-2, Greedy::Strict);
+    assert!(ok, "the 8B-shape model differs between GPU and CPU");
 }
 
 #[test]
@@ -424,6 +458,7 @@ fn decode_speed_real_shapes() {
                 embedding: GgmlType::Q8_0,
                 output: GgmlType::Q8_0,
                 tiled: false,
+                tile_embedding: false,
             },
         ),
         (
@@ -441,6 +476,7 @@ fn decode_speed_real_shapes() {
                 embedding: GgmlType::Q4K,
                 output: GgmlType::Q6K,
                 tiled: true,
+                tile_embedding: true,
             },
         ),
     ];

@@ -556,3 +556,43 @@ fn bad_index_arrays_are_errors_not_gpu_faults() {
     let err = g.read(&o, 1).unwrap_err().to_string();
     println!("PASS gather of a missing row: {err}");
 }
+
+#[test]
+fn top_k_matches_host_selection() {
+    let Some(g) = gpu() else { return };
+    let mut rng = rng("top_k");
+    let mut ok = true;
+    for (rows, cols) in [(1, 1), (3, 37), (2, 1000), (2, 49155), (1, 128_256)] {
+        let mut x = normal(&mut rng, rows * cols, 3.0);
+        // Ties, NaN and -inf, which the order must handle as the host does.
+        for r in 0..rows {
+            let row = &mut x[r * cols..(r + 1) * cols];
+            if cols > 10 {
+                row[7] = row[3];
+                row[cols - 1] = row[3];
+                row[5] = f32::NAN;
+                row[6] = f32::NEG_INFINITY;
+                row[9] = 50.0;
+                row[cols / 2] = 50.0;
+            }
+        }
+        let gx = g.buf_from_host(rows, cols, &x).unwrap();
+        for k in [1usize, 2, 8, 40] {
+            let got = g.top_k(&gx, rows, k).unwrap();
+            for r in 0..rows {
+                let want = realizar_model::TopK::of_row(&x[r * cols..(r + 1) * cols], k);
+                let lse_ok = (got[r].lse - want.lse).abs() <= 1e-4 * want.lse.abs().max(1.0);
+                let same = got[r].ids == want.ids && got[r].logits == want.logits && lse_ok;
+                println!(
+                    "{} top_k {rows}x{cols} k={k} row {r}: ids {:?}.. lse {} vs {}",
+                    if same { "PASS" } else { "FAIL" },
+                    &got[r].ids[..got[r].ids.len().min(4)],
+                    got[r].lse,
+                    want.lse
+                );
+                ok &= same;
+            }
+        }
+    }
+    assert!(ok, "GPU top-k differs from the host selection");
+}

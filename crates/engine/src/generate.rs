@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
+use realizar_model::{Backend, LogitsWanted, Model, SeqChunk, TopK};
 
 use crate::detok::Detokenizer;
 use crate::sampler::{
@@ -66,10 +66,51 @@ pub struct GenSummary {
     pub tail: String,
 }
 
+/// Most candidates fetched per token through `Model::forward_top_k`; sampling that needs more
+/// reads whole logit rows.
+pub const MAX_CANDIDATES: usize = 64;
+
+/// The next token's logits as the model returned them: the whole row, or the top candidates
+/// and the row's log-sum-exp (`Model::forward_top_k`, so a GPU sends a few numbers per token).
+enum Dist {
+    Full(Vec<f32>),
+    Top(TopK),
+}
+
+impl Dist {
+    /// Log-probability of `id` under the unmodified distribution.
+    fn logprob(&self, id: u32) -> f32 {
+        match self {
+            Dist::Full(l) => token_logprob(l, id).unwrap_or(f32::NEG_INFINITY),
+            Dist::Top(t) => t
+                .ids
+                .iter()
+                .position(|&i| i == id)
+                .map_or(f32::NEG_INFINITY, |j| t.logits[j] - t.lse),
+        }
+    }
+
+    fn top_logprobs(&self, n: usize) -> Vec<(u32, f32)> {
+        match self {
+            Dist::Full(l) => top_logprobs(l, n),
+            Dist::Top(t) => t
+                .ids
+                .iter()
+                .zip(&t.logits)
+                .take(n)
+                .map(|(&i, &l)| (i, l - t.lse))
+                .collect(),
+        }
+    }
+}
+
 /// A model, its tokenizer and one cached sequence.
 pub struct Generator<B: Backend> {
     pub model: Model<B>,
     pub tokenizer: Tokenizer,
+    /// Sample from the top candidates (`Model::forward_top_k`) when the request allows it
+    /// (on by default; the full-row path is the reference).
+    pub use_candidates: bool,
     /// Tokens whose KV entries are in the cache, in order from position 0.
     cached: Vec<u32>,
     table: Vec<u32>,
@@ -81,6 +122,7 @@ impl<B: Backend> Generator<B> {
         Generator {
             model,
             tokenizer,
+            use_candidates: true,
             cached: Vec::new(),
             table,
         }
@@ -96,9 +138,9 @@ impl<B: Backend> Generator<B> {
         self.cached.clear();
     }
 
-    /// Computes the logits after `tokens`, reusing the cached prefix. Returns the logits of the
-    /// last token and how many tokens were computed.
-    fn prefill(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, usize), EngineError> {
+    /// Computes the logits after `tokens`, reusing the cached prefix. Returns the last token's
+    /// distribution (top `k` candidates when `k` is set) and how many tokens were computed.
+    fn prefill(&mut self, tokens: &[u32], k: Option<usize>) -> Result<(Dist, usize), EngineError> {
         if tokens.is_empty() {
             return Err(EngineError::Request("the prompt is empty".into()));
         }
@@ -118,19 +160,24 @@ impl<B: Backend> Generator<B> {
         // Recompute at least the last token to get its logits.
         let start = common.min(tokens.len() - 1);
         self.cached.truncate(start);
+        let dist = self.run(&tokens[start..], start, k)?;
+        self.cached.extend_from_slice(&tokens[start..]);
+        Ok((dist, tokens.len() - start))
+    }
+
+    /// Runs `tokens` at `pos` and returns the last one's distribution.
+    fn run(&mut self, tokens: &[u32], pos: usize, k: Option<usize>) -> Result<Dist, EngineError> {
         let chunk = SeqChunk {
-            tokens: &tokens[start..],
-            start_pos: start,
+            tokens,
+            start_pos: pos,
             block_table: &self.table,
             logits: LogitsWanted::Last,
         };
-        let logits = self
-            .model
-            .forward(&[chunk])?
-            .pop()
-            .ok_or_else(|| EngineError::Request("no logits".into()))?;
-        self.cached.extend_from_slice(&tokens[start..]);
-        Ok((logits, tokens.len() - start))
+        let dist = match k {
+            Some(k) => self.model.forward_top_k(&[chunk], k)?.pop().map(Dist::Top),
+            None => self.model.forward(&[chunk])?.pop().map(Dist::Full),
+        };
+        dist.ok_or_else(|| EngineError::Request("no logits".into()))
     }
 
     /// Generates, calling `on_token` for each token; generation stops early when it returns
@@ -149,22 +196,46 @@ impl<B: Backend> Generator<B> {
         };
         let mut stop = StopChecker::new(req.stop.clone(), stop_tokens, Some(req.max_tokens));
         let mut detok = Detokenizer::new();
+        // Sampling from the top candidates alone gives the same token (the sampler would never
+        // pick outside them) and the same log-probabilities; ignore_eos edits the row itself.
+        let k = sampler
+            .candidates_needed()
+            .map(|k| k.max(req.top_logprobs))
+            .filter(|&k| self.use_candidates && !req.ignore_eos && k <= MAX_CANDIDATES);
+        let mut sparse = Vec::new();
         let t0 = Instant::now();
-        let (mut logits, prefilled) = self.prefill(&req.prompt)?;
+        let (mut dist, prefilled) = self.prefill(&req.prompt, k)?;
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut history = req.prompt.clone();
         let mut finish = FinishReason::Length;
         let mut generated = 0;
         while generated < req.max_tokens {
-            if req.ignore_eos {
-                for &id in self.tokenizer.eog_ids() {
-                    if let Some(l) = logits.get_mut(id as usize) {
-                        *l = f32::NEG_INFINITY;
+            let id = match &mut dist {
+                Dist::Full(logits) => {
+                    if req.ignore_eos {
+                        for &id in self.tokenizer.eog_ids() {
+                            if let Some(l) = logits.get_mut(id as usize) {
+                                *l = f32::NEG_INFINITY;
+                            }
+                        }
                     }
+                    sampler.sample(logits, &history)?
                 }
-            }
-            let id = sampler.sample(&logits, &history)?;
+                Dist::Top(t) if req.params.is_greedy() => *t
+                    .ids
+                    .first()
+                    .ok_or_else(|| EngineError::Sampling("every token has probability 0".into()))?,
+                Dist::Top(t) => {
+                    // The candidates in a row of -inf: the sampler's top-k keeps exactly them.
+                    sparse.clear();
+                    sparse.resize(vocab, f32::NEG_INFINITY);
+                    for (&i, &l) in t.ids.iter().zip(&t.logits) {
+                        sparse[i as usize] = l;
+                    }
+                    sampler.sample(&sparse, &history)?
+                }
+            };
             generated += 1;
             history.push(id);
             let piece = if self.tokenizer.is_eog(id) && !req.ignore_eos {
@@ -176,12 +247,8 @@ impl<B: Backend> Generator<B> {
             let event = TokenEvent {
                 id,
                 text: out.text,
-                logprob: token_logprob(&logits, id).unwrap_or(f32::NEG_INFINITY),
-                top_logprobs: if req.top_logprobs > 0 {
-                    top_logprobs(&logits, req.top_logprobs)
-                } else {
-                    Vec::new()
-                },
+                logprob: dist.logprob(id),
+                top_logprobs: dist.top_logprobs(req.top_logprobs),
             };
             if !on_token(&event) {
                 finish = FinishReason::Cancelled;
@@ -199,17 +266,7 @@ impl<B: Backend> Generator<B> {
                 break;
             }
             let pos = self.cached.len();
-            let chunk = SeqChunk {
-                tokens: &[id],
-                start_pos: pos,
-                block_table: &self.table,
-                logits: LogitsWanted::Last,
-            };
-            logits = self
-                .model
-                .forward(&[chunk])?
-                .pop()
-                .ok_or_else(|| EngineError::Request("no logits".into()))?;
+            dist = self.run(&[id], pos, k)?;
             self.cached.push(id);
         }
         let mut tail = detok.flush();

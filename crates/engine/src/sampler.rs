@@ -116,7 +116,7 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn is_greedy(&self) -> bool {
+    pub(crate) fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == 1
     }
 }
@@ -183,6 +183,26 @@ impl Sampler {
         };
         self.logits = buf;
         result.ok_or_else(|| EngineError::Sampling("every token has probability 0".into()))
+    }
+
+    /// How many of the most likely tokens sampling with these parameters can ever choose, when
+    /// that is a small fixed number and nothing else (penalties, logit bias) reads the other
+    /// logits: 1 for greedy, `top_k` otherwise; `None` when the whole row is needed.
+    pub(crate) fn candidates_needed(&self) -> Option<usize> {
+        let p = &self.params;
+        let penalties = p.penalty_last_n > 0
+            && (p.repetition_penalty != 1.0
+                || p.presence_penalty != 0.0
+                || p.frequency_penalty != 0.0);
+        if penalties || !p.logit_bias.is_empty() {
+            None
+        } else if p.is_greedy() {
+            Some(1)
+        } else if p.top_k > 0 {
+            Some(p.top_k)
+        } else {
+            None
+        }
     }
 
     fn penalties_apply(&self, prev: &[u32]) -> bool {

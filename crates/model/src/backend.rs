@@ -144,4 +144,90 @@ pub trait Backend {
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], out: &mut Self::Buf);
     /// Copies the first `rows` rows to the host.
     fn read(&self, x: &Self::Buf, rows: usize) -> Result<Vec<f32>, ModelError>;
+    /// The `k` largest values of each of the first `rows` rows, with each row's log-sum-exp, so
+    /// that sampling needs only these numbers on the host. A GPU computes them where the logits
+    /// are; this default reads the rows and selects on the host.
+    fn top_k(&self, x: &Self::Buf, rows: usize, k: usize) -> Result<Vec<TopK>, ModelError> {
+        let flat = self.read(x, rows)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(flat
+            .chunks_exact(flat.len() / rows)
+            .map(|row| TopK::of_row(row, k))
+            .collect())
+    }
+}
+
+/// The largest logits of a row, for sampling without the whole row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopK {
+    /// Token ids, by logit descending (ties: lower id first). NaN logits are never chosen, so
+    /// there may be fewer than `k`.
+    pub ids: Vec<u32>,
+    /// Their logits.
+    pub logits: Vec<f32>,
+    /// ln(sum(exp(logit))) over the whole row (NaN entries skipped): a candidate's
+    /// log-probability under the unmodified distribution is `logit - lse`.
+    pub lse: f32,
+}
+
+impl TopK {
+    /// Selects on the host (the reference for backends that select elsewhere).
+    pub fn of_row(row: &[f32], k: usize) -> TopK {
+        let mut cand: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, &v)| (i as u32, v))
+            .collect();
+        let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = k.min(cand.len());
+        if k > 0 && k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, by);
+        }
+        cand.truncate(k);
+        cand.sort_unstable_by(by);
+        let max = row
+            .iter()
+            .filter(|v| !v.is_nan())
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let lse = if max == f32::NEG_INFINITY || max.is_infinite() {
+            max
+        } else {
+            let sum: f64 = row
+                .iter()
+                .filter(|v| !v.is_nan())
+                .map(|&v| ((v - max) as f64).exp())
+                .sum();
+            max + sum.ln() as f32
+        };
+        TopK {
+            ids: cand.iter().map(|c| c.0).collect(),
+            logits: cand.iter().map(|c| c.1).collect(),
+            lse,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopK;
+
+    #[test]
+    fn top_k_orders_ties_by_id_and_skips_nan() {
+        let row = [1.0, f32::NAN, 3.0, 3.0, f32::NEG_INFINITY, 2.0];
+        let t = TopK::of_row(&row, 4);
+        assert_eq!(t.ids, vec![2, 3, 5, 0]);
+        assert_eq!(t.logits, vec![3.0, 3.0, 2.0, 1.0]);
+        let want = (1f64.exp() + 2.0 * 3f64.exp() + 2f64.exp()).ln() as f32;
+        assert!((t.lse - want).abs() < 1e-6, "{} vs {want}", t.lse);
+        // More than there are non-NaN entries: all of them, -inf last.
+        let t = TopK::of_row(&row, 10);
+        assert_eq!(t.ids, vec![2, 3, 5, 0, 4]);
+        // Nothing but NaN and -inf.
+        let t = TopK::of_row(&[f32::NAN, f32::NEG_INFINITY], 3);
+        assert_eq!(t.ids, vec![1]);
+        assert_eq!(t.lse, f32::NEG_INFINITY);
+    }
 }

@@ -4,10 +4,14 @@
 //! then the final norm and the output head for the tokens whose logits are wanted. Every
 //! architectural difference is a field of `ModelConfig`.
 
-use crate::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams};
+use crate::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, TopK};
 use crate::config::ModelConfig;
 use crate::weights::Weights;
 use crate::ModelError;
+
+/// How a step hands its logits buffer (`rows` wanted rows) back: all of it, or the top k.
+type ReadLogits<'a, B, T> =
+    dyn Fn(&B, &<B as Backend>::Buf, usize) -> Result<Vec<T>, ModelError> + 'a;
 
 /// One sequence's share of a batch: a run of consecutive tokens starting at `start_pos`.
 #[derive(Debug, Clone)]
@@ -106,6 +110,33 @@ impl<B: Backend> Model<B> {
     /// Runs a batch and returns the logits wanted, in batch order: one `vocab`-long row per
     /// token with logits. Chunks longer than the step size are processed in several steps.
     pub fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let vocab = self.cfg.vocab_size;
+        self.forward_with(batch, &|b: &B, logits: &B::Buf, n: usize| {
+            Ok(b.read(logits, n)?
+                .chunks_exact(vocab)
+                .map(<[f32]>::to_vec)
+                .collect())
+        })
+    }
+
+    /// As `forward`, but returns only the `k` largest logits of each wanted row and the row's
+    /// log-sum-exp (`Backend::top_k`): on a GPU, a few numbers per token cross to the host
+    /// instead of the vocabulary.
+    pub fn forward_top_k(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        k: usize,
+    ) -> Result<Vec<TopK>, ModelError> {
+        self.forward_with(batch, &|b: &B, logits: &B::Buf, n: usize| {
+            b.top_k(logits, n, k)
+        })
+    }
+
+    fn forward_with<T>(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        out_of: &ReadLogits<'_, B, T>,
+    ) -> Result<Vec<T>, ModelError> {
         let mut out = Vec::new();
         // Split into steps of at most max_tokens tokens, keeping each piece of a chunk in order.
         let mut pieces: Vec<SeqChunk<'_>> = Vec::new();
@@ -115,7 +146,7 @@ impl<B: Backend> Model<B> {
             let mut start = 0;
             while start < chunk.tokens.len() {
                 if used == self.max_tokens {
-                    out.extend(self.step(&pieces)?);
+                    out.extend(self.step(&pieces, out_of)?);
                     pieces.clear();
                     used = 0;
                 }
@@ -135,7 +166,7 @@ impl<B: Backend> Model<B> {
             }
         }
         if !pieces.is_empty() {
-            out.extend(self.step(&pieces)?);
+            out.extend(self.step(&pieces, out_of)?);
         }
         Ok(out)
     }
@@ -168,7 +199,11 @@ impl<B: Backend> Model<B> {
     }
 
     /// One step of at most `max_tokens` tokens.
-    fn step(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn step<T>(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        out_of: &ReadLogits<'_, B, T>,
+    ) -> Result<Vec<T>, ModelError> {
         let cfg = &self.cfg;
         let b = &self.backend;
         let s = &mut self.state;
@@ -294,10 +329,6 @@ impl<B: Backend> Model<B> {
         if let Some(cap) = cfg.final_logit_softcap {
             b.softcap(&mut s.logits, cap);
         }
-        let flat = b.read(&s.logits, n)?;
-        Ok(flat
-            .chunks_exact(cfg.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect())
+        out_of(b, &s.logits, n)
     }
 }

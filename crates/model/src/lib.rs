@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use realizar_formats::{FormatError, ModelFile};
 
-pub use backend::{Backend, KvType};
+pub use backend::{Backend, KvType, TopK};
 pub use config::{Activation, Arch, ModelConfig, RopeLayout};
 pub use cpu::CpuBackend;
 pub use forward::{LogitsWanted, Model, SeqChunk};

@@ -36,12 +36,15 @@ pub(super) struct Scratch {
     xds: Option<CudaSlice<f32>>,
     wh: Option<CudaSlice<u16>>,
     xh: Option<CudaSlice<u16>>,
+    /// Outputs of `top_k_rows`: ids, then values and log-sum-exps.
+    pub(super) top_ids: Option<CudaSlice<u32>>,
+    pub(super) top_vals: Option<CudaSlice<f32>>,
     /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
     quantized: Option<(u64, usize, usize, u64)>,
 }
 
 /// A device array of at least `n` elements in `slot` (reallocated when too small).
-fn ensure<T: DeviceRepr + ValidAsZeroBits>(
+pub(super) fn ensure<T: DeviceRepr + ValidAsZeroBits>(
     b: &CudaBackend,
     slot: &mut Option<CudaSlice<T>>,
     n: usize,
@@ -295,7 +298,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
+    pub(super) fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
         self.scratch.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -4,7 +4,7 @@
 //! (see `CudaBackend::keep`); the checks here turn bad shapes and index arrays into errors before
 //! anything is launched.
 
-use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, WeightUse};
+use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, TopK, WeightUse};
 use realizar_model::config::{Activation, RopeLayout};
 use realizar_model::weights::TensorView;
 use realizar_model::ModelError;
@@ -363,5 +363,56 @@ impl Backend for CudaBackend {
             .synchronize()
             .map_err(|e| CudaError::call("cuStreamSynchronize", e))?;
         Ok(host)
+    }
+
+    fn top_k(&self, x: &CudaBuf, rows: usize, k: usize) -> Result<Vec<TopK>, ModelError> {
+        self.check()?;
+        let rows = rows.min(x.rows);
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let k = k.clamp(1, x.cols.max(1));
+        let (ids, vals) = {
+            let mut s = self.scratch();
+            let ip = super::matmul::ensure(self, &mut s.top_ids, rows * k)?;
+            let vp = super::matmul::ensure(self, &mut s.top_vals, rows * (k + 1))?;
+            let args = [
+                Arg::P(x.ptr),
+                Arg::I(x.cols as i32),
+                Arg::I(k as i32),
+                Arg::P(ip),
+                Arg::P(vp),
+                Arg::P(vp + 4 * (rows * k) as u64),
+            ];
+            self.launch("top_k_rows", (rows as u32, 1, 1), 1024, &args)?;
+            let mut ids = vec![0u32; rows * k];
+            let mut vals = vec![0.0f32; rows * (k + 1)];
+            let (Some(im), Some(vm)) = (s.top_ids.as_ref(), s.top_vals.as_ref()) else {
+                return Err(CudaError::Unsupported("top-k scratch missing".into()).into());
+            };
+            self.stream
+                .memcpy_dtoh(&im.slice(0..rows * k), &mut ids)
+                .map_err(|e| CudaError::call("cuMemcpyDtoH(top-k ids)", e))?;
+            self.stream
+                .memcpy_dtoh(&vm.slice(0..rows * (k + 1)), &mut vals)
+                .map_err(|e| CudaError::call("cuMemcpyDtoH(top-k values)", e))?;
+            (ids, vals)
+        };
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::call("cuStreamSynchronize", e))?;
+        Ok((0..rows)
+            .map(|r| {
+                let n = ids[r * k..(r + 1) * k]
+                    .iter()
+                    .position(|&i| i == u32::MAX)
+                    .unwrap_or(k);
+                TopK {
+                    ids: ids[r * k..r * k + n].to_vec(),
+                    logits: vals[r * k..r * k + n].to_vec(),
+                    lse: vals[rows * k + r],
+                }
+            })
+            .collect())
     }
 }
