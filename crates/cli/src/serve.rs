@@ -130,6 +130,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let cfg = EngineConfig {
+        candidates: true,
         ctx: a.ctx,
         max_queue: a.max_queue,
         sched,

@@ -21,11 +21,10 @@ use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::detok::Detokenizer;
+use crate::dist::{candidates_for, Dist};
 use crate::generate::FinishReason;
 use crate::kv_blocks::{KvBlocks, ReqId};
-use crate::sampler::{
-    token_logprob, top_logprobs, Sampler, SamplingParams, StopChecker, StopReason,
-};
+use crate::sampler::{Sampler, SamplingParams, StopChecker, StopReason};
 use crate::scheduler::{SchedConfig, Scheduler};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -41,6 +40,9 @@ pub struct EngineConfig {
     /// Requests waiting for a slot beyond which `submit` answers `QueueFull`.
     pub max_queue: usize,
     pub sched: SchedConfig,
+    /// Sample from the top candidates of each row (`Model::forward_top_k`) in steps where every
+    /// request allows it (dist.rs); off reads whole rows every step.
+    pub candidates: bool,
 }
 
 /// One generation request.
@@ -373,6 +375,8 @@ struct Loop<B: Backend> {
     active: HashMap<ReqId, Active>,
     next_id: ReqId,
     disconnected: bool,
+    /// Row buffer for sampling (dist.rs).
+    scratch: Vec<f32>,
 }
 
 impl<B: Backend> Loop<B> {
@@ -395,6 +399,7 @@ impl<B: Backend> Loop<B> {
             active: HashMap::new(),
             next_id: 0,
             disconnected: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -539,8 +544,31 @@ impl<B: Backend> Loop<B> {
                 },
             });
         }
+        // Top candidates instead of whole rows when every request sampling now allows it
+        // (dist.rs); on a GPU that keeps the vocabulary-sized rows on the device.
+        let mut k_step = Some(1);
+        for it in plan.items.iter().filter(|i| i.wants_logits) {
+            let need = self
+                .active
+                .get(&it.id)
+                .and_then(|a| candidates_for(&a.sampler, a.logprobs.unwrap_or(0), a.ignore_eos));
+            k_step = k_step.zip(need).map(|(a, b)| a.max(b));
+        }
         let t0 = std::time::Instant::now();
-        let rows = self.model.forward(&chunks)?;
+        let rows: Vec<Dist> = match k_step.filter(|_| self.cfg.candidates) {
+            Some(k) => self
+                .model
+                .forward_top_k(&chunks, k)?
+                .into_iter()
+                .map(Dist::Top)
+                .collect(),
+            None => self
+                .model
+                .forward(&chunks)?
+                .into_iter()
+                .map(Dist::Full)
+                .collect(),
+        };
         drop(chunks);
         let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
         self.sched.commit(&plan);
@@ -561,12 +589,12 @@ impl<B: Backend> Loop<B> {
             .fetch_add(prefill as u64, Ordering::Relaxed);
         let mut rows = rows.into_iter();
         for it in plan.items.iter().filter(|i| i.wants_logits) {
-            let Some(mut logits) = rows.next() else {
+            let Some(dist) = rows.next() else {
                 return Err(EngineError::Request(
                     "the forward pass returned too few rows".into(),
                 ));
             };
-            self.emit(it.id, &mut logits);
+            self.emit(it.id, &dist);
         }
         tracing::debug!(
             "step: {} sequences, {} tokens, forward {forward_ms:.1} ms, total {:.1} ms",
@@ -577,25 +605,16 @@ impl<B: Backend> Loop<B> {
         Ok(())
     }
 
-    /// Samples request `id`'s next token from `logits` and sends it on.
-    fn emit(&mut self, id: ReqId, logits: &mut [f32]) {
+    /// Samples request `id`'s next token from `dist` and sends it on.
+    fn emit(&mut self, id: ReqId, dist: &Dist) {
         let ctx = self.cfg.ctx;
+        let vocab = self.model.cfg.vocab_size;
         let tok = &self.tokenizer;
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
-        let lp_before = a.logprobs.map(|k| {
-            // Log-probabilities of the unmodified distribution, before any masking.
-            (top_logprobs(logits, k), logits.to_vec())
-        });
-        if a.ignore_eos {
-            for &e in tok.eog_ids() {
-                if let Some(l) = logits.get_mut(e as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let next = match a.sampler.sample(logits, &a.tokens) {
+        let banned = if a.ignore_eos { tok.eog_ids() } else { &[] };
+        let next = match dist.sample(&mut a.sampler, &a.tokens, banned, vocab, &mut self.scratch) {
             Ok(t) => t,
             Err(e) => {
                 let _ = a.tx.send(Event::Error(format!("sampling failed: {e}")));
@@ -628,9 +647,10 @@ impl<B: Backend> Loop<B> {
             text.push_str(&a.stop.finish());
             text.push_str(&a.detok.flush());
         }
-        let logprobs = lp_before.map(|(top, raw)| TokenLogprobs {
-            logprob: token_logprob(&raw, next).unwrap_or(f32::NEG_INFINITY),
-            top,
+        // Log-probabilities of the unmodified distribution (bans and sampling do not touch it).
+        let logprobs = a.logprobs.map(|k| TokenLogprobs {
+            logprob: dist.logprob(next),
+            top: dist.top_logprobs(k),
         });
         let sent = a.tx.send(Event::Token(TokenOut {
             id: next,

@@ -7,12 +7,11 @@
 
 use std::time::Instant;
 
-use realizar_model::{Backend, LogitsWanted, Model, SeqChunk, TopK};
+use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
 
 use crate::detok::Detokenizer;
-use crate::sampler::{
-    token_logprob, top_logprobs, Sampler, SamplingParams, StopChecker, StopReason,
-};
+use crate::dist::{candidates_for, Dist};
+use crate::sampler::{Sampler, SamplingParams, StopChecker, StopReason};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
@@ -64,44 +63,6 @@ pub struct GenSummary {
     pub finish: FinishReason,
     /// Text held back at the end (flushed detokenizer bytes), already included in events.
     pub tail: String,
-}
-
-/// Most candidates fetched per token through `Model::forward_top_k`; sampling that needs more
-/// reads whole logit rows.
-pub const MAX_CANDIDATES: usize = 64;
-
-/// The next token's logits as the model returned them: the whole row, or the top candidates
-/// and the row's log-sum-exp (`Model::forward_top_k`, so a GPU sends a few numbers per token).
-enum Dist {
-    Full(Vec<f32>),
-    Top(TopK),
-}
-
-impl Dist {
-    /// Log-probability of `id` under the unmodified distribution.
-    fn logprob(&self, id: u32) -> f32 {
-        match self {
-            Dist::Full(l) => token_logprob(l, id).unwrap_or(f32::NEG_INFINITY),
-            Dist::Top(t) => t
-                .ids
-                .iter()
-                .position(|&i| i == id)
-                .map_or(f32::NEG_INFINITY, |j| t.logits[j] - t.lse),
-        }
-    }
-
-    fn top_logprobs(&self, n: usize) -> Vec<(u32, f32)> {
-        match self {
-            Dist::Full(l) => top_logprobs(l, n),
-            Dist::Top(t) => t
-                .ids
-                .iter()
-                .zip(&t.logits)
-                .take(n)
-                .map(|(&i, &l)| (i, l - t.lse))
-                .collect(),
-        }
-    }
 }
 
 /// A model, its tokenizer and one cached sequence.
@@ -196,12 +157,9 @@ impl<B: Backend> Generator<B> {
         };
         let mut stop = StopChecker::new(req.stop.clone(), stop_tokens, Some(req.max_tokens));
         let mut detok = Detokenizer::new();
-        // Sampling from the top candidates alone gives the same token (the sampler would never
-        // pick outside them) and the same log-probabilities; ignore_eos edits the row itself.
-        let k = sampler
-            .candidates_needed()
-            .map(|k| k.max(req.top_logprobs))
-            .filter(|&k| self.use_candidates && !req.ignore_eos && k <= MAX_CANDIDATES);
+        // Sampling from the top candidates alone gives the same token (see dist.rs).
+        let k = candidates_for(&sampler, req.top_logprobs, req.ignore_eos)
+            .filter(|_| self.use_candidates);
         let mut sparse = Vec::new();
         let t0 = Instant::now();
         let (mut dist, prefilled) = self.prefill(&req.prompt, k)?;
@@ -211,31 +169,12 @@ impl<B: Backend> Generator<B> {
         let mut finish = FinishReason::Length;
         let mut generated = 0;
         while generated < req.max_tokens {
-            let id = match &mut dist {
-                Dist::Full(logits) => {
-                    if req.ignore_eos {
-                        for &id in self.tokenizer.eog_ids() {
-                            if let Some(l) = logits.get_mut(id as usize) {
-                                *l = f32::NEG_INFINITY;
-                            }
-                        }
-                    }
-                    sampler.sample(logits, &history)?
-                }
-                Dist::Top(t) if req.params.is_greedy() => *t
-                    .ids
-                    .first()
-                    .ok_or_else(|| EngineError::Sampling("every token has probability 0".into()))?,
-                Dist::Top(t) => {
-                    // The candidates in a row of -inf: the sampler's top-k keeps exactly them.
-                    sparse.clear();
-                    sparse.resize(vocab, f32::NEG_INFINITY);
-                    for (&i, &l) in t.ids.iter().zip(&t.logits) {
-                        sparse[i as usize] = l;
-                    }
-                    sampler.sample(&sparse, &history)?
-                }
+            let banned = if req.ignore_eos {
+                self.tokenizer.eog_ids()
+            } else {
+                &[]
             };
+            let id = dist.sample(&mut sampler, &history, banned, vocab, &mut sparse)?;
             generated += 1;
             history.push(id);
             let piece = if self.tokenizer.is_eog(id) && !req.ignore_eos {

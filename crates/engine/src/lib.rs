@@ -6,6 +6,7 @@
 
 pub mod chat_template;
 pub mod detok;
+mod dist;
 pub mod engine;
 pub mod generate;
 pub mod kv_blocks;

@@ -185,6 +185,11 @@ impl Sampler {
         result.ok_or_else(|| EngineError::Sampling("every token has probability 0".into()))
     }
 
+    /// Whether these parameters always pick the most likely token.
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.params.is_greedy()
+    }
+
     /// How many of the most likely tokens sampling with these parameters can ever choose, when
     /// that is a small fixed number and nothing else (penalties, logit bias) reads the other
     /// logits: 1 for greedy, `top_k` otherwise; `None` when the whole row is needed.

@@ -80,6 +80,7 @@ fn spawn(file: &Arc<ModelFile>, tok: &Arc<Tokenizer>, deterministic: bool) -> En
         ..SchedConfig::default()
     };
     let cfg = EngineConfig {
+        candidates: true,
         ctx: 1024,
         max_queue: 2 * MAX_SEQS,
         sched,

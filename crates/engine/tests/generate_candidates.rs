@@ -85,3 +85,117 @@ fn candidates_match_full_rows() {
         );
     }
 }
+
+/// The batching engine with candidates on and off gives the same tokens and log-probabilities
+/// for requests that can use them and for ones that cannot (top-p without top-k, penalties),
+/// all decoding together. Deterministic arithmetic keeps the two engines' steps comparable
+/// even if their batches form differently.
+#[test]
+fn engine_candidates_match_full_rows() {
+    use realizar_engine::{Engine, EngineConfig, EngineError, EngineRequest, Event, SchedConfig};
+    let file = Arc::new(ModelFile::open(&realizar_testkit::default_model()).expect("open"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.gguf().expect("gguf")).expect("tokenizer"));
+    let sampled = |seed, top_k, top_p| SamplingParams {
+        temperature: 0.8,
+        top_k,
+        top_p,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let penalized = SamplingParams {
+        repetition_penalty: 1.3,
+        penalty_last_n: 64,
+        ..SamplingParams::greedy()
+    };
+    let reqs = [
+        ("Name three rivers:", SamplingParams::greedy(), Some(3)),
+        ("Write a haiku about rain.", sampled(5, 20, 1.0), Some(2)),
+        ("The best way to learn is", sampled(9, 0, 0.9), None),
+        ("List the days of the week:", penalized, Some(1)),
+    ];
+    type Req<'a> = (&'a str, SamplingParams, Option<usize>);
+    let run = |candidates: bool, reqs: &[Req<'_>]| -> Vec<Vec<(u32, Option<f32>)>> {
+        let sched = SchedConfig {
+            max_seqs: 4,
+            max_step_tokens: 64,
+            prefill_chunk: 32,
+            prefix_cache: false,
+        };
+        let cfg = EngineConfig {
+            candidates,
+            ctx: 1024,
+            max_queue: 8,
+            sched,
+        };
+        let f = file.clone();
+        let (engine, _join) = Engine::spawn(cfg, tok.clone(), move || {
+            let opts = LoadOptions {
+                kv_tokens: 1024,
+                max_batch_tokens: 64,
+                deterministic: true,
+                ..LoadOptions::default()
+            };
+            load_cpu_from(f, &opts).map_err(EngineError::from)
+        })
+        .expect("spawn");
+        while engine.state() != realizar_engine::EngineState::Ready {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let rxs: Vec<_> = reqs
+            .iter()
+            .map(|(p, params, lp)| {
+                engine
+                    .submit(EngineRequest {
+                        prompt: tok.encode(p, true, true).expect("encode"),
+                        params: params.clone(),
+                        max_tokens: 12,
+                        stop: Vec::new(),
+                        logprobs: *lp,
+                        ignore_eos: true,
+                    })
+                    .expect("submit")
+            })
+            .collect();
+        rxs.into_iter()
+            .map(|mut rx| {
+                let mut out = Vec::new();
+                loop {
+                    match rx.blocking_recv() {
+                        Some(Event::Token(t)) => {
+                            out.push((t.id, t.logprobs.map(|l| l.logprob)));
+                        }
+                        Some(Event::Done(_)) => break,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                out
+            })
+            .collect()
+    };
+    // The first two alone (every step uses candidates), then all four (steps with the last
+    // two read whole rows).
+    for reqs in [&reqs[..2], &reqs[..]] {
+        let full = run(false, reqs);
+        let cand = run(true, reqs);
+        compare(&full, &cand);
+        println!(
+            "engine: {} requests, same ids and log-probabilities",
+            full.len()
+        );
+    }
+}
+
+fn compare(full: &[Vec<(u32, Option<f32>)>], cand: &[Vec<(u32, Option<f32>)>]) {
+    for (i, (f, c)) in full.iter().zip(cand).enumerate() {
+        assert_eq!(f.len(), 12, "request {i}");
+        let ids = |v: &[(u32, Option<f32>)]| v.iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(ids(f), ids(c), "request {i}: token ids differ");
+        for (a, b) in f.iter().zip(c) {
+            match (a.1, b.1) {
+                (Some(x), Some(y)) => assert!((x - y).abs() < 1e-4, "request {i}: {x} vs {y}"),
+                (None, None) => {}
+                other => panic!("request {i}: logprobs {other:?}"),
+            }
+        }
+    }
+}

@@ -101,6 +101,7 @@ impl TestServer {
             ..LoadOptions::default()
         };
         let cfg = EngineConfig {
+            candidates: true,
             ctx: o.ctx,
             max_queue: o.max_queue,
             sched,
