@@ -68,6 +68,11 @@ pub struct ServeArgs {
     /// is in the batch (bit-identical alone or batched; slower single-sequence decode).
     #[arg(long)]
     pub deterministic: bool,
+    /// CUDA only: size the KV cache to what is left of this fraction of the GPU's memory after
+    /// the weights and what other processes hold (like vLLM's --gpu-memory-utilization);
+    /// replaces --kv-tokens.
+    #[arg(long)]
+    pub gpu_memory: Option<f64>,
     /// Seconds in-flight requests may run on after SIGTERM / Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
@@ -86,6 +91,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         Device::Cuda => "cuda",
         Device::Auto => "auto",
     })?;
+    if a.gpu_memory.is_some() && !matches!(device, load::Device::Cuda) {
+        anyhow::bail!(
+            "--gpu-memory sizes a GPU's KV cache: it needs --device cuda (or auto with a GPU)"
+        );
+    }
     if a.ctx == 0 || a.max_batch == 0 || a.prefill_chunk == 0 {
         bail!("--ctx, --max-batch and --prefill-chunk must be at least 1");
     }
@@ -136,6 +146,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         sched,
     };
     let load_path = path.clone();
+    let gpu_memory = a.gpu_memory;
+    let ctx = a.ctx;
     let spawned = match device {
         load::Device::Cpu => Engine::spawn(cfg, tokenizer, move || {
             let t0 = std::time::Instant::now();
@@ -145,7 +157,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }),
         load::Device::Cuda => Engine::spawn(cfg, tokenizer, move || {
             let t0 = std::time::Instant::now();
-            let model = realizar_cuda::load_cuda_from(file, &opts).map_err(EngineError::from)?;
+            let model = match gpu_memory {
+                Some(f) => realizar_cuda::load_cuda_sized(file, &opts, f),
+                None => realizar_cuda::load_cuda_from(file, &opts),
+            }
+            .map_err(EngineError::from)?;
+            let kv = model.n_blocks() * model.block_size();
+            if kv < ctx {
+                return Err(EngineError::Request(format!(
+                    "the GPU's KV cache holds {kv} tokens, fewer than --ctx {ctx}: raise \
+                     --gpu-memory or lower --ctx"
+                )));
+            }
             log_loaded(&load_path, "cuda", t0, &model);
             Ok(model)
         }),

@@ -158,3 +158,24 @@ fn chat_answers_over_stdin_and_keeps_the_conversation() {
     assert_eq!(replies.len(), 2, "{s}");
     assert!(replies[0].contains("is 4."), "{s}");
 }
+
+#[test]
+fn serve_refuses_gpu_memory_without_a_gpu_device() {
+    let out = bin()
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--gpu-memory",
+            "0.9",
+            "--port",
+            "0",
+            "-m",
+        ])
+        .arg(model())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--gpu-memory"), "{err}");
+}

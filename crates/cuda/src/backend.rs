@@ -315,6 +315,13 @@ impl CudaBackend {
         self.kernels.cache_dir.as_deref()
     }
 
+    /// (free, total) device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| CudaError::call("cuMemGetInfo", e))
+    }
+
     /// Refuses, with the numbers, when `need` bytes would not fit in free GPU memory.
     pub fn check_fits(&self, what: &str, need: usize) -> Result<(), CudaError> {
         let (free, _total) = self

@@ -8,6 +8,7 @@
 
 mod backend;
 mod compile;
+mod sizing;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use realizar_model::{config_of, LoadOptions, Model, ModelError, Weights};
 pub use backend::{
     CudaBackend, CudaBuf, CudaKv, CudaWeight, DEFAULT_GEMM_MIN_TOKENS, SUPPORTED_TYPES,
 };
+pub use sizing::{kv_tokens_for_budget, Needs};
 
 use std::ffi::c_int;
 
@@ -141,8 +143,35 @@ pub fn load_cuda_from(
     file: Arc<ModelFile>,
     opts: &LoadOptions,
 ) -> Result<Model<CudaBackend>, ModelError> {
+    load_onto(CudaBackend::new(0)?, file, opts)
+}
+
+/// As `load_cuda_from`, with the KV cache sized to what is left of `fraction` of the GPU's
+/// memory after the weights, the scratch and what other processes hold (`opts.kv_tokens` is
+/// ignored).
+pub fn load_cuda_sized(
+    file: Arc<ModelFile>,
+    opts: &LoadOptions,
+    fraction: f64,
+) -> Result<Model<CudaBackend>, ModelError> {
+    let backend = CudaBackend::new(0)?;
     let cfg = config_of(&file)?;
-    let mut backend = CudaBackend::new(0)?;
+    let (free, total) = backend.memory_info()?;
+    let needs = Needs::of(&file, &cfg, opts);
+    let kv_tokens = kv_tokens_for_budget(total, free, fraction, &needs, opts.block_size.max(1))?;
+    let opts = LoadOptions {
+        kv_tokens,
+        ..opts.clone()
+    };
+    load_onto(backend, file, &opts)
+}
+
+fn load_onto(
+    mut backend: CudaBackend,
+    file: Arc<ModelFile>,
+    opts: &LoadOptions,
+) -> Result<Model<CudaBackend>, ModelError> {
+    let cfg = config_of(&file)?;
     if opts.deterministic {
         // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
         // cuBLAS GEMMs (from `gemm_min_tokens` tokens) do not.
@@ -150,29 +179,14 @@ pub fn load_cuda_from(
     }
     let block_size = opts.block_size.max(1);
     let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);
-    let kv_bytes = 2
-        * cfg.n_layers
-        * n_blocks
-        * block_size
-        * cfg.kv_dim()
-        * match opts.kv_type {
-            realizar_model::KvType::F16 => 2,
-            realizar_model::KvType::F32 => 4,
-        };
-    let weight_bytes: usize = file
-        .tensors()
-        .iter()
-        .map(|t| file.tensor_bytes(t).len())
-        .sum();
-    // Plus the matmul scratch: a 64 MiB f16 weight tile for prefill GEMMs and the activations'
-    // 8-bit and f16 copies.
-    let scratch = (64 << 20) + opts.max_batch_tokens * cfg.n_ff.max(cfg.n_embd) * 4;
+    let needs = Needs::of(&file, &cfg, opts);
+    let kv_bytes = n_blocks * block_size * needs.kv_per_token;
     backend.check_fits(
         "weights, KV cache and matmul scratch",
-        weight_bytes + kv_bytes + scratch,
+        needs.weights + kv_bytes + needs.scratch,
     )?;
     // Upload progress on stderr (indicatif draws nothing when stderr is not a terminal).
-    let bar = indicatif::ProgressBar::new(weight_bytes as u64).with_style(
+    let bar = indicatif::ProgressBar::new(needs.weights as u64).with_style(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );

@@ -588,3 +588,36 @@ fn truncate_model() {
     let n = w.write_file(Path::new(&out)).unwrap();
     eprintln!("wrote {n} bytes with {keep} layers");
 }
+
+/// `load_cuda_sized` (serve --gpu-memory): the KV cache takes what is left of the fraction, in
+/// whole blocks, and the model runs.
+#[test]
+fn kv_cache_sized_from_a_memory_fraction() {
+    let Some(g) = gpu() else { return };
+    let (free, total) = g.memory_info().unwrap();
+    drop(g);
+    let p = repo_root().join("tests/fixtures/tiny/llama/model-f32.gguf");
+    let file = Arc::new(ModelFile::open(&p).unwrap());
+    let opts = LoadOptions::default();
+    let cfg = realizar_model::config_of(&file).unwrap();
+    let needs = realizar_cuda::Needs::of(&file, &cfg, &opts);
+    // A budget that leaves about 256 MiB for the KV cache.
+    let used = (total - free) + needs.weights + needs.scratch + (256 << 20);
+    let fraction = (used as f64 / total as f64).min(1.0);
+    let want = realizar_cuda::kv_tokens_for_budget(total, free, fraction, &needs, 16).unwrap();
+    let mut m = realizar_cuda::load_cuda_sized(file, &opts, fraction).unwrap();
+    let got = m.n_blocks() * m.block_size();
+    println!("fraction {fraction:.3} of {total} bytes ({free} free): KV cache {got} tokens");
+    // Other processes may allocate in between: within a few blocks of the prediction.
+    assert!(got > 0 && got.abs_diff(want) <= 64, "{got} vs {want}");
+    let table: Vec<u32> = (0..4).collect();
+    let out = m
+        .forward(&[SeqChunk {
+            tokens: &[1, 2, 3],
+            start_pos: 0,
+            block_table: &table,
+            logits: LogitsWanted::Last,
+        }])
+        .unwrap();
+    assert_eq!(out.len(), 1);
+}

@@ -1,0 +1,119 @@
+//! What a model needs on the GPU, and how many KV-cache tokens fit in a memory budget
+//! (`realizar serve --gpu-memory F`, as vLLM's `--gpu-memory-utilization`).
+
+use realizar_formats::ModelFile;
+use realizar_model::{KvType, LoadOptions, ModelConfig};
+
+use crate::CudaError;
+
+/// Device memory a model needs besides its KV cache, and what each cached token costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// The weights, uploaded in their file formats.
+    pub weights: usize,
+    /// Matmul scratch: a 64 MiB f16 weight tile for prefill GEMMs and the activations' copies.
+    pub scratch: usize,
+    /// K and V of one token in every layer.
+    pub kv_per_token: usize,
+}
+
+impl Needs {
+    pub fn of(file: &ModelFile, cfg: &ModelConfig, opts: &LoadOptions) -> Needs {
+        let elem = match opts.kv_type {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        };
+        Needs {
+            weights: file
+                .tensors()
+                .iter()
+                .map(|t| file.tensor_bytes(t).len())
+                .sum(),
+            scratch: (64 << 20) + opts.max_batch_tokens * cfg.n_ff.max(cfg.n_embd) * 4,
+            kv_per_token: 2 * cfg.n_layers * cfg.kv_dim() * elem,
+        }
+    }
+}
+
+/// KV-cache tokens (whole blocks of `block` tokens) when this process may use `fraction` of the
+/// device's `total` memory, of which `free` is free now (the rest belongs to others and counts
+/// against the budget): what is left after the weights and scratch. An error, with the numbers,
+/// when not even one block fits.
+pub fn kv_tokens_for_budget(
+    total: usize,
+    free: usize,
+    fraction: f64,
+    needs: &Needs,
+    block: usize,
+) -> Result<usize, CudaError> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(CudaError::Unsupported(format!(
+            "GPU memory fraction {fraction}: use a value in (0, 1]"
+        )));
+    }
+    let budget = (total as f64 * fraction) as usize;
+    let others = total.saturating_sub(free);
+    let fixed = others + needs.weights + needs.scratch;
+    let block_bytes = needs.kv_per_token.max(1) * block.max(1);
+    let blocks = budget.saturating_sub(fixed) / block_bytes;
+    // The budget may not exceed what is actually free.
+    let blocks = blocks.min(free.saturating_sub(needs.weights + needs.scratch) / block_bytes);
+    if blocks == 0 {
+        return Err(CudaError::OutOfMemory {
+            what: format!(
+                "one KV block ({block_bytes} bytes) within {fraction} of {total} bytes \
+                 ({others} used by others, weights {}, scratch {})",
+                needs.weights, needs.scratch
+            ),
+            need: fixed + block_bytes,
+            free: budget.min(free),
+        });
+    }
+    Ok(blocks * block.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: usize = 1 << 30;
+
+    fn needs() -> Needs {
+        // Llama-3.1-8B Q4_K_M-like: 4.9 GB of weights, 128 KiB of f16 KV per token.
+        Needs {
+            weights: 4_920_000_000,
+            scratch: 100 << 20,
+            kv_per_token: 2 * 32 * 1024 * 2,
+        }
+    }
+
+    #[test]
+    fn budget_left_after_weights_and_others_goes_to_whole_blocks() {
+        let n = needs();
+        let t = kv_tokens_for_budget(80 * GIB, 79 * GIB, 0.9, &n, 16).unwrap();
+        assert_eq!(t % 16, 0);
+        let budget = (80.0 * GIB as f64 * 0.9) as usize;
+        let left = budget - GIB - n.weights - n.scratch;
+        assert_eq!(t, left / (n.kv_per_token * 16) * 16);
+        // A bigger fraction gives more tokens; memory used by others gives fewer.
+        assert!(kv_tokens_for_budget(80 * GIB, 79 * GIB, 0.95, &n, 16).unwrap() > t);
+        assert!(kv_tokens_for_budget(80 * GIB, 60 * GIB, 0.9, &n, 16).unwrap() < t);
+    }
+
+    #[test]
+    fn never_more_than_is_free() {
+        let n = needs();
+        // Others hold little, but "free" is small (e.g. fragmented): free bounds the result.
+        let t = kv_tokens_for_budget(80 * GIB, 8 * GIB, 1.0, &n, 16).unwrap();
+        assert!(t * n.kv_per_token + n.weights + n.scratch <= 8 * GIB);
+    }
+
+    #[test]
+    fn too_small_a_budget_is_an_error_with_the_numbers() {
+        let e = kv_tokens_for_budget(8 * GIB, 8 * GIB, 0.5, &needs(), 16).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("out of GPU memory"), "{msg}");
+        assert!(kv_tokens_for_budget(8 * GIB, 8 * GIB, 0.0, &needs(), 16).is_err());
+        assert!(kv_tokens_for_budget(8 * GIB, 8 * GIB, 1.5, &needs(), 16).is_err());
+    }
+}
