@@ -190,6 +190,54 @@ fn q4_1_bit_identical_to_avx2_vec_dot() {
     }
 }
 
+/// The one-token kernels walk rows two at a time where that is faster; a row's bits must not
+/// depend on that (nor on where the range of rows starts): every row of a ragged range equals
+/// the same row computed alone, for both kernel choices.
+#[test]
+fn one_token_rows_do_not_depend_on_their_neighbours() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        let cols = if ty.block_size() == 256 {
+            512
+        } else {
+            32 * rng.gen_range(1..20)
+        };
+        let rows = rng.gen_range(2..40);
+        let w = weights(&mut rng, ty, rows, cols);
+        let scale = rng.gen_range(0.1f32..3.0);
+        let x = gaussian(&mut rng, cols, scale);
+        let w_row = w.len() / rows;
+        for kernels in [Kernels::Fastest, Kernels::BatchInvariant] {
+            let all = products(detect_isa(), ty, kernels, &w, rows, &x, cols);
+            for (r, v) in all.iter().enumerate() {
+                let alone = products(
+                    detect_isa(),
+                    ty,
+                    kernels,
+                    &w[r * w_row..(r + 1) * w_row],
+                    1,
+                    &x,
+                    cols,
+                );
+                assert_eq!(
+                    v.to_bits(),
+                    alone[0].to_bits(),
+                    "{ty} {kernels:?} cols {cols} row {r} of {rows} (seed {seed})"
+                );
+            }
+        }
+    }
+}
+
 /// Spreading the activation quantization over threads changes nothing.
 #[test]
 fn prepare_par_equals_prepare() {
