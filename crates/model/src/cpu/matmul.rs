@@ -68,20 +68,24 @@ pub fn matmul(
     let w_row = ty.row_bytes(cols as u64).map_err(quant_err)? as usize;
     let wbytes = data.as_slice();
     let out_ptr = SyncPtr(out.data.as_mut_ptr());
-    // Decode streams each weight once: give every thread a few long runs of rows (the hardware
-    // prefetcher follows a long run better than 16-row pieces). Prefill keeps small tasks,
-    // whose weights are reused across the token tiles.
-    let per_task = if n_tok <= 2 {
-        rows.div_ceil(4 * pool.n_threads())
-            .next_multiple_of(ROWS_PER_TASK)
+    // Decode streams each weight once: every thread walks long runs of rows (the hardware
+    // prefetcher follows a long run better than 16-row pieces), in pieces that shrink towards
+    // the end ([`decode_bounds`]) so that the threads finish together. Prefill keeps small
+    // tasks, whose weights are reused across the token tiles.
+    let mut bounds = [0usize; MAX_DECODE_TASKS + 1];
+    let n_tasks = if n_tok <= 2 {
+        decode_bounds(rows, pool.n_threads(), &mut bounds)
     } else {
-        ROWS_PER_TASK
+        rows.div_ceil(ROWS_PER_TASK)
     };
-    let n_tasks = rows.div_ceil(per_task);
+    let bounds = &bounds;
     let failed: Mutex<Option<QuantError>> = Mutex::new(None);
     pool.run(n_tasks, &|task| {
-        let r0 = task * per_task;
-        let r1 = (r0 + per_task).min(rows);
+        let (r0, r1) = if n_tok <= 2 {
+            (bounds[task], bounds[task + 1])
+        } else {
+            (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(rows))
+        };
         let o = out_ptr;
         let res = gemm(
             ty,
@@ -107,6 +111,39 @@ pub fn matmul(
         Some(e) => Err(quant_err(e)),
         None => Ok(()),
     }
+}
+
+/// Most pieces of a decode product ([`decode_bounds`]).
+const MAX_DECODE_TASKS: usize = 64;
+
+/// Splits `rows` into pieces for `n_threads` threads claiming them in order ("guided"
+/// scheduling): each piece is 1/(2 n_threads) of the rows still unclaimed, a multiple of
+/// [`ROWS_PER_TASK`], at least that, so the first pieces are long runs and the last ones short
+/// enough that no thread waits long for another at the end. Writes the piece starts and the
+/// end to `bounds` and returns the piece count.
+fn decode_bounds(
+    rows: usize,
+    n_threads: usize,
+    bounds: &mut [usize; MAX_DECODE_TASKS + 1],
+) -> usize {
+    let mut n = 0;
+    let mut start = 0;
+    while start < rows {
+        bounds[n] = start;
+        let left = rows - start;
+        let piece = if n + 1 == MAX_DECODE_TASKS {
+            left
+        } else {
+            (left / (2 * n_threads.max(1)))
+                .next_multiple_of(ROWS_PER_TASK)
+                .max(ROWS_PER_TASK)
+                .min(left)
+        };
+        start += piece;
+        n += 1;
+    }
+    bounds[n] = rows;
+    n
 }
 
 fn matmul_exact(
@@ -137,4 +174,27 @@ fn matmul_exact(
             });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_pieces_cover_every_row_once_in_order() {
+        let mut b = [0usize; MAX_DECODE_TASKS + 1];
+        for rows in [0usize, 1, 15, 16, 17, 192, 576, 1536, 49152, 1 << 22] {
+            for nt in [1usize, 2, 3, 8] {
+                let n = decode_bounds(rows, nt, &mut b);
+                assert!(n <= MAX_DECODE_TASKS);
+                assert_eq!(b[0], 0);
+                assert_eq!(b[n], rows);
+                assert!(
+                    b[..=n].windows(2).all(|w| w[0] < w[1]),
+                    "{rows} {nt} {:?}",
+                    &b[..=n]
+                );
+            }
+        }
+    }
 }
