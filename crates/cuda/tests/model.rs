@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{gpu, normal, rel_err, rng};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use realizar_cuda::load_cuda_from;
 use realizar_formats::{GgmlType, GgufFile, GgufWriter, ModelFile, Value};
 use realizar_model::{load_cpu_from, KvType, LoadOptions, LogitsWanted, Model, SeqChunk};
@@ -306,16 +306,23 @@ fn synth(shape: &Shape, types: &Types, path: &Path, seed_rng: &mut rand::rngs::S
             w.add_tensor(name, &[cols as u64, rows as u64], ty, row.repeat(rows));
             continue;
         }
-        let vals = normal(seed_rng, rows * cols, 0.02);
+        // Rows in parallel pieces, each from its own generator seeded from `seed_rng`, so a
+        // billion-parameter file takes seconds on the device's cores, not minutes.
         let mut data = vec![0u8; rows * rb];
-        for r in 0..rows {
-            realizar_quant::quantize_row(
-                ty,
-                &vals[r * cols..(r + 1) * cols],
-                &mut data[r * rb..(r + 1) * rb],
-            )
-            .unwrap();
-        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = rows.div_ceil(threads).max(1);
+        let seeds: Vec<u64> = (0..rows.div_ceil(per)).map(|_| seed_rng.gen()).collect();
+        std::thread::scope(|sc| {
+            for (piece, seed) in data.chunks_mut(per * rb).zip(&seeds) {
+                sc.spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(*seed);
+                    for row in piece.chunks_mut(rb) {
+                        let vals = normal(&mut rng, cols, 0.02);
+                        realizar_quant::quantize_row(ty, &vals, row).unwrap();
+                    }
+                });
+            }
+        });
         w.add_tensor(name, &[cols as u64, rows as u64], ty, data);
     }
     w.write_file(path).unwrap();
