@@ -128,6 +128,10 @@ pub struct QActs {
     /// ... and `-o` times the block's quant sum (the tiled kernels' initial accumulator).
     ycorr: Vec<i32>,
     expanded: bool,
+    /// The f32 rows these buffers were made from (empty when they are not valid): a product
+    /// with the same input and weight type as the last one (q, k and v of a layer; gate and
+    /// up) reuses them instead of quantizing again.
+    src: Vec<f32>,
 }
 
 impl QActs {
@@ -162,6 +166,10 @@ impl QActs {
                 got: x.len(),
             });
         }
+        if self.wty == Some(wty) && self.cols == cols && same_bits(&self.src, x) {
+            return Ok(());
+        }
+        self.src.clear();
         let n_tok = x.len() / cols;
         let act_ty = vec_dot_type(wty);
         let row_bytes = usize::try_from(act_ty.row_bytes(cols as u64)?)
@@ -174,15 +182,25 @@ impl QActs {
         self.expanded = expanded;
         self.raw.resize(n_tok * row_bytes, 0);
         let nb = cols / 32;
-        // Per token: element counts of the expanded buffers (0 when not expanded).
+        // Per token: element counts of the expanded buffers (0 when not expanded); the
+        // per-lane scales and offsets only for the one-token kernels.
         let ex = |n: usize| if expanded { n } else { 0 };
-        let per_tok = [ex(cols), ex(nb * 8), ex(nb), ex(nb * 8), ex(nb), ex(nb)];
+        let lanes = |n: usize| if n_tok < TILED_MIN_TOK { ex(n) } else { 0 };
+        let per_tok = [
+            ex(cols),
+            lanes(nb * 8),
+            ex(nb),
+            lanes(nb * 8),
+            ex(nb),
+            ex(nb),
+        ];
         self.qs.resize(n_tok * per_tok[0], 0);
         self.dexp.resize(n_tok * per_tok[1], 0.0);
         self.s.resize(n_tok * per_tok[2], 0.0);
         self.yoff.resize(n_tok * per_tok[3], 0);
         self.dy.resize(n_tok * per_tok[4], 0.0);
         self.ycorr.resize(n_tok * per_tok[5], 0);
+        self.src.resize(x.len(), 0.0);
         let shift = offset_shift(wty);
         // Chunks of tokens with their own disjoint pieces of every buffer.
         let n_chunks = n_tok.div_ceil(PREP_CHUNK);
@@ -194,11 +212,12 @@ impl QActs {
             yoff: &mut self.yoff,
             dy: &mut self.dy,
             ycorr: &mut self.ycorr,
+            src: &mut self.src,
         };
         let chunks: Vec<std::sync::Mutex<TokenBufs>> = (0..n_chunks)
             .map(|c| {
                 let n = PREP_CHUNK.min(n_tok - c * PREP_CHUNK);
-                std::sync::Mutex::new(rest.split_off(n, row_bytes, &per_tok))
+                std::sync::Mutex::new(rest.split_off(n, row_bytes, cols, &per_tok))
             })
             .collect();
         let failed: std::sync::Mutex<Option<QuantError>> = std::sync::Mutex::new(None);
@@ -206,9 +225,10 @@ impl QActs {
             let mut bufs = chunks[c].lock().unwrap_or_else(|p| p.into_inner());
             let t0 = c * PREP_CHUNK;
             let res = (0..PREP_CHUNK.min(n_tok - t0)).try_for_each(|i| {
-                let mut tok = bufs.split_off(1, row_bytes, &per_tok);
+                let mut tok = bufs.split_off(1, row_bytes, cols, &per_tok);
                 let xr = &x[(t0 + i) * cols..(t0 + i + 1) * cols];
                 quantize_activations(act_ty, xr, tok.raw)?;
+                tok.src.copy_from_slice(xr);
                 if expanded {
                     tok.expand(act_ty, shift)?;
                 }
@@ -219,10 +239,18 @@ impl QActs {
             }
         });
         match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(e),
+            Some(e) => {
+                self.src.clear();
+                Err(e)
+            }
             None => Ok(()),
         }
     }
+}
+
+/// Bit for bit equality (so 0.0 and -0.0 differ, and a NaN equals itself).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    bytemuck::cast_slice::<f32, u32>(a) == bytemuck::cast_slice::<f32, u32>(b)
 }
 
 /// A parallel runner: `par(n, f)` calls `f(i)` for every `i < n`, possibly from several
@@ -241,6 +269,7 @@ struct TokenBufs<'a> {
     yoff: &'a mut [i32],
     dy: &'a mut [f32],
     ycorr: &'a mut [i32],
+    src: &'a mut [f32],
 }
 
 /// Splits the first `n` elements off `*s`.
@@ -253,7 +282,13 @@ fn take<'a, T>(s: &mut &'a mut [T], n: usize) -> &'a mut [T] {
 
 impl<'a> TokenBufs<'a> {
     /// The first `n` tokens' views (`per_tok`: expanded elements per token, as `prepare_par`).
-    fn split_off(&mut self, n: usize, row_bytes: usize, per_tok: &[usize; 6]) -> TokenBufs<'a> {
+    fn split_off(
+        &mut self,
+        n: usize,
+        row_bytes: usize,
+        cols: usize,
+        per_tok: &[usize; 6],
+    ) -> TokenBufs<'a> {
         TokenBufs {
             raw: take(&mut self.raw, n * row_bytes),
             qs: take(&mut self.qs, n * per_tok[0]),
@@ -262,6 +297,7 @@ impl<'a> TokenBufs<'a> {
             yoff: take(&mut self.yoff, n * per_tok[3]),
             dy: take(&mut self.dy, n * per_tok[4]),
             ycorr: take(&mut self.ycorr, n * per_tok[5]),
+            src: take(&mut self.src, n * cols),
         }
     }
 
@@ -275,17 +311,24 @@ impl<'a> TokenBufs<'a> {
             yoff,
             dy,
             ycorr,
+            ..
         } = self;
+        // The per-lane forms (`dexp`, `yoff`) are empty for batches (tiled kernels only).
+        let lanes = !dexp.is_empty();
         let mut put = |b: usize, d: f32, sv: f32, q: &[i8; 32]| {
             qs[32 * b..32 * b + 32].copy_from_slice(q);
-            dexp[8 * b..8 * b + 8].fill(d);
             dy[b] = d;
             s[b] = sv;
             let mut total = 0;
-            for (o, quad) in yoff[8 * b..8 * b + 8].iter_mut().zip(q.chunks_exact(4)) {
+            for (k, quad) in q.chunks_exact(4).enumerate() {
                 let sum: i32 = quad.iter().map(|&v| v as i32).sum();
                 total += sum;
-                *o = if shift == 0 { 0 } else { -(sum << shift) };
+                if lanes {
+                    yoff[8 * b + k] = if shift == 0 { 0 } else { -(sum << shift) };
+                }
+            }
+            if lanes {
+                dexp[8 * b..8 * b + 8].fill(d);
             }
             ycorr[b] = if shift == 0 { 0 } else { -(total << shift) };
         };

@@ -272,6 +272,62 @@ fn prepare_par_equals_prepare() {
     }
 }
 
+/// `prepare` reuses its buffers when called again with the same input and weight type; any
+/// other input (one element changed, a sign of zero, another type or width) is quantized anew.
+#[test]
+fn prepare_again_equals_a_fresh_prepare() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let fresh = |ty: GgmlType, x: &[f32], cols: usize| {
+        let mut a = QActs::new();
+        a.prepare(ty, x, cols).unwrap_or_else(|e| panic!("{e}"));
+        a
+    };
+    let same = |a: &QActs, b: &QActs| {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        a.n_tok == b.n_tok
+            && a.cols == b.cols
+            && a.wty == b.wty
+            && a.raw == b.raw
+            && a.qs == b.qs
+            && a.yoff == b.yoff
+            && a.ycorr == b.ycorr
+            && bits(&a.dexp) == bits(&b.dexp)
+            && bits(&a.dy) == bits(&b.dy)
+            && bits(&a.s) == bits(&b.s)
+    };
+    let mut acts = QActs::new();
+    for n_tok in [1usize, 3] {
+        let cols = 512;
+        let mut x = gaussian(&mut rng, n_tok * cols, 2.0);
+        x[5] = 0.0;
+        let mut steps: Vec<(GgmlType, Vec<f32>, usize)> = Vec::new();
+        for ty in [
+            GgmlType::Q5_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+        ] {
+            steps.push((ty, x.clone(), cols));
+        }
+        let mut y = x.clone();
+        let i = rng.gen_range(0..y.len());
+        y[i] += 1.0;
+        steps.push((GgmlType::Q4K, y.clone(), cols));
+        y[5] = -0.0;
+        steps.push((GgmlType::Q4K, y.clone(), cols));
+        steps.push((GgmlType::Q4K, y.clone(), 256));
+        steps.push((GgmlType::Q4_1, y, 256));
+        for (ty, x, cols) in steps {
+            acts.prepare(ty, &x, cols).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                same(&acts, &fresh(ty, &x, cols)),
+                "{ty} cols {cols} n_tok {n_tok} (seed {seed})"
+            );
+        }
+    }
+}
+
 /// `out[t * rows + r]`: every product of `w` with the `x.len() / cols` tokens of `x`.
 fn products(
     isa: Isa,
