@@ -140,7 +140,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let cfg = EngineConfig {
-        candidates: true,
+        candidates: realizar_engine::Candidates::Auto,
         ctx: a.ctx,
         max_queue: a.max_queue,
         sched,

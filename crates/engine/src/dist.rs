@@ -17,6 +17,29 @@ use crate::EngineError;
 /// Most candidates fetched per row; sampling that needs more reads whole rows.
 pub const MAX_CANDIDATES: usize = 64;
 
+/// When steps fetch candidates instead of whole rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Candidates {
+    /// Where the backend selects them on the device (`Backend::selects_top_k`: the GPU), so a
+    /// transfer is saved; on the CPU a whole row costs nothing extra.
+    #[default]
+    Auto,
+    /// Whenever the requests allow it, on any backend (tests of the candidate path).
+    Always,
+    /// Never: whole rows every step.
+    Never,
+}
+
+impl Candidates {
+    pub(crate) fn enabled(self, backend_selects: bool) -> bool {
+        match self {
+            Candidates::Auto => backend_selects,
+            Candidates::Always => true,
+            Candidates::Never => false,
+        }
+    }
+}
+
 /// How many candidates a request needs, or `None` when it needs whole rows.
 pub(crate) fn candidates_for(sampler: &Sampler, top_logprobs: usize, bans: bool) -> Option<usize> {
     if bans {

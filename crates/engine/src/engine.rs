@@ -21,7 +21,7 @@ use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::detok::Detokenizer;
-use crate::dist::{candidates_for, Dist};
+use crate::dist::{candidates_for, Candidates, Dist};
 use crate::generate::FinishReason;
 use crate::kv_blocks::{KvBlocks, ReqId};
 use crate::sampler::{Sampler, SamplingParams, StopChecker, StopReason};
@@ -40,9 +40,9 @@ pub struct EngineConfig {
     /// Requests waiting for a slot beyond which `submit` answers `QueueFull`.
     pub max_queue: usize,
     pub sched: SchedConfig,
-    /// Sample from the top candidates of each row (`Model::forward_top_k`) in steps where every
-    /// request allows it (dist.rs); off reads whole rows every step.
-    pub candidates: bool,
+    /// When to sample from the top candidates of each row (`Model::forward_top_k`) in steps
+    /// where every request allows it (dist.rs).
+    pub candidates: Candidates,
 }
 
 /// One generation request.
@@ -555,7 +555,11 @@ impl<B: Backend> Loop<B> {
             k_step = k_step.zip(need).map(|(a, b)| a.max(b));
         }
         let t0 = std::time::Instant::now();
-        let rows: Vec<Dist> = match k_step.filter(|_| self.cfg.candidates) {
+        let use_candidates = self
+            .cfg
+            .candidates
+            .enabled(self.model.backend.selects_top_k());
+        let rows: Vec<Dist> = match k_step.filter(|_| use_candidates) {
             Some(k) => self
                 .model
                 .forward_top_k(&chunks, k)?

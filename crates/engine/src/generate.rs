@@ -10,7 +10,7 @@ use std::time::Instant;
 use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
 
 use crate::detok::Detokenizer;
-use crate::dist::{candidates_for, Dist};
+use crate::dist::{candidates_for, Candidates, Dist};
 use crate::sampler::{Sampler, SamplingParams, StopChecker, StopReason};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -69,9 +69,9 @@ pub struct GenSummary {
 pub struct Generator<B: Backend> {
     pub model: Model<B>,
     pub tokenizer: Tokenizer,
-    /// Sample from the top candidates (`Model::forward_top_k`) when the request allows it
-    /// (on by default; the full-row path is the reference).
-    pub use_candidates: bool,
+    /// When to sample from the top candidates (`Model::forward_top_k`) if the request allows
+    /// it (dist.rs; the full-row path is the reference).
+    pub candidates: Candidates,
     /// Tokens whose KV entries are in the cache, in order from position 0.
     cached: Vec<u32>,
     table: Vec<u32>,
@@ -83,7 +83,7 @@ impl<B: Backend> Generator<B> {
         Generator {
             model,
             tokenizer,
-            use_candidates: true,
+            candidates: Candidates::Auto,
             cached: Vec::new(),
             table,
         }
@@ -159,7 +159,7 @@ impl<B: Backend> Generator<B> {
         let mut detok = Detokenizer::new();
         // Sampling from the top candidates alone gives the same token (see dist.rs).
         let k = candidates_for(&sampler, req.top_logprobs, req.ignore_eos)
-            .filter(|_| self.use_candidates);
+            .filter(|_| self.candidates.enabled(self.model.backend.selects_top_k()));
         let mut sparse = Vec::new();
         let t0 = Instant::now();
         let (mut dist, prefilled) = self.prefill(&req.prompt, k)?;

@@ -7,6 +7,7 @@
 pub mod chat_template;
 pub mod detok;
 mod dist;
+pub use dist::Candidates;
 pub mod engine;
 pub mod generate;
 pub mod kv_blocks;

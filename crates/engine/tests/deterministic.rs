@@ -80,7 +80,7 @@ fn spawn(file: &Arc<ModelFile>, tok: &Arc<Tokenizer>, deterministic: bool) -> En
         ..SchedConfig::default()
     };
     let cfg = EngineConfig {
-        candidates: true,
+        candidates: realizar_engine::Candidates::Auto,
         ctx: 1024,
         max_queue: 2 * MAX_SEQS,
         sched,

@@ -67,7 +67,7 @@ fn batched(file: &Arc<ModelFile>, tok: &Arc<Tokenizer>, kv_tokens: usize) -> (Ve
         prefix_cache: true,
     };
     let cfg = EngineConfig {
-        candidates: true,
+        candidates: realizar_engine::Candidates::Auto,
         ctx: kv_tokens,
         max_queue: 8,
         sched,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use realizar_engine::{GenRequest, Generator, SamplingParams, Tokenizer};
+use realizar_engine::{Candidates, GenRequest, Generator, SamplingParams, Tokenizer};
 use realizar_formats::ModelFile;
 use realizar_model::{load_cpu_from, LoadOptions};
 
@@ -13,7 +13,11 @@ type Trace = Vec<(u32, f32, Vec<(u32, f32)>)>;
 
 fn run(gen: &mut Generator<realizar_model::CpuBackend>, req: &GenRequest, cands: bool) -> Trace {
     gen.reset();
-    gen.use_candidates = cands;
+    gen.candidates = if cands {
+        Candidates::Always
+    } else {
+        Candidates::Never
+    };
     let mut out = Vec::new();
     gen.generate(req, |ev| {
         out.push((ev.id, ev.logprob, ev.top_logprobs.clone()));
@@ -122,7 +126,11 @@ fn engine_candidates_match_full_rows() {
             prefix_cache: false,
         };
         let cfg = EngineConfig {
-            candidates,
+            candidates: if candidates {
+                Candidates::Always
+            } else {
+                Candidates::Never
+            },
             ctx: 1024,
             max_queue: 8,
             sched,

@@ -37,7 +37,7 @@ fn engine(s: &Setup, prefix_cache: bool, kv_tokens: usize) -> EngineHandle {
         prefix_cache,
     };
     let cfg = EngineConfig {
-        candidates: true,
+        candidates: realizar_engine::Candidates::Auto,
         ctx: kv_tokens,
         max_queue: 8,
         sched,

@@ -144,9 +144,15 @@ pub trait Backend {
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], out: &mut Self::Buf);
     /// Copies the first `rows` rows to the host.
     fn read(&self, x: &Self::Buf, rows: usize) -> Result<Vec<f32>, ModelError>;
+    /// Whether `top_k` selects where the logits live, so that fetching candidates instead of
+    /// whole rows saves a transfer. The default host selection does not: there a whole row is
+    /// as cheap to use as its candidates.
+    fn selects_top_k(&self) -> bool {
+        false
+    }
     /// The `k` largest values of each of the first `rows` rows, with each row's log-sum-exp, so
     /// that sampling needs only these numbers on the host. A GPU computes them where the logits
-    /// are; this default reads the rows and selects on the host.
+    /// are; this default reads the rows and selects on the host (the reference).
     fn top_k(&self, x: &Self::Buf, rows: usize, k: usize) -> Result<Vec<TopK>, ModelError> {
         let flat = self.read(x, rows)?;
         if rows == 0 {

@@ -365,6 +365,10 @@ impl Backend for CudaBackend {
         Ok(host)
     }
 
+    fn selects_top_k(&self) -> bool {
+        true
+    }
+
     fn top_k(&self, x: &CudaBuf, rows: usize, k: usize) -> Result<Vec<TopK>, ModelError> {
         self.check()?;
         let rows = rows.min(x.rows);

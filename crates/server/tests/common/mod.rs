@@ -101,7 +101,7 @@ impl TestServer {
             ..LoadOptions::default()
         };
         let cfg = EngineConfig {
-            candidates: true,
+            candidates: realizar_engine::Candidates::Auto,
             ctx: o.ctx,
             max_queue: o.max_queue,
             sched,
