@@ -28,47 +28,26 @@ struct Source {
     dequant: bool,
 }
 
+/// A `Source` for `kernels/FILE`.
+macro_rules! source {
+    ($file:literal, $dequant:expr) => {
+        Source {
+            file: $file,
+            text: include_str!(concat!("../kernels/", $file)),
+            dequant: $dequant,
+        }
+    };
+}
+
 const SOURCES: &[Source] = &[
-    Source {
-        file: "norm.cu",
-        text: include_str!("../kernels/norm.cu"),
-        dequant: false,
-    },
-    Source {
-        file: "rope.cu",
-        text: include_str!("../kernels/rope.cu"),
-        dequant: false,
-    },
-    Source {
-        file: "matvec.cu",
-        text: include_str!("../kernels/matvec.cu"),
-        dequant: true,
-    },
-    Source {
-        file: "mmvq.cu",
-        text: include_str!("../kernels/mmvq.cu"),
-        dequant: true,
-    },
-    Source {
-        file: "gemm.cu",
-        text: include_str!("../kernels/gemm.cu"),
-        dequant: true,
-    },
-    Source {
-        file: "sample.cu",
-        text: include_str!("../kernels/sample.cu"),
-        dequant: false,
-    },
-    Source {
-        file: "attention.cu",
-        text: include_str!("../kernels/attention.cu"),
-        dequant: false,
-    },
-    Source {
-        file: "elementwise.cu",
-        text: include_str!("../kernels/elementwise.cu"),
-        dequant: true,
-    },
+    source!("norm.cu", false),
+    source!("rope.cu", false),
+    source!("matvec.cu", true),
+    source!("mmvq.cu", true),
+    source!("gemm.cu", true),
+    source!("sample.cu", false),
+    source!("attention.cu", false),
+    source!("elementwise.cu", true),
 ];
 
 /// Every kernel entry point, by file.

@@ -13,7 +13,7 @@ mod sizing;
 use std::sync::Arc;
 
 use realizar_formats::ModelFile;
-use realizar_model::{config_of, LoadOptions, Model, ModelError, Weights};
+use realizar_model::{config_of, LoadOptions, Model, ModelConfig, ModelError, Weights};
 
 pub use backend::{
     CudaBackend, CudaBuf, CudaKv, CudaWeight, DEFAULT_GEMM_MIN_TOKENS, SUPPORTED_TYPES,
@@ -143,7 +143,8 @@ pub fn load_cuda_from(
     file: Arc<ModelFile>,
     opts: &LoadOptions,
 ) -> Result<Model<CudaBackend>, ModelError> {
-    load_onto(CudaBackend::new(0)?, file, opts)
+    let cfg = config_of(&file)?;
+    load_onto(CudaBackend::new(0)?, file, cfg, opts)
 }
 
 /// As `load_cuda_from`, with the KV cache sized to what is left of `fraction` of the GPU's
@@ -163,15 +164,15 @@ pub fn load_cuda_sized(
         kv_tokens,
         ..opts.clone()
     };
-    load_onto(backend, file, &opts)
+    load_onto(backend, file, cfg, &opts)
 }
 
 fn load_onto(
     mut backend: CudaBackend,
     file: Arc<ModelFile>,
+    cfg: ModelConfig,
     opts: &LoadOptions,
 ) -> Result<Model<CudaBackend>, ModelError> {
-    let cfg = config_of(&file)?;
     if opts.deterministic {
         // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
         // cuBLAS GEMMs (from `gemm_min_tokens` tokens) do not.

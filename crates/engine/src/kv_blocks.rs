@@ -376,7 +376,9 @@ mod tests {
 
     /// Admits `id` with `tokens` and registers all of them as computed, as a finished prefill.
     fn prefill(kv: &mut KvBlocks, id: ReqId, tokens: &[u32]) -> usize {
-        let hit = kv.admit(id, tokens).expect("fits");
+        let Some(hit) = kv.admit(id, tokens) else {
+            panic!("request {id} does not fit");
+        };
         kv.register(id, tokens, tokens.len());
         kv.check_invariants();
         hit
