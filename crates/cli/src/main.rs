@@ -159,6 +159,10 @@ enum Command {
         /// Output GGUF file.
         #[arg(short, long)]
         output: PathBuf,
+        /// Fewer layers than the real model (every width and the vocabulary stay), for quick
+        /// parity runs of large shapes.
+        #[arg(long)]
+        layers: Option<usize>,
     },
     /// Perplexity of a text file, computed as llama-perplexity does.
     Perplexity {
@@ -261,7 +265,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             })
         }
         Command::Quantize { input, output, ty } => quantize::run(&input, &output, &ty),
-        Command::Synth { shape, ty, output } => synth::run(&shape, &ty, &output),
+        Command::Synth {
+            shape,
+            ty,
+            output,
+            layers,
+        } => synth::run(&shape, &ty, &output, layers),
         Command::Perplexity {
             model,
             file,

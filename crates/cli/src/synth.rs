@@ -258,10 +258,20 @@ fn add_tokenizer(w: &mut GgufWriter<'_>, s: &Shape) {
     w.add("tokenizer.ggml.add_bos_token", Value::Bool(false));
 }
 
-pub fn run(shape: &str, type_name: &str, out: &Path) -> Result<()> {
+/// Writes the file. `layers` overrides the shape's layer count (quick parity runs of large
+/// shapes keep every width and the vocabulary, with fewer layers).
+pub fn run(shape: &str, type_name: &str, out: &Path, layers: Option<usize>) -> Result<()> {
     let Some(s) = SHAPES.iter().find(|s| s.name.eq_ignore_ascii_case(shape)) else {
         let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
         bail!("unknown shape {shape:?}; one of {}", names.join(", "));
+    };
+    let s = &Shape {
+        n_layer: match layers {
+            Some(0) => bail!("--layers must be at least 1"),
+            Some(n) => n,
+            None => s.n_layer,
+        },
+        ..*s
     };
     let target = Target::parse(type_name)?;
     let specs = specs(s);
