@@ -20,9 +20,7 @@ build() {
 run() {
     local out="${OUT:-/tmp/realizar-gpu-bench}" dir=/tmp/realizar-synth
     mkdir -p "$out" "$dir"
-    export PATH="$PATH:/usr/local/cuda/bin"
-    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export REALIZAR_CUDA_CACHE="${REALIZAR_CUDA_CACHE:-/tmp/realizar-kernel-cache}"
+    . scripts/device-env.sh
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     local shapes="${SHAPES:-smollm2-135m:Q4_1 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_K_M llama-3.1-8b:Q4_0}"
     for st in $shapes; do

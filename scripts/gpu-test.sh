@@ -3,8 +3,15 @@
 #
 #   scripts/gpu-test.sh build   # here: build the test binaries, copy them to .device/bin, and a
 #                               # truncated copy of the default model to .device/models
-#   scripts/gpu-test.sh run     # on the device (the `device` tool, carry [".device"]): run every
-#                               # binary, the decode-speed run too, and print a summary
+#   scripts/gpu-test.sh run     # on the device (the `device` tool, carry [".device/bin",
+#                               # ".device/models"]): run every binary, the decode-speed run too,
+#                               # and print a summary
+#   scripts/gpu-test.sh matrix  # on the device (carry [".device/bin", ".device/cli"]): parity of
+#                               # every weight type on every `realizar synth` shape (2 layers;
+#                               # env MATRIX_SHAPES, MATRIX_TYPES, MATRIX_LAYERS narrow it)
+#   scripts/gpu-test.sh e2e     # on the device (carry [".device/bin", ".device/cli"]): `run`,
+#                               # `bench` and `serve --device cuda` through the real binary, the
+#                               # upload progress bar on a terminal, --gpu-memory sizing
 #
 # .device/ must be ignored (`echo /.device/ >> .git/info/exclude`). Logs go to $OUT when set.
 set -u
@@ -14,8 +21,10 @@ DEV=.device
 build() {
     set -e
     echo /.device/ | { grep -qxF -f - .git/info/exclude 2>/dev/null || echo /.device/ >> .git/info/exclude; }
-    mkdir -p "$DEV/bin" "$DEV/models"
+    mkdir -p "$DEV/bin" "$DEV/models" "$DEV/cli"
     rm -f "$DEV"/bin/*
+    cargo build --release -p realizar
+    cp target/release/realizar "$DEV/cli/realizar"
     cargo test -p realizar-cuda --release --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:
@@ -30,29 +39,14 @@ for l in sys.stdin:
         REALIZAR_TRUNC_IN="$model" REALIZAR_TRUNC_OUT="$out" REALIZAR_TRUNC_LAYERS="$layers" \
             "$DEV/bin/model" --ignored --exact truncate_model --nocapture
     fi
-    du -sh "$DEV"/bin/* "$DEV"/models/* 2>/dev/null
+    du -sh "$DEV"/bin/* "$DEV"/cli/* "$DEV"/models/* 2>/dev/null
 }
 
 run() {
     local out="${OUT:-/tmp/realizar-gpu-test}"
     mkdir -p "$out"
-    # NVRTC (libnvrtc.so.13) lives in the toolkit or in the nvidia-cuda-nvrtc wheel.
-    local extra
-    extra=$(python3 -c 'import importlib.util as u, os
-for m in ("nvidia.cuda_nvrtc", "nvidia.cu13", "nvidia"):
-    try:
-        s = u.find_spec(m)
-    except Exception:
-        s = None
-    if s and s.submodule_search_locations:
-        for p in s.submodule_search_locations:
-            for r, d, f in os.walk(p):
-                if any(x.startswith("libnvrtc.so") for x in f):
-                    print(r)' 2>/dev/null | head -3 | paste -sd:)
-    export PATH="$PATH:/usr/local/cuda/bin"
-    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${extra:+:$extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    . scripts/device-env.sh
     export REALIZAR_PARITY_MODELS="${REALIZAR_PARITY_MODELS:-$PWD/$DEV/models}"
-    export REALIZAR_CUDA_CACHE="${REALIZAR_CUDA_CACHE:-/tmp/realizar-kernel-cache}"
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
     local fails=0
     for b in "$DEV"/bin/*; do
@@ -85,8 +79,94 @@ for m in ("nvidia.cuda_nvrtc", "nvidia.cu13", "nvidia"):
     [ $fails -eq 0 ]
 }
 
+
+# Parity (GPU exact and fast modes against the CPU's exact mode, 20-token prompt + 32 greedy
+# steps; tests/model.rs `real_models_match_cpu`) on files that `realizar synth` writes: each shape
+# keeps its widths, heads and vocabulary with fewer layers, and each type is quantized as
+# `realizar quantize` would (so narrow rows fall back as llama.cpp's do, and the head is Q6_K
+# for most types). One file at a time, deleted after its run.
+matrix() {
+    local out="${OUT:-/tmp/realizar-gpu-test}" dir=/tmp/realizar-matrix
+    mkdir -p "$out"
+    . scripts/device-env.sh
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    local shapes="${MATRIX_SHAPES:-smollm2-135m qwen2.5-0.5b llama-3.2-1b llama-3.1-8b}"
+    local types="${MATRIX_TYPES:-F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K}"
+    local fails=0 s t
+    for s in $shapes; do
+        for t in $types; do
+            rm -rf "$dir" && mkdir -p "$dir"
+            local f="$dir/$s-${MATRIX_LAYERS:-2}l-$t.gguf" t0=$SECONDS
+            "$DEV/cli/realizar" synth --shape "$s" --type "$t" --layers "${MATRIX_LAYERS:-2}" \
+                -o "$f" >/dev/null 2>"$out/synth.err" || { cat "$out/synth.err"; fails=$((fails + 1)); continue; }
+            local t1=$SECONDS
+            REALIZAR_PARITY_MODELS="$dir" "$DEV/bin/model" --exact real_models_match_cpu \
+                --test-threads=1 --nocapture >"$out/matrix-$s-$t.log" 2>&1 || fails=$((fails + 1))
+            grep -E "^(PASS|FAIL) model" "$out/matrix-$s-$t.log" | cut -c1-260
+            grep -E "panicked" "$out/matrix-$s-$t.log" | head -3
+            echo "    ($s $t: synth $((t1 - t0)) s, parity $((SECONDS - t1)) s)"
+        done
+    done
+    rm -rf "$dir"
+    echo "matrix: $fails failed"
+    [ $fails -eq 0 ]
+}
+
+# The real binary on the GPU: `run`, `bench`, `serve` (completions and chat, streamed and not,
+# metrics, graceful stop), the upload progress bar under a terminal, and --gpu-memory sizing.
+e2e() {
+    local out="${OUT:-/tmp/realizar-gpu-test}" m=/tmp/realizar-e2e.gguf fails=0
+    local r="$DEV/cli/realizar"
+    mkdir -p "$out"
+    . scripts/device-env.sh
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    check() { # name, command...: runs it, logs it, counts a failure
+        local name=$1
+        shift
+        if "$@" >"$out/e2e-$name.log" 2>&1; then echo "PASS $name"; else
+            echo "FAIL $name"; tail -5 "$out/e2e-$name.log"; fails=$((fails + 1)); fi
+    }
+    "$r" synth --shape smollm2-135m --type Q4_1 -o "$m" >/dev/null 2>&1
+    check run-json bash -c "'$r' run -m $m --device cuda -p 'Hello there' -n 16 --json \
+        | tee /dev/stderr | tail -1 | grep -q '\"decode_tok_s\"'"
+    # indicatif draws only on a terminal: `script` gives the command one.
+    check progress-bar-on-a-tty bash -c "script -qec \"'$r' run -m $m --device cuda -p hi -n 2\" /dev/null \
+        | tee /dev/stderr | grep -q 'uploading weights'"
+    check bench bash -c "'$r' bench -m $m --device cuda -p 128 -n 32 -r 2 | tee /dev/stderr \
+        | grep -Eq '^\\| .*CUDA.*tg32 .*[0-9]'"
+    "$r" serve -m "$m" --device cuda --port 18080 --gpu-memory 0.3 >"$out/e2e-serve.log" 2>&1 &
+    local pid=$! i
+    for i in $(seq 1 120); do
+        curl -sf localhost:18080/health >/dev/null && break
+        sleep 0.5
+    done
+    local u=localhost:18080/v1
+    check serve-completion bash -c "curl -sf $u/completions -H 'content-type: application/json' \
+        -d '{\"prompt\":\"Once upon\",\"max_tokens\":12}' | tee /dev/stderr | grep -q '\"completion_tokens\":12'"
+    check serve-chat-stream bash -c "curl -sfN $u/chat/completions -H 'content-type: application/json' \
+        -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":8,\"stream\":true}' \
+        | tee /dev/stderr | tail -2 | grep -q 'data: \\[DONE\\]'"
+    check serve-parallel bash -c "for k in \$(seq 1 16); do curl -sf $u/completions \
+        -H 'content-type: application/json' -d '{\"prompt\":\"Request '\$k'\",\"max_tokens\":24,\"seed\":'\$k',\"temperature\":0.8}' \
+        -o /dev/null -w '%{http_code}\n' & done | sort | uniq -c | tee /dev/stderr | grep -q '16 200'"
+    check serve-metrics bash -c "curl -sf localhost:18080/metrics | tee /dev/stderr \
+        | grep -Eq '^realizar_generation_tokens_total [1-9]'"
+    # --gpu-memory 0.3 of an 80-141 GB card holds far more than the default 16384 tokens.
+    check serve-gpu-memory bash -c "grep -Eo 'KV cache [0-9]+ blocks of [0-9]+' '$out/e2e-serve.log' \
+        | awk '{ if (\$3 * \$6 > 1000000) ok = 1 } END { exit !ok }'"
+    kill -TERM $pid
+    check serve-stops wait $pid
+    REALIZAR_PARITY_MODELS=/nonexistent check kv-sizing "$DEV/bin/model" --exact \
+        kv_cache_sized_from_a_memory_fraction --nocapture
+    cat "$out"/e2e-serve.log | tail -20
+    echo "e2e: $fails failed"
+    [ $fails -eq 0 ]
+}
+
 case "${1:-}" in
 build) build ;;
 run) run ;;
-*) echo "usage: $0 build|run" >&2; exit 2 ;;
+matrix) matrix ;;
+e2e) e2e ;;
+*) echo "usage: $0 build|run|matrix|e2e" >&2; exit 2 ;;
 esac
