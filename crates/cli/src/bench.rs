@@ -5,6 +5,8 @@
 //! forward pass over N prompt tokens (logits for the last one only), `tgN` is N single-token
 //! forward passes. Tokens are random ids from the vocabulary (the speed does not depend on
 //! them). Reported: tokens per second, mean ± sample standard deviation over the repetitions.
+//!
+//! With `--parallel` the batched mode of `bench_batched.rs` runs instead.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use anyhow::{Context, Result};
 use realizar_formats::ModelFile;
 use realizar_model::{load_cpu_from, Backend, LoadOptions, LogitsWanted, Model, SeqChunk};
 
+use crate::bench_batched;
 use crate::load::{self, Device};
 use crate::quantize::ftype_name;
 
@@ -26,6 +29,8 @@ pub struct BenchArgs<'a> {
     pub device: &'a str,
     /// Batch-invariant arithmetic (`LoadOptions::deterministic`).
     pub deterministic: bool,
+    /// `--parallel`: the batch sizes of the batched mode (`bench_batched.rs`).
+    pub parallel: Option<&'a [usize]>,
 }
 
 pub fn run(a: BenchArgs<'_>) -> Result<()> {
@@ -34,26 +39,45 @@ pub fn run(a: BenchArgs<'_>) -> Result<()> {
         ModelFile::open(a.model).with_context(|| format!("opening {}", a.model.display()))?,
     );
     let desc = describe(&file);
-    let opts = LoadOptions {
-        kv_tokens: a.n_prompt.max(a.n_gen).max(1),
-        max_batch_tokens: a.n_prompt.max(1),
-        deterministic: a.deterministic,
-        ..LoadOptions::default()
-    };
-    let what = || format!("loading {}", a.model.display());
-    match device {
-        Device::Cpu => bench(
-            load_cpu_from(file, &opts).with_context(what)?,
-            &desc,
-            &a,
-            "CPU",
+    let (opts, what) = match a.parallel {
+        Some(list) => {
+            let sizing = bench_batched::Sizing::new(a.n_prompt, a.n_gen, list)?;
+            if device == Device::Cpu {
+                sizing.check_host_memory(&realizar_model::config_of(&file)?)?;
+            }
+            let what = format!("loading {} ({})", a.model.display(), sizing.kv_summary());
+            (sizing.load_options(a.deterministic), what)
+        }
+        None => (
+            LoadOptions {
+                kv_tokens: a.n_prompt.max(a.n_gen).max(1),
+                max_batch_tokens: a.n_prompt.max(1),
+                deterministic: a.deterministic,
+                ..LoadOptions::default()
+            },
+            format!("loading {}", a.model.display()),
         ),
+    };
+    match device {
+        Device::Cpu => bench(load_cpu_from(file, &opts).context(what)?, &desc, &a, "CPU"),
         Device::Cuda => bench(
-            realizar_cuda::load_cuda_from(file, &opts).with_context(what)?,
+            realizar_cuda::load_cuda_from(file, &opts).context(what)?,
             &desc,
             &a,
             "CUDA",
         ),
+    }
+}
+
+/// xorshift64*: reproducible random token ids below `vocab` without a dependency.
+pub(crate) fn random_tokens(vocab: usize) -> impl FnMut() -> u32 {
+    let vocab = vocab.max(1) as u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    move || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % vocab) as u32
     }
 }
 
@@ -63,15 +87,10 @@ fn bench<B: Backend>(
     a: &BenchArgs<'_>,
     backend: &str,
 ) -> Result<()> {
-    let vocab = model.cfg.vocab_size.max(1) as u64;
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next_token = move || {
-        // xorshift64*: reproducible ids without a dependency.
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % vocab) as u32
-    };
+    if let Some(list) = a.parallel {
+        return bench_batched::bench(&mut model, desc, a, list, backend);
+    }
+    let mut next_token = random_tokens(model.cfg.vocab_size);
 
     println!(
         "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
@@ -161,13 +180,13 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 /// The model columns of the table.
-struct Desc {
-    name: String,
-    size: String,
-    params: String,
+pub(crate) struct Desc {
+    pub name: String,
+    pub size: String,
+    pub params: String,
 }
 
-fn describe(file: &ModelFile) -> Desc {
+pub(crate) fn describe(file: &ModelFile) -> Desc {
     let tensors = file.tensors();
     let bytes: u64 = tensors.iter().map(|t| t.n_bytes).sum();
     let params: u64 = tensors.iter().map(|t| t.n_elements()).sum();

@@ -1,6 +1,7 @@
 //! The `realizar` command line.
 
 mod bench;
+mod bench_batched;
 mod chat;
 mod inspect;
 mod load;
@@ -113,7 +114,8 @@ enum Command {
     },
     /// Serve the model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
-    /// Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does.
+    /// Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does; with
+    /// --parallel, batched serving throughput, as llama-batched-bench does.
     Bench {
         #[arg(short, long)]
         model: Option<PathBuf>,
@@ -123,7 +125,7 @@ enum Command {
         /// Generated tokens of the tg test (0: skip it).
         #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
         n_gen: usize,
-        /// Repetitions of each test.
+        /// Repetitions of each test (--parallel runs each B once).
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
         /// Worker threads (default: physical cores).
@@ -136,6 +138,11 @@ enum Command {
         /// `run --deterministic` use.
         #[arg(long)]
         deterministic: bool,
+        /// Batched mode, as llama-batched-bench: for each B in the comma-separated list, B
+        /// sequences prefill -p tokens each, then decode -n tokens together (greedy, one
+        /// forward pass per step); one run per B, so -r is not used.
+        #[arg(long, value_delimiter = ',', value_name = "B,B,...")]
+        parallel: Option<Vec<usize>>,
     },
     /// Write a GGUF model with quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
     /// Q6_K, Q4_K_M, Q5_K_M (or F16, BF16, F32). Quantized inputs are dequantized first.
@@ -250,6 +257,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             threads,
             device,
             deterministic,
+            parallel,
         } => {
             let n_threads = threads.unwrap_or_else(load::physical_cores).max(1);
             load::set_threads(Some(n_threads));
@@ -262,6 +270,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 threads: n_threads,
                 device: &device,
                 deterministic,
+                parallel: parallel.as_deref(),
             })
         }
         Command::Quantize { input, output, ty } => quantize::run(&input, &output, &ty),

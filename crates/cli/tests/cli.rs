@@ -179,3 +179,52 @@ fn serve_refuses_gpu_memory_without_a_gpu_device() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--gpu-memory"), "{err}");
 }
+
+/// `realizar bench` on the tiny llama fixture, on the CPU.
+fn bench_tiny(args: &[&str]) -> std::process::Output {
+    bin()
+        .args(["bench", "--device", "cpu", "-m"])
+        .arg(realizar_testkit::tiny_fixture("llama").join("model-f32.gguf"))
+        .args(args)
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn bench_parallel_prints_a_batched_bench_row_per_batch_size() {
+    let out = bench_tiny(&["-p", "8", "-n", "4", "--parallel", "1,3"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{s}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table: Vec<Vec<&str>> = s
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(
+        table[0],
+        ["PP", "TG", "B", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s", "T s", "S t/s"],
+        "{s}"
+    );
+    let rows: Vec<_> = table.iter().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{s}");
+    for (row, want) in rows
+        .iter()
+        .zip([["8", "4", "1", "12"], ["8", "4", "3", "36"]])
+    {
+        assert_eq!(row[..4], want, "{s}");
+        for col in [5, 7, 9] {
+            let speed: f64 = row[col].parse().expect("a number");
+            assert!(speed.is_finite() && speed > 0.0, "{s}");
+        }
+    }
+    // Bad lists are errors with one line, not panics.
+    let out = bench_tiny(&["--parallel", "4,0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--parallel 4,0"), "{err}");
+}
