@@ -33,26 +33,42 @@ fn dot_lanes<T: Copy>(w: &[T], a: &[T], f: impl Fn(T) -> f32) -> f32 {
     (s4[0] + s4[2]) + (s4[1] + s4[3]) + tail
 }
 
-/// F32 x F32 over the first `n` elements (or fewer when a slice is shorter).
-pub fn vec_dot_f32(n: usize, w: &[f32], a: &[f32]) -> f32 {
+/// F32 x F32 over the first `n` elements (or fewer when a slice is shorter), the scalar
+/// reference of [`vec_dot_f32`].
+pub fn vec_dot_f32_scalar(n: usize, w: &[f32], a: &[f32]) -> f32 {
     debug_assert!(w.len() >= n && a.len() >= n);
     let n = n.min(w.len()).min(a.len());
     dot_lanes(&w[..n], &a[..n], |x| x)
 }
 
-/// F16 x F16 over the first `n` elements (or fewer when a slice is shorter).
-pub fn vec_dot_f16(n: usize, w: &[Half], a: &[Half]) -> f32 {
+/// F16 x F16 over the first `n` elements (or fewer when a slice is shorter), the scalar
+/// reference of [`vec_dot_f16`].
+pub fn vec_dot_f16_scalar(n: usize, w: &[Half], a: &[Half]) -> f32 {
     debug_assert!(w.len() >= n && a.len() >= n);
     let n = n.min(w.len()).min(a.len());
     dot_lanes(&w[..n], &a[..n], Half::to_f32)
 }
 
-/// BF16 x BF16 over the first `n` elements (or fewer when a slice is shorter).
-pub fn vec_dot_bf16(n: usize, w: &[Bf16], a: &[Bf16]) -> f32 {
+/// BF16 x BF16 over the first `n` elements (or fewer when a slice is shorter), the scalar
+/// reference of [`vec_dot_bf16`].
+pub fn vec_dot_bf16_scalar(n: usize, w: &[Bf16], a: &[Bf16]) -> f32 {
     debug_assert!(w.len() >= n && a.len() >= n);
     let n = n.min(w.len()).min(a.len());
     dot_lanes(&w[..n], &a[..n], Bf16::to_f32)
 }
+
+vec_dot_dispatch!(
+    /// F32 x F32 over the first `n` elements (or fewer when a slice is shorter).
+    vec_dot_f32 => vec_dot_f32_scalar(f32, f32)
+);
+vec_dot_dispatch!(
+    /// F16 x F16 over the first `n` elements (or fewer when a slice is shorter).
+    vec_dot_f16 => vec_dot_f16_scalar(Half, Half)
+);
+vec_dot_dispatch!(
+    /// BF16 x BF16 over the first `n` elements (or fewer when a slice is shorter).
+    vec_dot_bf16 => vec_dot_bf16_scalar(Bf16, Bf16)
+);
 
 pub fn dequantize_f16(src: &[Half], dst: &mut [f32]) {
     for (o, &h) in dst.iter_mut().zip(src) {

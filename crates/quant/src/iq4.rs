@@ -216,7 +216,8 @@ fn dot_levels(qs: &[u8], y: &[i8]) -> i32 {
         .sum()
 }
 
-pub fn vec_dot_iq4_nl_q8_0(n: usize, w: &[BlockIq4Nl], a: &[BlockQ8_0]) -> f32 {
+/// IQ4_NL x Q8_0, the scalar reference of [`vec_dot_iq4_nl_q8_0`].
+pub fn vec_dot_iq4_nl_q8_0_scalar(n: usize, w: &[BlockIq4Nl], a: &[BlockQ8_0]) -> f32 {
     debug_assert!(n.is_multiple_of(QK4_NL) && w.len() >= n / QK4_NL && a.len() >= n / QK4_NL);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK4_NL) {
@@ -226,7 +227,8 @@ pub fn vec_dot_iq4_nl_q8_0(n: usize, w: &[BlockIq4Nl], a: &[BlockQ8_0]) -> f32 {
     sumf
 }
 
-pub fn vec_dot_iq4_xs_q8_k(n: usize, w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
+/// IQ4_XS x Q8_K, the scalar reference of [`vec_dot_iq4_xs_q8_k`].
+pub fn vec_dot_iq4_xs_q8_k_scalar(n: usize, w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
     debug_assert!(n.is_multiple_of(QK_K) && w.len() >= n / QK_K && a.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK_K) {
@@ -240,3 +242,6 @@ pub fn vec_dot_iq4_xs_q8_k(n: usize, w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
+
+vec_dot_dispatch!(vec_dot_iq4_nl_q8_0 => vec_dot_iq4_nl_q8_0_scalar(BlockIq4Nl, BlockQ8_0));
+vec_dot_dispatch!(vec_dot_iq4_xs_q8_k => vec_dot_iq4_xs_q8_k_scalar(BlockIq4Xs, BlockQ8K));

@@ -378,7 +378,8 @@ fn dot_q5(qh: [u8; 4], qs: &[u8; HALF], y: &[i8; QK], offset: i32) -> i32 {
         .sum()
 }
 
-pub fn vec_dot_q4_0_q8_0(n: usize, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+/// Q4_0 x Q8_0, the scalar reference of [`vec_dot_q4_0_q8_0`].
+pub fn vec_dot_q4_0_q8_0_scalar(n: usize, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK) {
@@ -388,20 +389,7 @@ pub fn vec_dot_q4_0_q8_0(n: usize, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     sumf
 }
 
-/// Q4_1 x Q8_1 (the default model's matmul). Uses the AVX2 kernel when the CPU has it, else
-/// [`vec_dot_q4_1_q8_1_scalar`].
-#[inline]
-pub fn vec_dot_q4_1_q8_1(n: usize, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::x86::has_avx2() {
-        debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-        return unsafe { crate::x86::vec_dot_q4_1_q8_1_avx2(n / QK, w, a) };
-    }
-    vec_dot_q4_1_q8_1_scalar(n, w, a)
-}
-
-/// Scalar reference of [`vec_dot_q4_1_q8_1`].
+/// Q4_1 x Q8_1, the scalar reference of [`vec_dot_q4_1_q8_1`].
 pub fn vec_dot_q4_1_q8_1_scalar(n: usize, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
     let mut sumf = 0.0f32;
@@ -412,7 +400,8 @@ pub fn vec_dot_q4_1_q8_1_scalar(n: usize, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f
     sumf
 }
 
-pub fn vec_dot_q5_0_q8_0(n: usize, w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+/// Q5_0 x Q8_0, the scalar reference of [`vec_dot_q5_0_q8_0`].
+pub fn vec_dot_q5_0_q8_0_scalar(n: usize, w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK) {
@@ -422,7 +411,8 @@ pub fn vec_dot_q5_0_q8_0(n: usize, w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     sumf
 }
 
-pub fn vec_dot_q5_1_q8_1(n: usize, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+/// Q5_1 x Q8_1, the scalar reference of [`vec_dot_q5_1_q8_1`].
+pub fn vec_dot_q5_1_q8_1_scalar(n: usize, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
     debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK) {
@@ -432,19 +422,7 @@ pub fn vec_dot_q5_1_q8_1(n: usize, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
     sumf
 }
 
-/// Q8_0 x Q8_0. Uses the AVX2 kernel when the CPU has it, else [`vec_dot_q8_0_q8_0_scalar`].
-#[inline]
-pub fn vec_dot_q8_0_q8_0(n: usize, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::x86::has_avx2() {
-        debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-        return unsafe { crate::x86::vec_dot_q8_0_q8_0_avx2(n / QK, w, a) };
-    }
-    vec_dot_q8_0_q8_0_scalar(n, w, a)
-}
-
-/// Scalar reference of [`vec_dot_q8_0_q8_0`].
+/// Q8_0 x Q8_0, the scalar reference of [`vec_dot_q8_0_q8_0`].
 pub fn vec_dot_q8_0_q8_0_scalar(n: usize, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     debug_assert!(n.is_multiple_of(QK) && w.len() >= n / QK && a.len() >= n / QK);
     let mut sumf = 0.0f32;
@@ -458,3 +436,12 @@ pub fn vec_dot_q8_0_q8_0_scalar(n: usize, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f
     }
     sumf
 }
+
+vec_dot_dispatch!(vec_dot_q4_0_q8_0 => vec_dot_q4_0_q8_0_scalar(BlockQ4_0, BlockQ8_0));
+vec_dot_dispatch!(
+    /// Q4_1 x Q8_1 (the default model's matmul).
+    vec_dot_q4_1_q8_1 => vec_dot_q4_1_q8_1_scalar(BlockQ4_1, BlockQ8_1)
+);
+vec_dot_dispatch!(vec_dot_q5_0_q8_0 => vec_dot_q5_0_q8_0_scalar(BlockQ5_0, BlockQ8_0));
+vec_dot_dispatch!(vec_dot_q5_1_q8_1 => vec_dot_q5_1_q8_1_scalar(BlockQ5_1, BlockQ8_1));
+vec_dot_dispatch!(vec_dot_q8_0_q8_0 => vec_dot_q8_0_q8_0_scalar(BlockQ8_0, BlockQ8_0));

@@ -4,8 +4,9 @@
 //! `#[repr(C)]` block struct (alignment 1, bit-exact to GGML's layout), a scalar dequantize, a
 //! scalar reference quantize and a scalar reference vec-dot against the type's activation
 //! format ([`vec_dot_type`]). SIMD versions are chosen at run time and are tested against the
-//! scalar references: AVX2 for Q4_1 x Q8_1 and Q8_0 x Q8_0 (`x86.rs`), AVX-512 VNNI
-//! row-by-token-group kernels for the legacy types and Q4_K/Q5_K/Q6_K ([`gemm`]).
+//! scalar references (`*_scalar`): AVX2 + FMA + F16C for every type with a vec-dot (`x86/`),
+//! AVX-512 VNNI row-by-token-group kernels for the legacy types and Q4_K/Q5_K/Q6_K
+//! ([`gemm`](mod@gemm)).
 //!
 //! Two ways in:
 //! - byte rows with checked lengths: [`dequantize_row`], [`quantize_row`],
@@ -31,6 +32,30 @@ macro_rules! block_layout {
     };
 }
 
+/// The typed vec-dot `$name(n, w, a)`: the AVX2 kernel (`x86/`) when the CPU has AVX2, FMA
+/// and F16C, else `$scalar`, the scalar reference (the kernel's test oracle); and the type's
+/// [`VecDot`].
+macro_rules! vec_dot_dispatch {
+    ($(#[$doc:meta])* $name:ident => $scalar:ident($w:ty, $a:ty)) => {
+        $(#[$doc])*
+        #[doc = concat!("\n\nUses the AVX2 kernel when the CPU has it, else [`", stringify!($scalar), "`].")]
+        #[inline]
+        pub fn $name(n: usize, w: &[$w], a: &[$a]) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            if crate::x86::has_avx2() {
+                // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+                return unsafe { crate::x86::vec_dot::<$w>(n, w, a) };
+            }
+            $scalar(n, w, a)
+        }
+
+        impl crate::VecDot for $w {
+            type Act = $a;
+            const SCALAR: fn(usize, &[$w], &[$a]) -> f32 = $scalar;
+        }
+    };
+}
+
 mod float;
 mod fp;
 pub mod gemm;
@@ -46,29 +71,32 @@ mod x86;
 mod tests;
 
 pub use float::{
-    dequantize_bf16, dequantize_f16, quantize_bf16, quantize_f16, vec_dot_bf16, vec_dot_f16,
-    vec_dot_f32,
+    dequantize_bf16, dequantize_f16, quantize_bf16, quantize_f16, vec_dot_bf16,
+    vec_dot_bf16_scalar, vec_dot_f16, vec_dot_f16_scalar, vec_dot_f32, vec_dot_f32_scalar,
 };
 pub use fp::{Bf16, Half};
 pub use gemm::{detect_isa, gemm, Isa, Kernels, QActs};
 pub use iq4::{
     dequantize_iq4_nl, dequantize_iq4_xs, quantize_iq4_nl, quantize_iq4_xs, vec_dot_iq4_nl_q8_0,
-    vec_dot_iq4_xs_q8_k, BlockIq4Nl, BlockIq4Xs, KVALUES_IQ4NL,
+    vec_dot_iq4_nl_q8_0_scalar, vec_dot_iq4_xs_q8_k, vec_dot_iq4_xs_q8_k_scalar, BlockIq4Nl,
+    BlockIq4Xs, KVALUES_IQ4NL,
 };
 pub use kquants::{
     dequantize_q2_k, dequantize_q3_k, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k,
     dequantize_q8_k, q3k_scales, quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k,
-    quantize_q6_k, quantize_q8_k, scale_min_k4, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k,
-    vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, BlockQ2K, BlockQ3K, BlockQ4K,
-    BlockQ5K, BlockQ6K, BlockQ8K, K_SCALE_SIZE,
+    quantize_q6_k, quantize_q8_k, scale_min_k4, vec_dot_q2_k_q8_k, vec_dot_q2_k_q8_k_scalar,
+    vec_dot_q3_k_q8_k, vec_dot_q3_k_q8_k_scalar, vec_dot_q4_k_q8_k, vec_dot_q4_k_q8_k_scalar,
+    vec_dot_q5_k_q8_k, vec_dot_q5_k_q8_k_scalar, vec_dot_q6_k_q8_k, vec_dot_q6_k_q8_k_scalar,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, K_SCALE_SIZE,
 };
 pub use legacy::{
     dequantize_q4_0, dequantize_q4_1, dequantize_q5_0, dequantize_q5_1, dequantize_q8_0,
     dequantize_q8_1, quantize_act_q8_0, quantize_act_q8_1, quantize_q4_0, quantize_q4_1,
     quantize_q5_0, quantize_q5_1, quantize_q8_0, quantize_q8_1, vec_dot_q4_0_q8_0,
-    vec_dot_q4_1_q8_1, vec_dot_q4_1_q8_1_scalar, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
-    vec_dot_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1,
-    BlockQ8_0, BlockQ8_1, QK as QK_LEGACY,
+    vec_dot_q4_0_q8_0_scalar, vec_dot_q4_1_q8_1, vec_dot_q4_1_q8_1_scalar, vec_dot_q5_0_q8_0,
+    vec_dot_q5_0_q8_0_scalar, vec_dot_q5_1_q8_1, vec_dot_q5_1_q8_1_scalar, vec_dot_q8_0_q8_0,
+    vec_dot_q8_0_q8_0_scalar, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+    QK as QK_LEGACY,
 };
 pub use row::{dequantize_row, quantize_activations, quantize_row, vec_dot, vec_dot_type};
 pub use types::{GgmlType, ALL_TYPES, QK_K};
@@ -115,6 +143,14 @@ impl Block for Bf16 {
 }
 impl Block for f32 {
     const TYPE: GgmlType = GgmlType::F32;
+}
+
+/// A weight type with a vec-dot: its activation format and scalar reference (the SIMD
+/// kernels' oracle and the portable path of `gemm`).
+pub(crate) trait VecDot: Block {
+    type Act: Block;
+    /// `dot(n, w, a)` over the first `n` elements.
+    const SCALAR: fn(usize, &[Self], &[Self::Act]) -> f32;
 }
 
 /// Checks that `len` bytes are a whole number of `T`s.

@@ -13,8 +13,10 @@
 //!   every token of the group.
 //! - AVX-512 VNNI, one token (decode, `avx512.rs`): each weight row streamed once in memory
 //!   order with a software prefetch (pairs of 32-blocks or 64 K-quant elements per step).
-//! - Everything else (and every type on CPUs without VNNI): the typed per-row vec-dot, which
-//!   has AVX2 versions for Q4_1 and Q8_0 (`x86.rs`) and scalar references for all.
+//! - Everything else (and every type on CPUs without VNNI, `REALIZAR_ISA=avx2`): the AVX2
+//!   kernels of `x86/` (every type with a vec-dot), one weight row against groups of up to 4
+//!   tokens, each block unpacked once per group (`typed.rs`); at [`Isa::Scalar`] the scalar
+//!   reference vec-dots.
 //!
 //! A token's result can differ in the last bits between the one-token and the tiled kernels
 //! (Q4_0, Q5_0, Q8_0 and the K-quants sum in another float order), so with [`Kernels::Fastest`]
@@ -22,8 +24,8 @@
 //! [`Kernels::BatchInvariant`] gives every (row, token) one arithmetic whatever the token count:
 //! the tiled kernels' (whose per-token arithmetic does not depend on the other tokens of the
 //! group), for one token computed by row-streaming kernels in the same order (`invariant.rs`);
-//! Q4_1 / Q5_1's one-token kernel already sums in that (llama.cpp's) order, and the typed
-//! vec-dots are per (row, token) anyway.
+//! Q4_1 / Q5_1's one-token kernel already sums in that (llama.cpp's) order, and the AVX2 and
+//! scalar kernels compute each (row, token) alike in any group of tokens.
 //!
 //! NEON would slot in as another [`Isa`] arm. Every SIMD kernel is tested against the scalar
 //! vec-dot on random data (`tests.rs`).
@@ -38,12 +40,10 @@ mod tests;
 mod tiled;
 #[cfg(target_arch = "x86_64")]
 mod tiled_k;
+mod typed;
 
-use crate::iq4::*;
-use crate::kquants::*;
-use crate::legacy::*;
-use crate::{as_blocks, quantize_activations, vec_dot, vec_dot_type, GgmlType, QuantError};
-use bytemuck::Pod;
+use crate::legacy::{BlockQ8_0, BlockQ8_1};
+use crate::{as_blocks, quantize_activations, vec_dot_type, GgmlType, QuantError};
 
 /// From this many tokens on, the AVX-512 kernels are the register-tiled ones (`tiled.rs`,
 /// `tiled_k.rs`); fewer tokens (decode) stream each weight row once.
@@ -65,7 +65,7 @@ pub enum Kernels {
 /// The instruction-set level of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// Portable code (the typed vec-dots pick AVX2 themselves where they have it).
+    /// Portable code: the scalar reference vec-dots.
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
@@ -425,59 +425,5 @@ pub fn gemm_isa(
         }
     }
     // Per (row, token) whatever the token count: batch-invariant as it is.
-    gemm_fallback(wty, w, n_rows, acts, &mut sink)
-}
-
-/// Per (row, token) typed vec-dots, dispatched once.
-fn gemm_fallback(
-    wty: GgmlType,
-    w: &[u8],
-    n_rows: usize,
-    acts: &QActs,
-    sink: &mut dyn FnMut(usize, usize, &[f32]),
-) -> Result<(), QuantError> {
-    fn typed<W: Pod, A: Pod>(
-        w: &[u8],
-        n_rows: usize,
-        acts: &QActs,
-        sink: &mut dyn FnMut(usize, usize, &[f32]),
-        dot: fn(usize, &[W], &[A]) -> f32,
-    ) -> Result<(), QuantError> {
-        let w: &[W] = as_blocks(w)?;
-        let a: &[A] = as_blocks(&acts.raw)?;
-        let (wb, ab) = (w.len() / n_rows.max(1), a.len() / acts.n_tok.max(1));
-        for r in 0..n_rows {
-            let wr = &w[r * wb..(r + 1) * wb];
-            for t in 0..acts.n_tok {
-                sink(r, t, &[dot(acts.cols, wr, &a[t * ab..(t + 1) * ab])]);
-            }
-        }
-        Ok(())
-    }
-    match wty {
-        GgmlType::Q4_0 => typed(w, n_rows, acts, sink, vec_dot_q4_0_q8_0),
-        GgmlType::Q4_1 => typed(w, n_rows, acts, sink, vec_dot_q4_1_q8_1),
-        GgmlType::Q5_0 => typed(w, n_rows, acts, sink, vec_dot_q5_0_q8_0),
-        GgmlType::Q5_1 => typed(w, n_rows, acts, sink, vec_dot_q5_1_q8_1),
-        GgmlType::Q8_0 => typed(w, n_rows, acts, sink, vec_dot_q8_0_q8_0),
-        GgmlType::Q2K => typed(w, n_rows, acts, sink, vec_dot_q2_k_q8_k),
-        GgmlType::Q3K => typed(w, n_rows, acts, sink, vec_dot_q3_k_q8_k),
-        GgmlType::Q4K => typed(w, n_rows, acts, sink, vec_dot_q4_k_q8_k),
-        GgmlType::Q5K => typed(w, n_rows, acts, sink, vec_dot_q5_k_q8_k),
-        GgmlType::Q6K => typed(w, n_rows, acts, sink, vec_dot_q6_k_q8_k),
-        GgmlType::Iq4Nl => typed(w, n_rows, acts, sink, vec_dot_iq4_nl_q8_0),
-        GgmlType::Iq4Xs => typed(w, n_rows, acts, sink, vec_dot_iq4_xs_q8_k),
-        _ => {
-            // Float weights: the byte API copes with any alignment.
-            let w_row = w.len() / n_rows.max(1);
-            for r in 0..n_rows {
-                let wr = &w[r * w_row..(r + 1) * w_row];
-                for t in 0..acts.n_tok {
-                    let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
-                    sink(r, t, &[vec_dot(wty, acts.cols, wr, a)?]);
-                }
-            }
-            Ok(())
-        }
-    }
+    typed::gemm_typed(isa, wty, w, n_rows, acts, &mut sink)
 }

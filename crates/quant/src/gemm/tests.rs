@@ -2,7 +2,7 @@
 //! the scalar vec-dot of the same quantized rows, on fresh random data (seed printed).
 
 use super::*;
-use crate::{dequantize_row, quantize_row};
+use crate::{dequantize_row, quantize_row, vec_dot};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -18,17 +18,17 @@ fn gaussian(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 
 /// Scalar reference dot of one weight row with one activation row (raw bytes).
 fn scalar_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
-    match ty {
-        GgmlType::Q4_1 => match (as_blocks(w), as_blocks(a)) {
-            (Ok(w), Ok(a)) => vec_dot_q4_1_q8_1_scalar(n, w, a),
-            _ => f32::NAN,
-        },
-        GgmlType::Q8_0 => match (as_blocks(w), as_blocks(a)) {
-            (Ok(w), Ok(a)) => vec_dot_q8_0_q8_0_scalar(n, w, a),
-            _ => f32::NAN,
-        },
-        _ => vec_dot(ty, n, w, a).unwrap_or(f32::NAN),
+    struct Ref<'a>(usize, &'a [u8], &'a [u8]);
+    impl typed::ForType for Ref<'_> {
+        type Out = f32;
+        fn call<W: typed::Kernel>(self) -> f32 {
+            match (typed::view::<W>(self.1), typed::view::<W::Act>(self.2)) {
+                (Ok(w), Ok(a)) => W::SCALAR(self.0, &w, &a),
+                _ => f32::NAN,
+            }
+        }
     }
+    typed::for_type(ty, Ref(n, w, a)).unwrap_or(f32::NAN)
 }
 
 /// Random weight rows of `ty`: quantized Gaussian data, with Q8_0's quants then overwritten by
@@ -116,22 +116,34 @@ const TYPES: &[GgmlType] = &[
     GgmlType::Q2K,
     GgmlType::Q3K,
     GgmlType::Iq4Nl,
+    GgmlType::Iq4Xs,
     GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::F32,
 ];
 
+/// Every level this CPU has (AVX-512 VNNI, AVX2, scalar), each kernel choice, against the
+/// scalar references.
 #[test]
 fn gemm_matches_scalar_all_levels() {
     let seed: u64 = rand::random();
     let mut rng = StdRng::seed_from_u64(seed);
     let best = detect_isa();
     if best != Isa::Avx512Vnni {
-        eprintln!("NOTE: no AVX-512 VNNI on this CPU; only the fallback path is tested");
+        eprintln!("NOTE: no AVX-512 VNNI on this CPU; its kernels are not tested");
+    }
+    let mut levels = vec![best, Isa::Avx2, Isa::Scalar];
+    levels.dedup();
+    if best == Isa::Scalar {
+        eprintln!("NOTE: no AVX2 on this CPU; only the scalar path is tested");
+        levels.truncate(1);
     }
     for &ty in TYPES {
-        for kernels in [Kernels::Fastest, Kernels::BatchInvariant] {
-            check_type(ty, best, kernels, &mut rng, seed);
+        for &isa in &levels {
+            for kernels in [Kernels::Fastest, Kernels::BatchInvariant] {
+                check_type(ty, isa, kernels, &mut rng, seed);
+            }
         }
-        check_type(ty, Isa::Scalar, Kernels::Fastest, &mut rng, seed);
     }
 }
 
@@ -365,10 +377,7 @@ fn gemm_types() -> Vec<GgmlType> {
         })
         .collect();
     // The table's vec-dot types, so that a regression in the probe cannot empty the test.
-    for ty in TYPES
-        .iter()
-        .chain(&[GgmlType::F32, GgmlType::Bf16, GgmlType::Iq4Xs])
-    {
+    for ty in TYPES {
         assert!(types.contains(ty), "gemm no longer takes {ty}");
     }
     types

@@ -32,7 +32,8 @@ fn scaled_dot_32(q: &[u8; QK_K], y: &[i8; QK_K], scales: &[i32; 8]) -> i32 {
         .sum()
 }
 
-pub fn vec_dot_q2_k_q8_k(n: usize, w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+/// Q2_K x Q8_K, the scalar reference of [`vec_dot_q2_k_q8_k`].
+pub fn vec_dot_q2_k_q8_k_scalar(n: usize, w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
     debug_assert!(n.is_multiple_of(QK_K) && w.len() >= n / QK_K && a.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK_K) {
@@ -46,7 +47,8 @@ pub fn vec_dot_q2_k_q8_k(n: usize, w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
     sumf
 }
 
-pub fn vec_dot_q3_k_q8_k(n: usize, w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+/// Q3_K x Q8_K, the scalar reference of [`vec_dot_q3_k_q8_k`].
+pub fn vec_dot_q3_k_q8_k_scalar(n: usize, w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
     debug_assert!(n.is_multiple_of(QK_K) && w.len() >= n / QK_K && a.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK_K) {
@@ -71,7 +73,8 @@ fn k4_scales_and_mins(scales: &[u8; K_SCALE_SIZE], y: &BlockQ8K) -> ([i32; 8], i
     (sc, summs)
 }
 
-pub fn vec_dot_q4_k_q8_k(n: usize, w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+/// Q4_K x Q8_K, the scalar reference of [`vec_dot_q4_k_q8_k`].
+pub fn vec_dot_q4_k_q8_k_scalar(n: usize, w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     debug_assert!(n.is_multiple_of(QK_K) && w.len() >= n / QK_K && a.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK_K) {
@@ -82,7 +85,8 @@ pub fn vec_dot_q4_k_q8_k(n: usize, w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     sumf
 }
 
-pub fn vec_dot_q5_k_q8_k(n: usize, w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+/// Q5_K x Q8_K, the scalar reference of [`vec_dot_q5_k_q8_k`].
+pub fn vec_dot_q5_k_q8_k_scalar(n: usize, w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     debug_assert!(n.is_multiple_of(QK_K) && w.len() >= n / QK_K && a.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK_K) {
@@ -93,7 +97,8 @@ pub fn vec_dot_q5_k_q8_k(n: usize, w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     sumf
 }
 
-pub fn vec_dot_q6_k_q8_k(n: usize, w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+/// Q6_K x Q8_K, the scalar reference of [`vec_dot_q6_k_q8_k`].
+pub fn vec_dot_q6_k_q8_k_scalar(n: usize, w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     debug_assert!(n.is_multiple_of(QK_K) && w.len() >= n / QK_K && a.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (x, y) in w.iter().zip(a).take(n / QK_K) {
@@ -103,3 +108,9 @@ pub fn vec_dot_q6_k_q8_k(n: usize, w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
+
+vec_dot_dispatch!(vec_dot_q2_k_q8_k => vec_dot_q2_k_q8_k_scalar(BlockQ2K, BlockQ8K));
+vec_dot_dispatch!(vec_dot_q3_k_q8_k => vec_dot_q3_k_q8_k_scalar(BlockQ3K, BlockQ8K));
+vec_dot_dispatch!(vec_dot_q4_k_q8_k => vec_dot_q4_k_q8_k_scalar(BlockQ4K, BlockQ8K));
+vec_dot_dispatch!(vec_dot_q5_k_q8_k => vec_dot_q5_k_q8_k_scalar(BlockQ5K, BlockQ8K));
+vec_dot_dispatch!(vec_dot_q6_k_q8_k => vec_dot_q6_k_q8_k_scalar(BlockQ6K, BlockQ8K));
