@@ -14,7 +14,7 @@ build() {
     echo /.device/ | { grep -qxF -f - .git/info/exclude 2>/dev/null || echo /.device/ >> .git/info/exclude; }
     cargo build --release -p realizar
     mkdir -p "$DEV/cli"
-    cp target/release/realizar "$DEV/cli/realizar"
+    cp "${CARGO_TARGET_DIR:-target}/release/realizar" "$DEV/cli/realizar"
 }
 
 run() {

@@ -24,7 +24,7 @@ build() {
     mkdir -p "$DEV/bin" "$DEV/models" "$DEV/cli"
     rm -f "$DEV"/bin/*
     cargo build --release -p realizar
-    cp target/release/realizar "$DEV/cli/realizar"
+    cp "${CARGO_TARGET_DIR:-target}/release/realizar" "$DEV/cli/realizar"
     cargo test -p realizar-cuda --release --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:

@@ -12,6 +12,7 @@
 //! `REALIZAR_CUDA_SYNC=1` every launch is followed by a synchronize, so an asynchronous fault is
 //! reported with the name of the kernel that caused it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -25,8 +26,11 @@ use realizar_quant::GgmlType;
 use crate::compile::Kernels;
 use crate::CudaError;
 
+mod graphs;
 mod matmul;
 mod ops;
+
+pub use graphs::GraphStats;
 
 pub use matmul::DEFAULT_GEMM_MIN_TOKENS;
 
@@ -102,7 +106,14 @@ struct DevIdx {
 }
 
 impl DevIdx {
-    fn set(&mut self, stream: &Arc<CudaStream>, data: &[u32]) -> Result<u64, CudaError> {
+    /// Makes the device array hold `data`; `gen` is bumped when the array moves (a recorded
+    /// step that points at it is stale then).
+    fn set(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        gen: &AtomicU64,
+        data: &[u32],
+    ) -> Result<u64, CudaError> {
         if self.mem.is_some() && self.host == data {
             return Ok(self.ptr);
         }
@@ -114,6 +125,7 @@ impl DevIdx {
                 .map_err(|e| CudaError::call("cuMemAlloc(indices)", e))?;
             self.ptr = raw(&mem, stream);
             self.mem = Some(mem);
+            gen.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(mem) = self.mem.as_mut() {
             if !data.is_empty() {
@@ -214,7 +226,13 @@ pub struct CudaBackend {
     scratch: Mutex<matmul::Scratch>,
     /// Counts launches that may write activations (all but the mmvq path's own), so that a
     /// matmul can reuse the 8-bit copy of an input that nothing has written since.
-    epoch: std::sync::atomic::AtomicU64,
+    epoch: AtomicU64,
+    /// Bumped whenever an index array or scratch buffer moves (graphs.rs).
+    gen: AtomicU64,
+    /// Recorded steps (graphs.rs).
+    graphs: Mutex<graphs::Graphs>,
+    /// A recorded step is being replayed: the ops skip their launches.
+    replaying: AtomicBool,
 }
 
 impl CudaBackend {
@@ -229,7 +247,10 @@ impl CudaBackend {
         // SAFETY: called before anything is allocated or launched in this context; all work of
         // this backend goes to one stream, so cross-stream event tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::call("cuStreamCreate", e))?;
         let kernels = Kernels::load(&ctx)?;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaBackend {
@@ -244,7 +265,12 @@ impl CudaBackend {
             mmvq_min_cols: matmul::DEFAULT_MMVQ_MIN_COLS,
             blas: matmul::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            gen: AtomicU64::new(0),
+            graphs: Mutex::new(graphs::Graphs::new(
+                std::env::var_os("REALIZAR_CUDA_GRAPHS").is_none_or(|v| v != "0"),
+            )),
+            replaying: AtomicBool::new(false),
             stream,
         })
     }
@@ -378,8 +404,11 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let f = self.kernels.get(name)?;
         if !name.starts_with("mmvq_") {
-            self.epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.replaying.load(Ordering::Relaxed) {
+            // `end_step` launches the record of this step instead.
+            return Ok(());
         }
         let mut b = self.stream.launch_builder(f);
         for a in args {
@@ -410,8 +439,7 @@ impl CudaBackend {
 
     fn alloc_buf(&self, rows: usize, cols: usize) -> Result<CudaBuf, CudaError> {
         // A new buffer may reuse a freed one's address: no cached quantization survives it.
-        self.epoch
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         let mem = self
             .stream
             .alloc_zeros::<f32>((rows * cols).max(1))
@@ -503,7 +531,7 @@ impl CudaBackend {
         if ids.is_empty() {
             return Ok(());
         }
-        let ids_ptr = self.indices().ids.set(&self.stream, ids)?;
+        let ids_ptr = self.indices().ids.set(&self.stream, &self.gen, ids)?;
         let grid = (ids.len() as u32, 1, 1);
         let common = [
             Arg::P(table.ptr()),
@@ -609,25 +637,23 @@ impl CudaBackend {
                 )));
             }
         }
-        let mut offs = Vec::with_capacity(plan.seqs.len());
-        let mut tables = Vec::new();
-        for s in &plan.seqs {
-            offs.push(tables.len() as u32);
-            tables.extend_from_slice(s);
-        }
+        let (offs, tables) = graphs::flat_tables(plan);
         let mut idx = self.indices();
+        let g = &self.gen;
         let args = AttnArgs {
             q: q.ptr,
             kc: kv.kp[layer],
             vc: kv.vp[layer],
-            positions: idx
-                .positions
-                .set(&self.stream, prefix(&plan.positions, t, "positions")?)?,
+            positions: idx.positions.set(
+                &self.stream,
+                g,
+                prefix(&plan.positions, t, "positions")?,
+            )?,
             seq_of: idx
                 .seq_of
-                .set(&self.stream, prefix(&plan.seq_of, t, "seq_of")?)?,
-            table_off: idx.table_off.set(&self.stream, &offs)?,
-            tables: idx.tables.set(&self.stream, &tables)?,
+                .set(&self.stream, g, prefix(&plan.seq_of, t, "seq_of")?)?,
+            table_off: idx.table_off.set(&self.stream, g, &offs)?,
+            tables: idx.tables.set(&self.stream, g, &tables)?,
             out: out.ptr,
             block_size: plan.block_size as i32,
             kv_dim: kv.kv_dim as i32,

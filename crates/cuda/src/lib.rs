@@ -16,7 +16,7 @@ use realizar_formats::ModelFile;
 use realizar_model::{config_of, LoadOptions, Model, ModelConfig, ModelError, Weights};
 
 pub use backend::{
-    CudaBackend, CudaBuf, CudaKv, CudaWeight, DEFAULT_GEMM_MIN_TOKENS, SUPPORTED_TYPES,
+    CudaBackend, CudaBuf, CudaKv, CudaWeight, GraphStats, DEFAULT_GEMM_MIN_TOKENS, SUPPORTED_TYPES,
 };
 pub use sizing::{kv_tokens_for_budget, Needs};
 

@@ -16,11 +16,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{gpu, rng};
+use common::{argmax, gpu, requantize, rng};
 use rand::rngs::StdRng;
 use rand::Rng;
 use realizar_cuda::load_cuda_from;
-use realizar_formats::{GgmlType, GgufFile, GgufWriter, ModelFile};
+use realizar_formats::{GgmlType, ModelFile};
 use realizar_model::{load_cpu_from, Backend, LoadOptions, LogitsWanted, Model, SeqChunk};
 
 /// Sequences beside the observed one.
@@ -34,36 +34,7 @@ const BLOCKS_PER_SEQ: usize = 6;
 const BLOCK: usize = 16;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama/model-f32.gguf")
-}
-
-/// `src` (an F32 GGUF) with every matrix in `ty` and everything else as it was.
-fn requantize(src: &Path, ty: GgmlType, dst: &Path) {
-    let g = GgufFile::open(src).unwrap();
-    let mut w = GgufWriter::new(3);
-    for (k, v) in g.metadata() {
-        w.add(k.clone(), v.clone());
-    }
-    for t in g.tensors() {
-        assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
-        let data = g.tensor_data(t);
-        if t.dims.len() < 2 {
-            w.add_tensor(t.name.clone(), &t.dims, t.ty, data.to_vec());
-            continue;
-        }
-        let vals: Vec<f32> = data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let cols = t.row_len() as usize;
-        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
-        let mut out = vec![0u8; t.n_rows() as usize * rb];
-        for (src, dst) in vals.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
-            realizar_quant::quantize_row(ty, src, dst).unwrap();
-        }
-        w.add_tensor(t.name.clone(), &t.dims, ty, out);
-    }
-    w.write_file(dst).unwrap();
+    common::repo_root().join("tests/fixtures/tiny/llama/model-f32.gguf")
 }
 
 fn options(deterministic: bool) -> LoadOptions {
@@ -74,16 +45,6 @@ fn options(deterministic: bool) -> LoadOptions {
         deterministic,
         ..LoadOptions::default()
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// One of the other sequences: its tokens, how many it prefills per step, the step it joins.

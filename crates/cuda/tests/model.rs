@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{gpu, normal, rel_err, rng};
+use common::{gpu, normal, rel_err, repo_root, rng};
 use rand::{Rng, SeedableRng};
 use realizar_cuda::load_cuda_from;
 use realizar_formats::{GgmlType, GgufFile, GgufWriter, ModelFile, Value};
@@ -162,10 +162,6 @@ fn parity_mode(
         STEPS as f64 / decode_s.max(1e-9),
     );
     ok
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[test]

@@ -144,6 +144,18 @@ pub trait Backend {
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], out: &mut Self::Buf);
     /// Copies the first `rows` rows to the host.
     fn read(&self, x: &Self::Buf, rows: usize) -> Result<Vec<f32>, ModelError>;
+    /// Called once per forward step before its first op, with every index array its ops will
+    /// pass (token ids, the attention plan, the rows whose logits are wanted). A backend may send
+    /// them to the device together here, and record the step's launches so that a later step of
+    /// the same shape replays them (CUDA graphs). The default does nothing.
+    fn begin_step(&self, _ids: &[u32], _plan: &AttnPlan, _want_rows: &[usize]) {}
+    /// Called after the step's last op, before its logits are read; `ok` says whether every op
+    /// succeeded. `Ok(true)`: the step's work is queued. `Ok(false)`: the backend recorded the
+    /// ops without running them and could not replay the record, so the caller must issue them
+    /// again (the backend then runs them directly).
+    fn end_step(&self, _ok: bool) -> Result<bool, ModelError> {
+        Ok(true)
+    }
     /// Whether `top_k` selects where the logits live, so that fetching candidates instead of
     /// whole rows saves a transfer. The default host selection does not: there a whole row is
     /// as cheap to use as its candidates.

@@ -204,11 +204,6 @@ impl<B: Backend> Model<B> {
         batch: &[SeqChunk<'_>],
         out_of: &ReadLogits<'_, B, T>,
     ) -> Result<Vec<T>, ModelError> {
-        let cfg = &self.cfg;
-        let b = &self.backend;
-        let s = &mut self.state;
-        let w = &self.weights;
-
         // Flatten the batch: one entry per token.
         let mut ids = Vec::new();
         let mut plan = AttnPlan {
@@ -236,6 +231,32 @@ impl<B: Backend> Model<B> {
                 plan.seq_of.push(si as u32);
             }
         }
+        self.backend.begin_step(&ids, &plan, &want_rows);
+        let ran = self.run_ops(&ids, &plan, &want_rows);
+        let queued = self.backend.end_step(ran.is_ok())?;
+        ran?;
+        if !queued {
+            // The backend recorded the ops without running them and could not replay them.
+            self.run_ops(&ids, &plan, &want_rows)?;
+        }
+        if want_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.state;
+        out_of(&self.backend, &s.logits, want_rows.len())
+    }
+
+    /// The step's ops, from the embedding to the logits of the wanted rows.
+    fn run_ops(
+        &mut self,
+        ids: &[u32],
+        plan: &AttnPlan,
+        want_rows: &[usize],
+    ) -> Result<(), ModelError> {
+        let cfg = &self.cfg;
+        let b = &self.backend;
+        let s = &mut self.state;
+        let w = &self.weights;
         let t = ids.len();
         for buf in [
             &mut s.x,
@@ -251,7 +272,7 @@ impl<B: Backend> Model<B> {
             b.set_rows(buf, t);
         }
 
-        b.embed(&w.tok_embd, &ids, cfg.embed_scale.unwrap_or(1.0), &mut s.x)?;
+        b.embed(&w.tok_embd, ids, cfg.embed_scale.unwrap_or(1.0), &mut s.x)?;
         for (il, lw) in w.layers.iter().enumerate() {
             let sliding = cfg.sliding_layers[il];
             // Attention block.
@@ -289,7 +310,7 @@ impl<B: Backend> Model<B> {
                 scale: cfg.attn_scale,
                 window: if sliding { cfg.sliding_window } else { None },
             };
-            b.attention(&s.q, &self.kv, il, &plan, attn, &mut s.attn);
+            b.attention(&s.q, &self.kv, il, plan, attn, &mut s.attn);
             b.matmul(&lw.wo, &s.attn, &mut s.o)?;
             if let Some(pn) = &lw.post_attn_norm {
                 b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.xn);
@@ -313,13 +334,13 @@ impl<B: Backend> Model<B> {
         }
 
         if want_rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let n = want_rows.len();
         b.set_rows(&mut s.picked, n);
         b.set_rows(&mut s.xn, n);
         b.set_rows(&mut s.logits, n);
-        b.gather_rows(&s.x, &want_rows, &mut s.picked);
+        b.gather_rows(&s.x, want_rows, &mut s.picked);
         b.rms_norm(&s.picked, &w.output_norm, cfg.norm_eps, &mut s.xn);
         b.matmul(
             w.output.as_ref().unwrap_or(&w.tok_embd),
@@ -329,6 +350,6 @@ impl<B: Backend> Model<B> {
         if let Some(cap) = cfg.final_logit_softcap {
             b.softcap(&mut s.logits, cap);
         }
-        out_of(b, &s.logits, n)
+        Ok(())
     }
 }

@@ -56,6 +56,8 @@ pub(super) fn ensure<T: DeviceRepr + ValidAsZeroBits>(
             .alloc_zeros::<T>(n.max(1).next_power_of_two())
             .map_err(|e| CudaError::call("cuMemAlloc(matmul scratch)", e))?;
         *slot = Some(mem);
+        // Recorded steps pointing at the old buffer are stale.
+        b.gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(slot.as_ref().map_or(0, |s| raw(s, &b.stream)))
 }
@@ -257,6 +259,9 @@ impl CudaBackend {
         let Some(h) = self.blas.as_ref() else {
             return Err(CudaError::Unsupported("cuBLAS is not loaded".into()));
         };
+        if self.replaying.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         // cuBLAS is column-major: C^T (m x ntok, leading dimension ldc) = op(A) B with A the
         // row-major weight seen as k x m (lda = k, op = transpose) and B = X^T, k x ntok.

@@ -206,10 +206,11 @@ impl Backend for CudaBackend {
             if total == 0 {
                 return Ok(());
             }
-            let pos = self
-                .indices()
-                .positions
-                .set(&self.stream, prefix(positions, x.rows, "positions")?)?;
+            let pos = self.indices().positions.set(
+                &self.stream,
+                &self.gen,
+                prefix(positions, x.rows, "positions")?,
+            )?;
             let layout = match p.layout {
                 RopeLayout::Normal => 0,
                 RopeLayout::Neox => 1,
@@ -252,7 +253,7 @@ impl Backend for CudaBackend {
                     kv.kv_dim
                 )));
             }
-            let s = self.indices().slots.set(&self.stream, slots)?;
+            let s = self.indices().slots.set(&self.stream, &self.gen, slots)?;
             let name = match kv.ty {
                 KvType::F16 => "kv_store_f16",
                 KvType::F32 => "kv_store_f32",
@@ -338,7 +339,7 @@ impl Backend for CudaBackend {
                 )));
             }
             let r32: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-            let p = self.indices().gather.set(&self.stream, &r32)?;
+            let p = self.indices().gather.set(&self.stream, &self.gen, &r32)?;
             let args = [
                 Arg::P(x.ptr),
                 Arg::P(p),
@@ -367,6 +368,14 @@ impl Backend for CudaBackend {
 
     fn selects_top_k(&self) -> bool {
         true
+    }
+
+    fn begin_step(&self, ids: &[u32], plan: &AttnPlan, want_rows: &[usize]) {
+        self.graph_begin(ids, plan, want_rows);
+    }
+
+    fn end_step(&self, ok: bool) -> Result<bool, ModelError> {
+        self.graph_end(ok)
     }
 
     fn top_k(&self, x: &CudaBuf, rows: usize, k: usize) -> Result<Vec<TopK>, ModelError> {

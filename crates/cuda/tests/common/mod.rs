@@ -4,7 +4,10 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+
 use realizar_cuda::CudaBackend;
+use realizar_formats::{GgmlType, GgufFile, GgufWriter};
 
 /// The GPU backend, or `None` (after saying why) when this machine has no usable CUDA device.
 /// Once a device is found, failing to set the backend up is a test failure, not a skip.
@@ -83,4 +86,54 @@ pub fn check(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) -> bool {
         if ok { "PASS" } else { "FAIL" }
     );
     ok
+}
+
+/// `src` (an F32 GGUF) with every matrix in `ty` and everything else as it was.
+pub fn requantize(src: &Path, ty: GgmlType, dst: &Path) {
+    let g = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new(3);
+    for (k, v) in g.metadata() {
+        w.add(k.clone(), v.clone());
+    }
+    for t in g.tensors() {
+        assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
+        let data = g.tensor_data(t);
+        if t.dims.len() < 2 {
+            w.add_tensor(t.name.clone(), &t.dims, t.ty, data.to_vec());
+            continue;
+        }
+        let vals: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let cols = t.row_len() as usize;
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let mut out = vec![0u8; t.n_rows() as usize * rb];
+        for (src, dst) in vals.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+            realizar_quant::quantize_row(ty, src, dst).unwrap();
+        }
+        w.add_tensor(t.name.clone(), &t.dims, ty, out);
+    }
+    w.write_file(dst).unwrap();
+}
+
+/// The index of the largest value (the first of equal ones).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The repository root: where this test was built, or (test binaries carried to a device and
+/// run from a copy of the tree elsewhere) the working directory.
+pub fn repo_root() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if built.join("tests/fixtures").is_dir() {
+        return built;
+    }
+    std::env::current_dir().unwrap_or(built)
 }

@@ -1,0 +1,171 @@
+//! CUDA graphs (backend/graphs.rs): steps replayed from a record give logits bit for bit equal to
+//! the same steps run launch by launch, while positions, KV slots, block tables and the batch
+//! change under the record: one sequence decoding across block boundaries, a second sequence
+//! joining (a new shape), the two decoding together, top-k selection after replayed steps, and a
+//! long prefill in between (which grows scratch buffers and so invalidates every record). Runs on
+//! the tiny fixtures of every architecture (qwen2's biases, qwen3's QK-norm, gemma3's sliding
+//! windows), with the 8-bit mmvq kernels forced onto their narrow rows and with the default
+//! kernels. Skips, saying so, without a CUDA device.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{argmax, gpu, requantize, rng};
+use rand::Rng;
+use realizar_cuda::{load_cuda_from, CudaBackend};
+use realizar_formats::{GgmlType, ModelFile};
+use realizar_model::{LoadOptions, LogitsWanted, Model, SeqChunk};
+
+const BLOCK: usize = 16;
+
+/// One sequence of the script: its tokens so far and its block table.
+struct Seq {
+    tokens: Vec<u32>,
+    table: Vec<u32>,
+}
+
+/// Runs `chunks` (sequence index, number of new tokens from the end of its tokens) as one batch
+/// on both models and checks their logits are identical; returns the last rows of each chunk.
+fn step_both(
+    a: &mut Model<CudaBackend>,
+    b: &mut Model<CudaBackend>,
+    seqs: &[Seq],
+    chunks: &[(usize, usize)],
+    what: &str,
+) -> Vec<Vec<f32>> {
+    let batch: Vec<SeqChunk<'_>> = chunks
+        .iter()
+        .map(|&(s, n)| {
+            let seq = &seqs[s];
+            let start = seq.tokens.len() - n;
+            SeqChunk {
+                tokens: &seq.tokens[start..],
+                start_pos: start,
+                block_table: &seq.table,
+                logits: LogitsWanted::Last,
+            }
+        })
+        .collect();
+    let la = a.forward(&batch).unwrap();
+    let lb = b.forward(&batch).unwrap();
+    assert_eq!(la.len(), lb.len());
+    for (i, (x, y)) in la.iter().zip(&lb).enumerate() {
+        let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what}: logits of chunk {i} differ with graphs");
+    }
+    la
+}
+
+/// `steps` steps in which each sequence of `order` decodes its greedy token of the step before.
+fn decode(
+    a: &mut Model<CudaBackend>,
+    b: &mut Model<CudaBackend>,
+    seqs: &mut [Seq],
+    order: &[usize],
+    steps: usize,
+    what: &str,
+) {
+    let chunks: Vec<(usize, usize)> = order.iter().map(|&s| (s, 1)).collect();
+    for i in 0..steps {
+        let l = step_both(a, b, seqs, &chunks, &format!("{what}, step {i}"));
+        for (&s, row) in order.iter().zip(&l) {
+            seqs[s].tokens.push(argmax(row));
+        }
+    }
+}
+
+fn script(path: &Path, mmvq_everywhere: bool, label: &str) {
+    let file = Arc::new(ModelFile::open(path).unwrap());
+    let opts = LoadOptions {
+        kv_tokens: 1024,
+        block_size: BLOCK,
+        max_batch_tokens: 128,
+        ..LoadOptions::default()
+    };
+    let mut a = load_cuda_from(file.clone(), &opts).unwrap();
+    let mut b = load_cuda_from(file, &opts).unwrap();
+    a.backend.set_graphs(true);
+    b.backend.set_graphs(false);
+    if mmvq_everywhere {
+        a.backend.set_mmvq_min_cols(0);
+        b.backend.set_mmvq_min_cols(0);
+    }
+    let vocab = a.cfg.vocab_size as u32;
+    let mut r = rng(label);
+    let n_blocks = a.n_blocks() as u32;
+    // Block tables drawn from a shuffled pool, so consecutive blocks are far apart.
+    let mut pool: Vec<u32> = (0..n_blocks).collect();
+    for i in (1..pool.len()).rev() {
+        pool.swap(i, r.gen_range(0..=i));
+    }
+    let mut seqs = vec![
+        Seq {
+            tokens: (0..7).map(|_| r.gen_range(0..vocab)).collect(),
+            table: pool[..16].to_vec(),
+        },
+        Seq {
+            tokens: (0..5).map(|_| r.gen_range(0..vocab)).collect(),
+            table: pool[16..32].to_vec(),
+        },
+    ];
+    let grow = |seqs: &mut Vec<Seq>, s: usize, last: &[f32]| seqs[s].tokens.push(argmax(last));
+
+    // Sequence 0: prompt, then 40 single-token steps (crossing two block boundaries).
+    let l = step_both(&mut a, &mut b, &seqs, &[(0, 7)], "prompt 0");
+    grow(&mut seqs, 0, &l[0]);
+    decode(&mut a, &mut b, &mut seqs, &[0], 40, "decode 0");
+    let st = a.backend.graph_stats();
+    assert!(
+        st.recorded >= 1 && st.replayed >= 35,
+        "{label}: single-sequence decode was not replayed: {st:?}"
+    );
+    // Sequence 1 joins: its prompt, then both decode together (a new shape: 2 tokens, 2 seqs).
+    let l = step_both(&mut a, &mut b, &seqs, &[(1, 5)], "prompt 1");
+    grow(&mut seqs, 1, &l[0]);
+    decode(&mut a, &mut b, &mut seqs, &[0, 1], 20, "batch");
+    // Top-k selection after replayed steps reads what the record computed.
+    for i in 0..3 {
+        let s = &seqs[0];
+        let chunk = [SeqChunk {
+            tokens: &s.tokens[s.tokens.len() - 1..],
+            start_pos: s.tokens.len() - 1,
+            block_table: &s.table,
+            logits: LogitsWanted::Last,
+        }];
+        let ta = a.forward_top_k(&chunk, 8).unwrap();
+        let tb = b.forward_top_k(&chunk, 8).unwrap();
+        assert_eq!(ta, tb, "{label}: top-k {i} differs with graphs");
+    }
+    // A long prefill grows the scratch buffers: every record is dropped and made again.
+    seqs[1]
+        .tokens
+        .extend((0..100).map(|_| r.gen_range(0..vocab)));
+    let l = step_both(&mut a, &mut b, &seqs, &[(1, 100)], "long prefill");
+    grow(&mut seqs, 1, &l[0]);
+    decode(&mut a, &mut b, &mut seqs, &[1, 0], 10, "after the prefill");
+    let st = a.backend.graph_stats();
+    let off = b.backend.graph_stats();
+    println!(
+        "PASS graphs {label}: bit-identical over 80 steps; with graphs {st:?}, without {off:?}"
+    );
+    assert!(st.recorded >= 3 && st.replayed >= 60, "{label}: {st:?}");
+    assert_eq!((off.recorded, off.replayed), (0, 0));
+}
+
+#[test]
+fn replayed_steps_equal_direct_steps() {
+    let Some(_g) = gpu() else { return };
+    let root = common::repo_root().join("tests/fixtures/tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
+        let p = root.join(arch).join("model-f32.gguf");
+        script(&p, false, &format!("tiny-{arch} F32"));
+        // Quantized matrices, through the f32 kernels and through quantize + mmvq.
+        let q = dir.path().join(format!("{arch}-q4_1.gguf"));
+        requantize(&p, GgmlType::Q4_1, &q);
+        script(&q, false, &format!("tiny-{arch} Q4_1"));
+        script(&q, true, &format!("tiny-{arch} Q4_1, mmvq"));
+    }
+}
