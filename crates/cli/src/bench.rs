@@ -25,6 +25,8 @@ pub struct BenchArgs<'a> {
     pub n_prompt: usize,
     pub n_gen: usize,
     pub reps: usize,
+    /// Tokens of context prefilled (untimed) before each test.
+    pub depth: usize,
     pub threads: usize,
     pub device: &'a str,
     /// Batch-invariant arithmetic (`LoadOptions::deterministic`).
@@ -50,7 +52,7 @@ pub fn run(a: BenchArgs<'_>) -> Result<()> {
         }
         None => (
             LoadOptions {
-                kv_tokens: a.n_prompt.max(a.n_gen).max(1),
+                kv_tokens: a.depth + a.n_prompt.max(a.n_gen).max(1),
                 max_batch_tokens: a.n_prompt.max(1),
                 deterministic: a.deterministic,
                 ..LoadOptions::default()
@@ -113,28 +115,47 @@ fn bench<B: Backend>(
             format!("{mean:.2} ± {sd:.2}")
         );
     };
+    // As llama-bench: each repetition starts from a cache holding `depth` tokens of context.
+    let context: Vec<u32> = (0..a.depth).map(|_| next_token()).collect();
+    let d = context.len();
+    let at = |test: String| {
+        if d > 0 {
+            format!("{test} @ d{d}")
+        } else {
+            test
+        }
+    };
     if a.n_prompt > 0 {
         let tokens: Vec<u32> = (0..a.n_prompt).map(|_| next_token()).collect();
-        prefill(&mut model, &tokens)?; // warm-up
-        let speeds = measure(a.reps, || prefill(&mut model, &tokens))?;
-        row(format!("pp{}", a.n_prompt), &speeds);
+        prefill(&mut model, &context, 0)?;
+        prefill(&mut model, &tokens, d)?; // warm-up
+        let speeds = measure(a.reps, &mut model, &context, |m| prefill(m, &tokens, d))?;
+        row(at(format!("pp{}", a.n_prompt)), &speeds);
     }
     if a.n_gen > 0 {
         let tokens: Vec<u32> = (0..a.n_gen).map(|_| next_token()).collect();
         // llama-bench warms generation up with a single token.
-        generate(&mut model, &tokens[..1])?;
-        let speeds = measure(a.reps, || generate(&mut model, &tokens))?;
-        row(format!("tg{}", a.n_gen), &speeds);
+        prefill(&mut model, &context, 0)?;
+        generate(&mut model, &tokens[..1], d)?;
+        let speeds = measure(a.reps, &mut model, &context, |m| generate(m, &tokens, d))?;
+        row(at(format!("tg{}", a.n_gen)), &speeds);
     }
     Ok(())
 }
 
-/// `reps` timed runs of `f` (after the caller's warm-up), as tokens per second.
-fn measure(reps: usize, mut f: impl FnMut() -> Result<usize>) -> Result<Vec<f64>> {
+/// `reps` timed runs of `f` (after the caller's warm-up), each after the untimed prefill of
+/// `context`, as tokens per second.
+fn measure<B: Backend>(
+    reps: usize,
+    model: &mut Model<B>,
+    context: &[u32],
+    mut f: impl FnMut(&mut Model<B>) -> Result<usize>,
+) -> Result<Vec<f64>> {
     (0..reps.max(1))
         .map(|_| {
+            prefill(model, context, 0)?;
             let t = Instant::now();
-            let n = f()?;
+            let n = f(model)?;
             Ok(n as f64 / t.elapsed().as_secs_f64().max(1e-9))
         })
         .collect()
@@ -144,23 +165,28 @@ fn block_table<B: Backend>(model: &Model<B>) -> Vec<u32> {
     (0..model.n_blocks() as u32).collect()
 }
 
-fn prefill<B: Backend>(model: &mut Model<B>, tokens: &[u32]) -> Result<usize> {
+/// One forward pass over `tokens` at positions from `start` (nothing to do for none).
+fn prefill<B: Backend>(model: &mut Model<B>, tokens: &[u32], start: usize) -> Result<usize> {
+    if tokens.is_empty() {
+        return Ok(0);
+    }
     let table = block_table(model);
     model.forward(&[SeqChunk {
         tokens,
-        start_pos: 0,
+        start_pos: start,
         block_table: &table,
         logits: LogitsWanted::Last,
     }])?;
     Ok(tokens.len())
 }
 
-fn generate<B: Backend>(model: &mut Model<B>, tokens: &[u32]) -> Result<usize> {
+/// One forward pass per token, at positions from `start`.
+fn generate<B: Backend>(model: &mut Model<B>, tokens: &[u32], start: usize) -> Result<usize> {
     let table = block_table(model);
-    for (pos, t) in tokens.iter().enumerate() {
+    for (i, t) in tokens.iter().enumerate() {
         model.forward(&[SeqChunk {
             tokens: std::slice::from_ref(t),
-            start_pos: pos,
+            start_pos: start + i,
             block_table: &table,
             logits: LogitsWanted::Last,
         }])?;

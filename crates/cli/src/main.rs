@@ -128,6 +128,10 @@ enum Command {
         /// Repetitions of each test (--parallel runs each B once).
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
+        /// Context already in the cache before each test (llama-bench's -d): that many tokens
+        /// are prefilled, untimed, and the test runs after them ("tg128 @ d4096").
+        #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+        depth: usize,
         /// Worker threads (default: physical cores).
         #[arg(short, long)]
         threads: Option<usize>,
@@ -254,6 +258,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             n_prompt,
             n_gen,
             reps,
+            depth,
             threads,
             device,
             deterministic,
@@ -267,6 +272,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 n_prompt,
                 n_gen,
                 reps,
+                depth,
                 threads: n_threads,
                 device: &device,
                 deterministic,

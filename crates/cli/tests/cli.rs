@@ -228,3 +228,20 @@ fn bench_parallel_prints_a_batched_bench_row_per_batch_size() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("--parallel 4,0"), "{err}");
 }
+
+#[test]
+fn bench_depth_runs_the_tests_after_that_much_context() {
+    let out = bench_tiny(&["-p", "8", "-n", "4", "-r", "2", "-d", "40"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{s}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tests: Vec<&str> = s
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("model") && !l.contains("---"))
+        .filter_map(|l| l.split('|').nth(6).map(str::trim))
+        .collect();
+    assert_eq!(tests, ["pp8 @ d40", "tg4 @ d40"], "{s}");
+}
