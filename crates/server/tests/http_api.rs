@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{request, send, Load, Opts, Resp, TestServer};
+use common::{read_events, request, send, Load, Opts, Resp, TestServer};
 use serde_json::{json, Value};
 
 /// One server for the tests that do not need a configuration of their own.
@@ -654,22 +654,6 @@ fn a_full_queue_answers_429_with_retry_after() {
     }
     assert_eq!(s.metric("realizar_queue_depth"), 0.0);
     assert!(s.metric("realizar_requests_total{status=\"429\"}") >= 1.0);
-}
-
-/// Reads from a streaming response until `n` SSE events have arrived.
-fn read_events(stream: &mut TcpStream, n: usize) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let t0 = Instant::now();
-    while String::from_utf8_lossy(&got).matches("data:").count() < n {
-        assert!(t0.elapsed() < Duration::from_secs(60), "stream stalled");
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => got.extend_from_slice(&buf[..k]),
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 fn wait_for(s: &TestServer, name: &str, want: f64) {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod faulty;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -16,18 +18,22 @@ use realizar_model::{load_cpu_from, LoadOptions};
 use realizar_server::{AppState, ServerConfig};
 use serde_json::Value;
 
+use faulty::{load_faulty_cpu, Fault};
+
 pub fn model_path() -> PathBuf {
     realizar_testkit::default_model()
 }
 
 /// How the engine loads its model.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Load {
     Normal,
     /// Sleeps this long first (/health says "loading").
     Slow(Duration),
     /// Fails (/health says "error").
     Fail,
+    /// Loads normally on a backend that fails like a faulted GPU once the `Fault` trips.
+    Faulty(Fault),
 }
 
 /// Server settings a test varies.
@@ -106,15 +112,22 @@ impl TestServer {
             max_queue: o.max_queue,
             sched,
         };
-        let load = o.load;
-        let (engine, _join) = Engine::spawn(cfg, tokenizer.clone(), move || match load {
-            Load::Fail => Err(EngineError::Request("no weights today".into())),
-            Load::Slow(d) => {
-                std::thread::sleep(d);
-                load_cpu_from(file, &opts).map_err(EngineError::from)
-            }
-            Load::Normal => load_cpu_from(file, &opts).map_err(EngineError::from),
-        })
+        // One spawn per backend type: the engine is generic over it.
+        let (engine, _join) = match o.load.clone() {
+            Load::Faulty(fault) => Engine::spawn(cfg, tokenizer.clone(), move || {
+                load_faulty_cpu(file, &opts, fault).map_err(EngineError::from)
+            }),
+            load => Engine::spawn(cfg, tokenizer.clone(), move || match load {
+                Load::Fail => Err(EngineError::Request("no weights today".into())),
+                Load::Slow(d) => {
+                    std::thread::sleep(d);
+                    load_cpu_from(file, &opts).map_err(EngineError::from)
+                }
+                Load::Normal | Load::Faulty(_) => {
+                    load_cpu_from(file, &opts).map_err(EngineError::from)
+                }
+            }),
+        }
         .expect("engine");
         let state = AppState::new(
             engine,
@@ -282,6 +295,22 @@ pub fn send(
     // The server may answer (413) and stop reading before the whole body is sent.
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body);
+}
+
+/// Reads from a streaming response until `n` SSE events have arrived.
+pub fn read_events(stream: &mut TcpStream, n: usize) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while String::from_utf8_lossy(&got).matches("data:").count() < n {
+        assert!(t0.elapsed() < Duration::from_secs(60), "stream stalled");
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 pub fn request(
