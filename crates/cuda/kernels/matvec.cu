@@ -44,7 +44,29 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ w, const float* 
     }
 }
 
-// Float weights (any row length): lanes stride over elements, so loads are coalesced.
+// Eight float weights from 16 (f16/bf16) or 32 (f32) bytes at a 16-byte-aligned address.
+template <int KIND>
+__device__ __forceinline__ void load8(const u8* p, float* v) {
+    if (KIND == 0) {
+        float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+        v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+        uint4 q = *(const uint4*)p;
+        u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u16 lo = (u16)(w[i] & 0xffffu), hi = (u16)(w[i] >> 16);
+            v[2 * i] = KIND == 1 ? h2f(lo) : bf2f(lo);
+            v[2 * i + 1] = KIND == 1 ? h2f(hi) : bf2f(hi);
+        }
+    }
+}
+
+// Float weights. Rows a multiple of 8 elements (every real model): each lane reads 8 consecutive
+// weights (16 or 32 bytes) per step, so a warp reads 512 or 1024 contiguous bytes, with 4 steps
+// unrolled to keep loads in flight (decode of F16 models is bandwidth-bound). Other widths:
+// lanes stride over single elements. Both NT variants sum each token in the same order.
 template <int KIND, int NT>
 __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* __restrict__ x,
                                          float* __restrict__ out, int rows, int cols, int ntok) {
@@ -57,11 +79,29 @@ __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* 
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    for (int i = lane; i < cols; i += 32) {
-        float a = KIND == 0 ? ld_f32(wr, i) : (KIND == 1 ? ld_f16(wr, i) : ld_bf16(wr, i));
+    if ((cols & 7) == 0) {
+        int groups = cols / 8;
+#pragma unroll 4
+        for (int g = lane; g < groups; g += 32) {
+            float v[8];
+            load8<KIND>(wr + (size_t)g * 8 * esize, v);
 #pragma unroll
-        for (int t = 0; t < NT; t++)
-            if (t0 + t < ntok) acc[t] += a * x[(size_t)(t0 + t) * cols + i];
+            for (int t = 0; t < NT; t++) {
+                if (t0 + t < ntok) {
+                    const float4* xp = (const float4*)(x + (size_t)(t0 + t) * cols + g * 8);
+                    float4 a = xp[0], b = xp[1];
+                    acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w +
+                              (v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w);
+                }
+            }
+        }
+    } else {
+        for (int i = lane; i < cols; i += 32) {
+            float a = KIND == 0 ? ld_f32(wr, i) : (KIND == 1 ? ld_f16(wr, i) : ld_bf16(wr, i));
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                if (t0 + t < ntok) acc[t] += a * x[(size_t)(t0 + t) * cols + i];
+        }
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {

@@ -63,7 +63,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 fn widths(ty: GgmlType) -> Vec<usize> {
     let qk = ty.block_size();
     if qk == 1 {
-        vec![37, 64, 100, 161]
+        vec![37, 64, 100, 161, 1000]
     } else {
         vec![qk, 3 * qk, 5 * qk]
     }
@@ -424,12 +424,14 @@ fn kv_store_and_attention_match_cpu() {
         for (n_head, n_head_kv, hd) in
             [(8, 2, 64), (9, 3, 64), (4, 4, 128), (4, 2, 16), (2, 1, 256)]
         {
-            for window in [None, Some(8), Some(50)] {
+            // Three sequences: a prefill chunk from 0, a decode token deep in, a chunk in the
+            // middle (2 attention splits); then one token and one decode 3000 deep (12 splits).
+            for (window, lens) in [None, Some(8), Some(50)]
+                .into_iter()
+                .flat_map(|w| [(w, &[37usize, 301, 25][..]), (w, &[1, 3001][..])])
+            {
                 let kvd = n_head_kv * hd;
                 let qd = n_head * hd;
-                // Three sequences: a prefill chunk from 0, a decode token deep in, a chunk in the
-                // middle; blocks handed out in a shuffled order.
-                let lens = [37usize, 301, 25];
                 let n_blocks: usize = lens.iter().map(|l| l.div_ceil(bs)).sum::<usize>() + 3;
                 let mut blocks: Vec<u32> = (0..n_blocks as u32).collect();
                 blocks.shuffle(&mut rng);
