@@ -53,7 +53,8 @@ pub fn run(a: BenchArgs<'_>) -> Result<()> {
         None => (
             LoadOptions {
                 kv_tokens: a.depth + a.n_prompt.max(a.n_gen).max(1),
-                max_batch_tokens: a.n_prompt.max(1),
+                // The context is prefilled in steps of up to 512 tokens even without a pp test.
+                max_batch_tokens: a.n_prompt.max(if a.depth > 0 { 512 } else { 1 }),
                 deterministic: a.deterministic,
                 ..LoadOptions::default()
             },

@@ -2,9 +2,14 @@
 //
 // Cache layout per layer: K and V each `n_slots x kv_dim`, element f16 or f32; a token's slot is
 // block * block_size + offset, and each sequence's block table maps its positions to blocks.
-// Attention: one block per (query head, token); its warps take keys round-robin, each keeping an
-// online softmax (running max, sum and value accumulator in f32), and merge at the end.
-// Queries are rounded to the cache's element type first, as the CPU reference does.
+// Attention: one block per (query head, token, split); its warps take keys round-robin, each
+// keeping an online softmax (running max, sum and value accumulator in f32), and merge at the
+// end. Queries are rounded to the cache's element type first, as the CPU reference does.
+//
+// Split-K (flash decoding): a decode step has only n_head blocks per token, too few to read a
+// long context at the GPU's bandwidth, so the keys of each token are cut into gridDim.z ranges
+// of ceil(len / splits) keys; each block writes its unnormalized partial (max, sum, values) to
+// `part`, and attention_merge combines them. With one split the block writes the output itself.
 
 #define ATT_WARPS 8
 #define MAX_HD 256
@@ -55,6 +60,7 @@ struct AttnArgs {
     const u32* table_off;   // [n_seqs]: start of each sequence's block table in `tables`
     const u32* tables;      // concatenated block tables
     float* out;             // [T, n_head * hd]
+    float* part;            // [T, n_head, splits, hd + 2] when gridDim.z > 1
     int block_size, kv_dim, n_head, n_head_kv, hd, window;  // window 0: none
     float scale;
 };
@@ -72,6 +78,13 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
     int pos = (int)a.positions[t];
     const u32* table = a.tables + a.table_off[a.seq_of[t]];
     int lo = a.window > 0 ? max(0, pos + 1 - a.window) : 0;
+    int hi = pos;
+    int splits = gridDim.z;
+    if (splits > 1) {
+        int chunk = (pos + 1 - lo + splits - 1) / splits;
+        lo += blockIdx.z * chunk;
+        hi = min(pos, lo + chunk - 1);
+    }
 
     float qv[PER], acc[PER];
 #pragma unroll
@@ -82,7 +95,7 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
         acc[i] = 0.0f;
     }
     float m = NEG_INF, s = 0.0f;
-    for (int j = lo + warp; j <= pos; j += ATT_WARPS) {
+    for (int j = lo + warp; j <= hi; j += ATT_WARPS) {
         size_t base = ((size_t)table[j / a.block_size] * a.block_size + j % a.block_size) *
                           (size_t)a.kv_dim + kh;
         float p = 0.0f;
@@ -121,6 +134,19 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
         f[w] = s_m[w] == NEG_INF ? 0.0f : expf(s_m[w] - gm);
         gs += s_s[w] * f[w];
     }
+    if (splits > 1) {
+        float* p = a.part + (((size_t)t * a.n_head + h) * splits + blockIdx.z) * (hd + 2);
+        if (lane == 0) {
+            p[0] = gm;
+            p[1] = gs;
+        }
+        for (int d = lane; d < hd; d += 32) {
+            float o = 0.0f;
+            for (int w = 0; w < ATT_WARPS; w++) o += s_acc[w][d] * f[w];
+            p[2 + d] = o;
+        }
+        return;
+    }
     float inv = gs == 0.0f ? 0.0f : 1.0f / gs;
     for (int d = lane; d < hd; d += 32) {
         float o = 0.0f;
@@ -131,3 +157,26 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
 
 extern "C" __global__ void attention_f16(AttnArgs a) { attention<true>(a); }
 extern "C" __global__ void attention_f32(AttnArgs a) { attention<false>(a); }
+
+// Combines the `splits` partials of each (query head, token): grid (n_head, T), one warp.
+extern "C" __global__ void attention_merge(const float* __restrict__ part, float* __restrict__ out,
+                                           int n_head, int hd, int splits) {
+    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
+    const float* p = part + ((size_t)t * n_head + h) * splits * (hd + 2);
+    float gm = NEG_INF;
+    for (int z = 0; z < splits; z++) gm = fmaxf(gm, p[(size_t)z * (hd + 2)]);
+    float gs = 0.0f;
+    for (int z = 0; z < splits; z++) {
+        float m = p[(size_t)z * (hd + 2)];
+        if (m != NEG_INF) gs += p[(size_t)z * (hd + 2) + 1] * expf(m - gm);
+    }
+    float inv = gs == 0.0f ? 0.0f : 1.0f / gs;
+    for (int d = lane; d < hd; d += 32) {
+        float o = 0.0f;
+        for (int z = 0; z < splits; z++) {
+            float m = p[(size_t)z * (hd + 2)];
+            if (m != NEG_INF) o += p[(size_t)z * (hd + 2) + 2 + d] * expf(m - gm);
+        }
+        out[(size_t)t * n_head * hd + (size_t)h * hd + d] = o * inv;
+    }
+}

@@ -164,6 +164,7 @@ struct AttnArgs {
     table_off: u64,
     tables: u64,
     out: u64,
+    part: u64,
     block_size: i32,
     kv_dim: i32,
     n_head: i32,
@@ -179,6 +180,18 @@ unsafe impl DeviceRepr for AttnArgs {}
 
 /// Head dimensions above this are refused (the attention kernel keeps a head in registers).
 const MAX_HEAD_DIM: usize = 256;
+/// Split-K attention: about this many keys per split at least...
+const ATTN_SPLIT_KEYS: usize = 256;
+/// ...and at most this many blocks (heads x tokens x splits) in all.
+const ATTN_MAX_BLOCKS: usize = 1024;
+
+/// How many ranges attention cuts each token's keys into, for `t` tokens of `n_head` heads
+/// whose longest context is `max_len` keys: enough blocks to read a long context at bandwidth.
+fn attn_splits(max_len: usize, t: usize, n_head: usize) -> usize {
+    let by_len = max_len.div_ceil(ATTN_SPLIT_KEYS);
+    let by_blocks = ATTN_MAX_BLOCKS / (t * n_head).max(1);
+    by_len.min(by_blocks).max(1)
+}
 
 /// One kernel argument.
 enum Arg {
@@ -233,6 +246,9 @@ pub struct CudaBackend {
     graphs: Mutex<graphs::Graphs>,
     /// A recorded step is being replayed: the ops skip their launches.
     replaying: AtomicBool,
+    /// Split-K attention for long contexts (off in deterministic mode: the split count depends
+    /// on the batch).
+    attn_split: bool,
 }
 
 impl CudaBackend {
@@ -271,6 +287,7 @@ impl CudaBackend {
                 std::env::var_os("REALIZAR_CUDA_GRAPHS").is_none_or(|v| v != "0"),
             )),
             replaying: AtomicBool::new(false),
+            attn_split: std::env::var_os("REALIZAR_CUDA_ATTN_SPLIT").is_none_or(|v| v != "0"),
             stream,
         })
     }
@@ -290,6 +307,12 @@ impl CudaBackend {
     /// f32 kernels, which are faster there).
     pub fn set_mmvq_min_cols(&mut self, n: usize) {
         self.mmvq_min_cols = n;
+    }
+
+    /// Split-K attention for long contexts (on by default; `REALIZAR_CUDA_ATTN_SPLIT=0` turns it
+    /// off). Its split count depends on the batch, so deterministic mode turns it off.
+    pub fn set_attention_split(&mut self, on: bool) {
+        self.attn_split = on;
     }
 
     /// Whether cuBLAS loaded (the prefill GEMM path).
@@ -638,6 +661,22 @@ impl CudaBackend {
             }
         }
         let (offs, tables) = graphs::flat_tables(plan);
+        let max_len = plan.positions[..t]
+            .iter()
+            .max()
+            .map_or(1, |&p| p as usize + 1);
+        let splits = if self.attn_split {
+            attn_splits(max_len, t, p.n_head)
+        } else {
+            1
+        };
+        let part = if splits > 1 {
+            let n = t * p.n_head * splits * (p.head_dim + 2);
+            let mut s = self.scratch();
+            matmul::ensure(self, &mut s.attn_part, n)?
+        } else {
+            0
+        };
         let mut idx = self.indices();
         let g = &self.gen;
         let args = AttnArgs {
@@ -655,6 +694,7 @@ impl CudaBackend {
             table_off: idx.table_off.set(&self.stream, g, &offs)?,
             tables: idx.tables.set(&self.stream, g, &tables)?,
             out: out.ptr,
+            part,
             block_size: plan.block_size as i32,
             kv_dim: kv.kv_dim as i32,
             n_head: p.n_head as i32,
@@ -670,9 +710,24 @@ impl CudaBackend {
         };
         self.launch(
             name,
-            (p.n_head as u32, t as u32, 1),
+            (p.n_head as u32, t as u32, splits as u32),
             256,
             &[Arg::Attn(args)],
-        )
+        )?;
+        if splits > 1 {
+            self.launch(
+                "attention_merge",
+                (p.n_head as u32, t as u32, 1),
+                32,
+                &[
+                    Arg::P(part),
+                    Arg::P(out.ptr),
+                    Arg::I(p.n_head as i32),
+                    Arg::I(p.head_dim as i32),
+                    Arg::I(splits as i32),
+                ],
+            )?;
+        }
+        Ok(())
     }
 }

@@ -141,6 +141,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "kv_store_f32",
             "attention_f16",
             "attention_f32",
+            "attention_merge",
         ],
     ),
     (

@@ -175,8 +175,10 @@ fn load_onto(
 ) -> Result<Model<CudaBackend>, ModelError> {
     if opts.deterministic {
         // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
-        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) do not.
+        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) do not, nor does split-K attention
+        // (its split count depends on the batch).
         backend.set_gemm_min_tokens(usize::MAX);
+        backend.set_attention_split(false);
     }
     let block_size = opts.block_size.max(1);
     let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);

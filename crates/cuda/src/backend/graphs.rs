@@ -46,6 +46,9 @@ struct Key {
     tokens: usize,
     seqs: usize,
     wanted: usize,
+    /// The longest context in units of split-K attention's keys per split (the split count,
+    /// a launch dimension, follows from it).
+    context: usize,
 }
 
 /// A recorded step. The driver's graph objects are not internally synchronized; this one is
@@ -154,10 +157,12 @@ impl CudaBackend {
             g.seen.clear();
             g.gen = gen;
         }
+        let max_len = plan.positions.iter().max().map_or(1, |&p| p as usize + 1);
         let key = Key {
             tokens: ids.len(),
             seqs: plan.seqs.len(),
             wanted: want_rows.len(),
+            context: max_len.div_ceil(super::ATTN_SPLIT_KEYS),
         };
         if g.records.contains_key(&key) {
             g.mode = Mode::Replay;

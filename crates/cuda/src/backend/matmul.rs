@@ -39,6 +39,8 @@ pub(super) struct Scratch {
     /// Outputs of `top_k_rows`: ids, then values and log-sum-exps.
     pub(super) top_ids: Option<CudaSlice<u32>>,
     pub(super) top_vals: Option<CudaSlice<f32>>,
+    /// Split-K attention's partial results.
+    pub(super) attn_part: Option<CudaSlice<f32>>,
     /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
     quantized: Option<(u64, usize, usize, u64)>,
 }
