@@ -388,6 +388,9 @@ pub fn gemm_isa(
     kernels: Kernels,
     mut sink: impl FnMut(usize, usize, &[f32]),
 ) -> Result<(), QuantError> {
+    // Only the AVX-512 kernels have a batch-invariant variant of their own.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kernels;
     if acts.wty != Some(wty) {
         return Err(QuantError::Unsupported {
             op: "gemm with activations prepared for another weight type",

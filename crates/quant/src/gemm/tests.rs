@@ -2,7 +2,7 @@
 //! the scalar vec-dot of the same quantized rows, on fresh random data (seed printed).
 
 use super::*;
-use crate::{dequantize_row, quantize_row, vec_dot};
+use crate::{dequantize_row, quantize_row};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -160,8 +160,9 @@ fn gemm_rejects_mismatched_inputs() {
     assert!(gemm(GgmlType::Q4_0, &w, 1, &acts, k, |_, _, _: &[f32]| {}).is_ok());
 }
 
-/// The Q4_1 kernel keeps llama.cpp's float order, so it equals the AVX2 vec-dot (`x86.rs`,
+/// The Q4_1 kernel keeps llama.cpp's float order, so it equals the AVX2 vec-dot (`x86/`,
 /// llama.cpp's order) bit for bit; the golden test against llama.cpp depends on it.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn q4_1_bit_identical_to_avx2_vec_dot() {
     if detect_isa() != Isa::Avx512Vnni || !crate::x86::has_avx2() {
@@ -188,8 +189,9 @@ fn q4_1_bit_identical_to_avx2_vec_dot() {
                 for (i, &v) in v.iter().enumerate() {
                     let r = r0 + i;
                     let a = &acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes];
-                    let want = vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
-                        .unwrap_or(f32::NAN);
+                    let want =
+                        crate::vec_dot(GgmlType::Q4_1, cols, &w[r * w_row..(r + 1) * w_row], a)
+                            .unwrap_or(f32::NAN);
                     assert_eq!(
                         v.to_bits(),
                         want.to_bits(),
