@@ -343,16 +343,7 @@ fn run_task_body<T: KvElem>(
             }
             for jh in 0..group {
                 let i = (t - t0) * group + jh;
-                // Scores of the chunk's keys: per lane, the products summed in element order.
-                let mut s = [-0.0f32; KEYS];
-                for (&qv, kcol) in sc.q[i * hd..(i + 1) * hd]
-                    .iter()
-                    .zip(sc.kt.chunks_exact(KEYS))
-                {
-                    for (s, &k) in s.iter_mut().zip(kcol) {
-                        *s += qv * k;
-                    }
-                }
+                let s = dot_keys(&sc.q[i * hd..(i + 1) * hd], &sc.kt);
                 let acc = &mut sc.acc[i * hd..(i + 1) * hd];
                 let (mut max, mut sum) = (sc.max[i], sc.sum[i]);
                 for j in j0..j1 {
@@ -368,9 +359,11 @@ fn run_task_body<T: KvElem>(
                         vs = (s - max).exp();
                     }
                     let v = &sc.vf[(j - c0) * hd..(j - c0 + 1) * hd];
-                    acc.iter_mut().zip(v).for_each(|(a, &b)| *a += b * vs);
+                    acc.iter_mut()
+                        .zip(v)
+                        .for_each(|(a, &b)| *a = b.mul_add(vs, *a));
                     T::round_f32(acc);
-                    sum = sum * ms + vs;
+                    sum = sum.mul_add(ms, vs);
                 }
                 sc.max[i] = max;
                 sc.sum[i] = sum;
@@ -390,6 +383,69 @@ fn run_task_body<T: KvElem>(
             emit(t, g * group + jh, dst);
         }
     }
+}
+
+/// The scores of a chunk's KEYS keys (`kt`, transposed) against query `q`, each summed as
+/// ggml's `ggml_vec_dot_f16` does on AVX-512: element e goes to accumulator e % 64 by fused
+/// multiply-adds, in steps of 64 elements; then accumulators 32.. and 48.. are added to 0.. and
+/// 16.., those two halves added, and the 16 lanes reduced pairwise (i + 8, + 4, + 2, + 1); the
+/// elements past the last whole step are added one by one in f64.
+#[inline(always)]
+pub(super) fn dot_keys(q: &[f32], kt: &[f32]) -> [f32; KEYS] {
+    let n = q.len();
+    let np = n & !63;
+    // The fused chain of element class c (elements c, c + 64, ...), lanes across keys.
+    let chain = |c: usize| {
+        let mut a = [0.0f32; KEYS];
+        for e in (c..np).step_by(64) {
+            let k = &kt[e * KEYS..(e + 1) * KEYS];
+            for l in 0..KEYS {
+                a[l] = q[e].mul_add(k[l], a[l]);
+            }
+        }
+        a
+    };
+    let mut x = [[0.0f32; KEYS]; 16];
+    if np == 64 {
+        // One step (head_dim 64..127): each chain is a single product (an FMA onto zero).
+        let row = |e: usize| -> &[f32; KEYS] {
+            let r: &[f32] = &kt[e * KEYS..(e + 1) * KEYS];
+            r.try_into().unwrap_or(&[0.0; KEYS])
+        };
+        for (i, xi) in x.iter_mut().enumerate() {
+            let (k0, k1, k2, k3) = (row(i), row(16 + i), row(32 + i), row(48 + i));
+            let (q0, q1, q2, q3) = (q[i], q[16 + i], q[32 + i], q[48 + i]);
+            for l in 0..KEYS {
+                xi[l] = (q0 * k0[l] + q2 * k2[l]) + (q1 * k1[l] + q3 * k3[l]);
+            }
+        }
+    } else if np > 0 {
+        for (i, xi) in x.iter_mut().enumerate() {
+            let (c0, c1, c2, c3) = (chain(i), chain(16 + i), chain(32 + i), chain(48 + i));
+            for l in 0..KEYS {
+                xi[l] = (c0[l] + c2[l]) + (c1[l] + c3[l]);
+            }
+        }
+    }
+    if np > 0 {
+        for width in [8, 4, 2, 1] {
+            let (lo, hi) = x.split_at_mut(width);
+            for (a, b) in lo.iter_mut().zip(hi.iter()) {
+                a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+            }
+        }
+    }
+    let mut out = x[0];
+    if np < n {
+        for (l, o) in out.iter_mut().enumerate() {
+            let mut sum = *o as f64;
+            for e in np..n {
+                sum += (q[e] * kt[e * KEYS + l]) as f64;
+            }
+            *o = sum as f32;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

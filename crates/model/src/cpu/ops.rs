@@ -77,19 +77,44 @@ pub fn add_bias(x: &mut CpuBuf, b: &[f32]) {
     }
 }
 
+/// Rotary embeddings with ggml's arithmetic, so that results equal llama.cpp's bit for bit: the
+/// angle of pair i is `pos * theta_scale^i` built by repeated f32 products (`theta_scale =
+/// base^(-2/rope_dim)` in f32), cos and sin in f32, and the rotation `x0*cos - x1*sin`,
+/// `x0*sin + x1*cos` with the first product fused into the add, as GCC contracts ggml's C.
 pub fn rope(x: &mut CpuBuf, positions: &[u32], p: RopeParams) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked).
+        unsafe { rope_fma(x, positions, p) };
+        return;
+    }
+    rope_body(x, positions, p);
+}
+
+/// [`rope_body`] with hardware FMA (the same values; `mul_add` is a library call without it).
+///
+/// # Safety
+/// The CPU must support FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rope_fma(x: &mut CpuBuf, positions: &[u32], p: RopeParams) {
+    rope_body(x, positions, p);
+}
+
+#[inline(always)]
+fn rope_body(x: &mut CpuBuf, positions: &[u32], p: RopeParams) {
     let c = x.cols;
     let half = p.rope_dim / 2;
-    // inv_freq[i] = theta^(-2i / rope_dim)
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| (p.theta as f64).powf(-2.0 * i as f64 / p.rope_dim as f64))
-        .collect();
+    let theta_scale = p.theta.powf(-2.0 / p.rope_dim as f32);
+    let mut cs = Vec::with_capacity(half);
     for (t, row) in x.as_mut_slice().chunks_exact_mut(c).enumerate() {
-        let pos = positions[t] as f64 / p.scale as f64;
-        let cs: Vec<(f32, f32)> = inv_freq
-            .iter()
-            .map(|f| ((pos * f).cos() as f32, (pos * f).sin() as f32))
-            .collect();
+        let mut theta = positions[t] as f32;
+        cs.clear();
+        for _ in 0..half {
+            let a = theta / p.scale;
+            cs.push((a.cos(), a.sin()));
+            theta *= theta_scale;
+        }
         for head in row.chunks_exact_mut(p.head_dim) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
                 let (a, b) = match p.layout {
@@ -97,8 +122,8 @@ pub fn rope(x: &mut CpuBuf, positions: &[u32], p: RopeParams) {
                     RopeLayout::Neox => (i, i + half),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+                head[a] = x0.mul_add(cos, -(x1 * sin));
+                head[b] = x0.mul_add(sin, x1 * cos);
             }
         }
     }
@@ -109,17 +134,72 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
+/// SiLU as ggml's AVX-512 `ggml_v_silu`: x / (1 + e^-x) with e^-x from [`v_expf`].
+#[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + v_expf(-x))
+}
+
+/// One lane of ggml's AVX-512 `ggml_v_expf` (a degree-5 polynomial after reduction by ln 2, max
+/// error 1.5 ulp), so that the GLU's values equal llama.cpp's bit for bit.
+#[inline(always)]
+fn v_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4B40_0000); // 0x1.8p23
+    let n = x.mul_add(f32::from_bits(0x3FB8_AA3B), r) - r; // round(x / ln 2)
+    let b = (-n).mul_add(
+        f32::from_bits(0x35BF_BE8E),
+        (-n).mul_add(f32::from_bits(0x3F31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3C07_2010)
+        .mul_add(b, f32::from_bits(0x3D2B_9F17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)),
+        )
+        .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0));
+    // scalef(j, n) for the whole number n: two exact powers of two, so the only rounding is
+    // the final one (underflow to subnormals, overflow to infinity), as scalef's.
+    let ni = n as i32;
+    let n1 = ni.clamp(-126, 127);
+    let n2 = (ni - n1).clamp(-126, 127);
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let res = j * pow2(n1) * pow2(n2);
+    let big = if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    if n.abs() > 192.0 {
+        big
+    } else {
+        res
+    }
+}
+
+/// `gate = silu(gate) * up` with hardware FMA when the CPU has it.
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked).
+        unsafe { swiglu_fma(g, u) };
+        return;
+    }
+    swiglu_body(g, u);
+}
+
+/// # Safety
+/// The CPU must support FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn swiglu_fma(g: &mut [f32], u: &[f32]) {
+    swiglu_body(g, u);
+}
+
+#[inline(always)]
+fn swiglu_body(g: &mut [f32], u: &[f32]) {
+    g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
 }
 
 /// `gate = act(gate) * up`, elementwise, in pieces of [`GLU_MIN_PIECE`] to [`GLU_PIECE`]
 /// elements spread over the pool (the exponentials make it worth it).
 pub fn glu(gate: &mut CpuBuf, up: &CpuBuf, act: Activation, pool: &Pool) {
-    let f = match act {
-        Activation::Silu => silu,
-        Activation::GeluTanh => gelu_tanh,
-    };
     // One token's 1536 exponentials are ~15 us: split small rows too, so both threads share
     // them instead of one working while the other waits for the next matmul.
     let len = gate.as_slice().len();
@@ -135,9 +215,13 @@ pub fn glu(gate: &mut CpuBuf, up: &CpuBuf, act: Activation, pool: &Pool) {
     pool.run(pieces.len(), &|i| {
         let mut piece = pieces[i].lock().unwrap_or_else(|p| p.into_inner());
         let (g, u) = &mut *piece;
-        g.iter_mut()
-            .zip(u.iter())
-            .for_each(|(g, &u)| *g = f(*g) * u);
+        match act {
+            Activation::Silu => swiglu(g, u),
+            Activation::GeluTanh => g
+                .iter_mut()
+                .zip(u.iter())
+                .for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
+        }
     });
 }
 
@@ -145,3 +229,28 @@ pub fn glu(gate: &mut CpuBuf, up: &CpuBuf, act: Activation, pool: &Pool) {
 const GLU_PIECE: usize = 8192;
 /// Fewest elements per parallel piece of [`glu`].
 const GLU_MIN_PIECE: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::v_expf;
+
+    /// ggml's exponential is a 1.5-ulp approximation: close to the exact value everywhere in
+    /// range, exact at 0, and saturating as its AVX-512 original does.
+    #[test]
+    fn v_expf_is_a_close_exponential() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (v_expf(x) as f64, (x as f64).exp());
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst:e}");
+        assert_eq!(v_expf(0.0), 1.0);
+        assert_eq!(v_expf(-200.0), 0.0);
+        assert_eq!(v_expf(200.0), f32::INFINITY);
+        // Subnormal results round once, like scalef.
+        let tiny = v_expf(-100.0) as f64;
+        assert!((tiny - (-100.0f64).exp()).abs() < 1e-44, "{tiny:e}");
+    }
+}
