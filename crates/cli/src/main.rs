@@ -3,6 +3,7 @@
 mod bench;
 mod bench_batched;
 mod chat;
+mod convert;
 mod inspect;
 mod load;
 mod model_path;

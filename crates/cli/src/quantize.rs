@@ -1,4 +1,6 @@
-//! `realizar quantize IN OUT TYPE`: rewrite a GGUF model with quantized weight matrices.
+//! `realizar quantize IN OUT TYPE`: rewrite a GGUF model with quantized weight matrices. IN may
+//! also be a Hugging Face folder, first converted as llama.cpp's `convert_hf_to_gguf.py` does
+//! (`convert/`); both become a [`Model`] that the same rules below quantize.
 //!
 //! Which tensors are quantized and to what follows llama.cpp's `llama-quantize` (its
 //! `llama-quant.cpp`):
@@ -15,11 +17,12 @@
 //! carries the input's quantization error too. Tensors already of the chosen type are copied.
 //! Metadata is copied as is (tokenizer included) with `general.file_type` set to the new type.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use realizar_formats::{GgufWriter, ModelFile, Value};
+use realizar_formats::{GgufFile, GgufWriter, ModelFile, Value};
 use realizar_quant::{dequantize_row, quantize_row, GgmlType};
 
 /// A `realizar quantize` target: a base type and how the mix departs from it.
@@ -131,7 +134,7 @@ struct Counters {
 }
 
 /// Should this tensor be quantized at all?
-fn quantizable(name: &str, n_dims: usize) -> bool {
+pub fn quantizable(name: &str, n_dims: usize) -> bool {
     n_dims >= 2
         && name.ends_with("weight")
         && !name.contains("_norm.weight")
@@ -179,10 +182,16 @@ fn choose(target: Target, name: &str, cols: u64, c: &mut Counters) -> GgmlType {
     fallback(ty, cols)
 }
 
-/// Convert `data` (rows of `cols` elements of `from`) to `to`.
-fn convert(from: GgmlType, to: GgmlType, cols: usize, data: &[u8]) -> Result<Vec<u8>> {
+/// Convert `data` (rows of `cols` elements of `from`) to `to`; data already of type `to` is
+/// passed through (borrowed stays borrowed).
+fn convert<'a>(
+    from: GgmlType,
+    to: GgmlType,
+    cols: usize,
+    data: Cow<'a, [u8]>,
+) -> Result<Cow<'a, [u8]>> {
     if from == to {
-        return Ok(data.to_vec());
+        return Ok(data);
     }
     let in_row = from.row_bytes(cols as u64)? as usize;
     let out_row = to.row_bytes(cols as u64)? as usize;
@@ -201,29 +210,90 @@ fn convert(from: GgmlType, to: GgmlType, cols: usize, data: &[u8]) -> Result<Vec
                 Ok(())
             },
         )?;
-    Ok(out)
+    Ok(Cow::Owned(out))
+}
+
+/// A model on its way to a GGUF file: metadata and tensors in file order. Read from a GGUF
+/// file, the tensors borrow its map; converted from a Hugging Face folder (`convert.rs`), most
+/// borrow the safetensors maps.
+pub struct Model<'a> {
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<Tensor<'a>>,
+}
+
+/// One tensor of a [`Model`].
+pub struct Tensor<'a> {
+    pub name: String,
+    /// GGML order: row length first.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    pub data: Cow<'a, [u8]>,
+}
+
+/// A GGUF file as a [`Model`]: metadata copied (its alignment first, as `general.alignment`),
+/// tensors borrowed.
+fn from_gguf<'a>(file: &'a ModelFile, gguf: &GgufFile) -> Model<'a> {
+    let mut metadata = vec![(
+        "general.alignment".to_string(),
+        u32::try_from(gguf.alignment()).map_or(Value::U64(gguf.alignment()), Value::U32),
+    )];
+    metadata.extend(
+        gguf.metadata()
+            .iter()
+            .filter(|(k, _)| k != "general.alignment")
+            .cloned(),
+    );
+    let tensors = file
+        .tensors()
+        .iter()
+        .map(|t| Tensor {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            data: Cow::Borrowed(file.tensor_bytes(t)),
+        })
+        .collect();
+    Model { metadata, tensors }
 }
 
 pub fn run(input: &Path, output: &Path, type_name: &str) -> Result<()> {
     let target = Target::parse(type_name)?;
     let file = ModelFile::open(input).with_context(|| format!("opening {}", input.display()))?;
-    let Some(gguf) = file.gguf() else {
-        bail!(
-            "{}: only GGUF input is supported so far (convert safetensors with llama.cpp's \
-             convert_hf_to_gguf.py first)",
+    let model = match file.gguf() {
+        Some(gguf) => from_gguf(&file, gguf),
+        None if input.is_dir() => crate::convert::from_hf_folder(&file)?,
+        None => bail!(
+            "{}: a lone .safetensors file has no config or tokenizer; give its Hugging Face \
+             folder (config.json, tokenizer.json, model*.safetensors) instead",
             input.display()
-        );
+        ),
     };
-    let arch = gguf
-        .get("general.architecture")
+    write(model, target, input, output, type_name)
+}
+
+/// Quantize `model`'s tensors for `target` and write the GGUF file.
+fn write(
+    model: Model<'_>,
+    target: Target,
+    input: &Path,
+    output: &Path,
+    type_name: &str,
+) -> Result<()> {
+    let meta = |key: &str| {
+        model
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|kv| &kv.1)
+    };
+    let arch = meta("general.architecture")
         .and_then(|v| v.as_str())
         .context("general.architecture missing")?
         .to_string();
-    let n_layers = gguf
-        .get(&format!("{arch}.block_count"))
+    let n_layers = meta(&format!("{arch}.block_count"))
         .and_then(|v| v.as_u64())
         .context("block_count missing")? as usize;
-    let tensors = file.tensors();
+    let tensors = model.tensors;
     let mut c = Counters {
         n_layers,
         n_attn_v: tensors
@@ -232,28 +302,30 @@ pub fn run(input: &Path, output: &Path, type_name: &str) -> Result<()> {
             .count(),
         i_attn_v: 0,
         i_ffn_down: 0,
-        tied: file.tensor("output.weight").is_none(),
+        tied: !tensors.iter().any(|t| t.name == "output.weight"),
     };
 
     let mut w = GgufWriter::new(3);
-    w.alignment(gguf.alignment());
-    let mut has_qv = false;
-    for (k, v) in gguf.metadata() {
-        match k.as_str() {
-            "general.alignment" => {}
+    let (mut has_ft, mut has_qv) = (false, false);
+    for (k, v) in model.metadata {
+        let v = match k.as_str() {
+            "general.alignment" => {
+                w.alignment(v.as_u64().context("general.alignment is not an integer")?);
+                continue;
+            }
             "general.file_type" => {
-                w.add(k.clone(), Value::U32(target.ftype));
+                has_ft = true;
+                Value::U32(target.ftype)
             }
             "general.quantization_version" => {
                 has_qv = true;
-                w.add(k.clone(), Value::U32(2));
+                Value::U32(2)
             }
-            _ => {
-                w.add(k.clone(), v.clone());
-            }
-        }
+            _ => v,
+        };
+        w.add(k, v);
     }
-    if gguf.get("general.file_type").is_none() {
+    if !has_ft {
         w.add("general.file_type", Value::U32(target.ftype));
     }
     if !has_qv {
@@ -269,15 +341,15 @@ pub fn run(input: &Path, output: &Path, type_name: &str) -> Result<()> {
         } else {
             t.ty
         };
-        let data = convert(t.ty, ty, cols as usize, file.tensor_bytes(t))
+        bytes_in += t.data.len() as u64;
+        let data = convert(t.ty, ty, cols as usize, t.data)
             .with_context(|| format!("converting {} from {} to {ty}", t.name, t.ty))?;
-        bytes_in += t.n_bytes;
         bytes_out += data.len() as u64;
         match counts.iter_mut().find(|(k, _)| *k == ty) {
             Some((_, n)) => *n += 1,
             None => counts.push((ty, 1)),
         }
-        w.add_tensor(t.name.clone(), &t.dims, ty, data);
+        w.add_tensor(t.name, &t.dims, ty, data);
     }
     w.write_file(output)
         .with_context(|| format!("writing {}", output.display()))?;

@@ -211,3 +211,293 @@ fn quantize_rejects_unknown_type() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown type"));
 }
+
+// Hugging Face folder input: `quantize tests/fixtures/tiny/<arch> OUT TYPE` converts the folder
+// as llama.cpp's convert_hf_to_gguf.py does; each fixture's model-f32.gguf is that converter's
+// output for the folder.
+
+/// The architectures whose conversion is done.
+const HF_ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+fn reference_gguf(arch: &str) -> PathBuf {
+    realizar_testkit::tiny_fixture(arch).join("model-f32.gguf")
+}
+
+/// Same metadata (keys in order, value types and values) but for `skip`, and the same tensors
+/// (names in order, dims, types, bytes).
+fn assert_same_gguf(ours: &Path, reference: &Path, skip: &[&str]) {
+    let a = GgufFile::open(ours).unwrap_or_else(|e| panic!("{}: {e}", ours.display()));
+    let b = GgufFile::open(reference).unwrap_or_else(|e| panic!("{e}"));
+    let kept = |g: &GgufFile| -> Vec<(String, Value)> {
+        g.metadata()
+            .iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (ka, kb) = (kept(&a), kept(&b));
+    let names = |kv: &[(String, Value)]| kv.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ka), names(&kb), "{}: metadata keys", ours.display());
+    for ((k, va), (_, vb)) in ka.iter().zip(&kb) {
+        assert!(va == vb, "{}: {k} = {va}, llama.cpp: {vb}", ours.display());
+    }
+    let ta: Vec<_> = a
+        .tensors()
+        .iter()
+        .map(|t| (&t.name, &t.dims, t.ty))
+        .collect();
+    let tb: Vec<_> = b
+        .tensors()
+        .iter()
+        .map(|t| (&t.name, &t.dims, t.ty))
+        .collect();
+    assert_eq!(ta, tb, "{}: tensor table", ours.display());
+    for (x, y) in a.tensors().iter().zip(b.tensors()) {
+        assert!(
+            a.tensor_data(x) == b.tensor_data(y),
+            "{}: tensor {} data differs",
+            ours.display(),
+            x.name
+        );
+    }
+}
+
+#[test]
+fn hf_folder_to_f32_is_what_llama_cpp_converter_writes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for arch in HF_ARCHS {
+        let out = dir.path().join(format!("{arch}-f32.gguf"));
+        quantize(&realizar_testkit::tiny_fixture(arch), &out, "F32");
+        assert_same_gguf(&out, &reference_gguf(arch), &[]);
+        // Same keys, values, order, tensors and alignment: the same file.
+        let (ours, theirs) = (std::fs::read(&out), std::fs::read(reference_gguf(arch)));
+        assert!(
+            ours.expect("read") == theirs.expect("read"),
+            "{arch}: the files differ"
+        );
+    }
+}
+
+/// Q8_0 / Q4_K_M from the folder: the tensors of quantizing the converter's F32 GGUF, and
+/// logits as close to the F32 model's as `tiny_fixture_every_type` holds them.
+#[test]
+fn hf_folder_quantizes_as_its_f32_gguf_does() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for arch in HF_ARCHS {
+        let reference = logits(&reference_gguf(arch));
+        for (ty, tol) in [("Q8_0", 0.1), ("Q4_K_M", 1.2)] {
+            let from_hf = dir.path().join(format!("{arch}-hf-{ty}.gguf"));
+            let from_gguf = dir.path().join(format!("{arch}-gguf-{ty}.gguf"));
+            quantize(&realizar_testkit::tiny_fixture(arch), &from_hf, ty);
+            quantize(&reference_gguf(arch), &from_gguf, ty);
+            // GGUF input keeps its alignment as a key; the converter writes none.
+            assert_same_gguf(&from_hf, &from_gguf, &["general.alignment"]);
+            let err = rel_rms(&logits(&from_hf), &reference);
+            eprintln!("{arch} {ty}: relative RMS logit error {err:.4}");
+            assert!(err < tol, "{arch} {ty}: relative RMS logit error {err:.4}");
+        }
+    }
+}
+
+/// A safetensors tensor: name, GGML dims, dtype name, bytes.
+type StTensor = (String, Vec<u64>, &'static str, Vec<u8>);
+
+/// A safetensors file holding `tensors`.
+fn write_safetensors(path: &Path, tensors: &[StTensor]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, dims, dtype, data) in tensors {
+        let shape: Vec<u64> = dims.iter().rev().copied().collect();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
+        offset += data.len();
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    for (.., data) in tensors {
+        bytes.extend(data);
+    }
+    std::fs::write(path, bytes).expect("write safetensors");
+}
+
+/// Copy a fixture folder's JSON files to `dst` (weights excluded).
+fn copy_fixture_jsons(arch: &str, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for e in std::fs::read_dir(realizar_testkit::tiny_fixture(arch)).expect("ls") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "json") {
+            std::fs::copy(&p, dst.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+/// The llama fixture as BF16 in two shards with an index: converted, every value is the F32
+/// GGUF's rounded to BF16 (Q/K permutation included), metadata unchanged.
+#[test]
+fn bf16_shards_convert_to_rounded_f32() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("llama"); // general.name comes from the folder name
+    copy_fixture_jsons("llama", &dir);
+    let src = ModelFile::open(&realizar_testkit::tiny_fixture("llama")).expect("open fixture");
+    let to_bf16 = |data: &[u8]| -> Vec<u8> {
+        let v: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut out = vec![0u8; v.len() * 2];
+        realizar_quant::quantize_row(GgmlType::Bf16, &v, &mut out).expect("bf16");
+        out
+    };
+    let mut shards: [Vec<StTensor>; 2] = [Vec::new(), Vec::new()];
+    let mut weight_map = serde_json::Map::new();
+    for (i, t) in src.tensors().iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        weight_map.insert(t.name.clone(), file.into());
+        let data = to_bf16(src.tensor_bytes(t));
+        shards[i % 2].push((t.name.clone(), t.dims.clone(), "BF16", data));
+    }
+    for (i, s) in shards.iter().enumerate() {
+        write_safetensors(
+            &dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+            s,
+        );
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).expect("index");
+
+    let out = tmp.path().join("bf16.gguf");
+    quantize(&dir, &out, "F32");
+    let a = GgufFile::open(&out).expect("open");
+    let b = GgufFile::open(&reference_gguf("llama")).expect("open");
+    assert_eq!(a.metadata(), b.metadata());
+    // Shard by shard, by name within a shard (the converter's order), so match by name.
+    assert_eq!(a.tensors().len(), b.tensors().len());
+    for x in a.tensors() {
+        let y = b
+            .tensor(&x.name)
+            .unwrap_or_else(|| panic!("extra tensor {}", x.name));
+        assert_eq!((&x.dims, x.ty), (&y.dims, GgmlType::F32), "{}", x.name);
+        let want = to_bf16(b.tensor_data(y));
+        let mut rounded = vec![0.0f32; want.len() / 2];
+        realizar_quant::dequantize_row(GgmlType::Bf16, &want, &mut rounded).expect("bf16");
+        let got: Vec<f32> = a
+            .tensor_data(x)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert!(got == rounded, "{}: not the BF16-rounded values", x.name);
+    }
+}
+
+/// Run `quantize IN x.gguf Q8_0`, expecting failure; returns stderr.
+fn quantize_fails(input: &Path) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let o = bin()
+        .arg("quantize")
+        .arg(input)
+        .arg(dir.path().join("x.gguf"))
+        .arg("Q8_0")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{}: should fail", input.display());
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn hf_folder_errors_name_the_problem_and_the_path() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = realizar_testkit::tiny_fixture("qwen3");
+    let case = |name: &str| {
+        let d = tmp.path().join(name);
+        copy_fixture_jsons("qwen3", &d);
+        std::fs::copy(src.join("model.safetensors"), d.join("model.safetensors")).expect("copy");
+        d
+    };
+    let expect = |dir: &Path, what: &str| {
+        let err = quantize_fails(dir);
+        let shown = dir.display().to_string();
+        assert!(err.contains(what) && err.contains(&shown), "{what}: {err}");
+    };
+
+    let d = case("no-config");
+    std::fs::remove_file(d.join("config.json")).expect("rm");
+    expect(&d, "config.json");
+
+    let d = case("no-weights");
+    std::fs::remove_file(d.join("model.safetensors")).expect("rm");
+    expect(&d, "model.safetensors");
+
+    let d = case("no-tokenizer");
+    std::fs::remove_file(d.join("tokenizer.json")).expect("rm");
+    expect(&d, "no tokenizer");
+
+    let d = case("other-arch");
+    let config = std::fs::read_to_string(d.join("config.json")).expect("read");
+    let config = config.replace("Qwen3ForCausalLM", "MambaForCausalLM");
+    std::fs::write(d.join("config.json"), config).expect("write");
+    expect(&d, "MambaForCausalLM is not supported");
+
+    let d = case("int-weights");
+    let bad = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![4, 2],
+        "I64",
+        vec![0u8; 64],
+    )];
+    write_safetensors(&d.join("model.safetensors"), &bad);
+    expect(&d, "I64");
+
+    // gemma3's SentencePiece tokenizer.model is not converted yet.
+    expect(
+        &realizar_testkit::tiny_fixture("gemma3"),
+        "not converted yet",
+    );
+
+    // A lone safetensors file has no config or tokenizer.
+    let err = quantize_fails(&src.join("model.safetensors"));
+    assert!(err.contains("Hugging Face"), "{err}");
+}
+
+/// llama.cpp loads and runs what the conversion writes (skipped, saying so, without it).
+#[test]
+fn llama_bench_runs_converted_files() {
+    let Some(home) = std::env::var_os("HOME") else {
+        eprintln!("skipping: no HOME, so no llama.cpp peer build");
+        return;
+    };
+    let bin_dir = Path::new(&home).join(".cache/realizar-peers/llama.cpp/build/bin");
+    if !bin_dir.join("llama-bench").exists() {
+        eprintln!(
+            "skipping: no {} (run ../shared/scripts/peer-llamacpp.sh)",
+            bin_dir.join("llama-bench").display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    for arch in HF_ARCHS {
+        for ty in ["F32", "Q4_K_M"] {
+            let out = dir.path().join(format!("{arch}-{ty}.gguf"));
+            quantize(&realizar_testkit::tiny_fixture(arch), &out, ty);
+            let o = Command::new(bin_dir.join("llama-bench"))
+                .args(["-p", "8", "-n", "4", "-r", "1", "-t", "2", "-m"])
+                .arg(&out)
+                .env("LD_LIBRARY_PATH", &bin_dir)
+                .output()
+                .expect("run llama-bench");
+            let table = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && table.contains("tg4"),
+                "{arch} {ty}: llama-bench: {table}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
