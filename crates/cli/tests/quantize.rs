@@ -217,7 +217,7 @@ fn quantize_rejects_unknown_type() {
 // output for the folder.
 
 /// The architectures whose conversion is done.
-const HF_ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+const HF_ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
 fn reference_gguf(arch: &str) -> PathBuf {
     realizar_testkit::tiny_fixture(arch).join("model-f32.gguf")
@@ -455,11 +455,14 @@ fn hf_folder_errors_name_the_problem_and_the_path() {
     write_safetensors(&d.join("model.safetensors"), &bad);
     expect(&d, "I64");
 
-    // gemma3's SentencePiece tokenizer.model is not converted yet.
-    expect(
-        &realizar_testkit::tiny_fixture("gemma3"),
-        "not converted yet",
-    );
+    // A damaged SentencePiece model (gemma3's tokenizer.model cut short).
+    let d = tmp.path().join("bad-spm");
+    copy_fixture_jsons("gemma3", &d);
+    let g = realizar_testkit::tiny_fixture("gemma3");
+    std::fs::copy(g.join("model.safetensors"), d.join("model.safetensors")).expect("copy");
+    let spm = std::fs::read(g.join("tokenizer.model")).expect("read");
+    std::fs::write(d.join("tokenizer.model"), &spm[..spm.len() / 2]).expect("write");
+    expect(&d, "not a SentencePiece model");
 
     // A lone safetensors file has no config or tokenizer.
     let err = quantize_fails(&src.join("model.safetensors"));

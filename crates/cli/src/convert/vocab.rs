@@ -149,7 +149,7 @@ fn is_sentencepiece_json(tok: &Json) -> bool {
 }
 
 /// Tokens gguf-py treats as control tokens even when not marked special.
-fn looks_special(t: &str) -> bool {
+pub fn looks_special(t: &str) -> bool {
     matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (t.starts_with("<|") && t.ends_with("|>"))
         || (t.starts_with("<｜") && t.ends_with("｜>"))
