@@ -94,22 +94,18 @@ fn run_case(
     res
 }
 
-/// The default model amplifies tiny rounding differences: llama.cpp quantizes activations to
-/// 8 bits per block before every product, and SmolLM2's outlier channels make the result depend
-/// on exactly which values round which way. The reference was made by llama-server on this CPU
-/// kind with flash attention on (it reproduces the file exactly). The same llama-server with
-/// flash attention off -- mathematically the same attention -- parts from its own reference at
-/// step 0 of the fibonacci prompt and moves top-5 log-probabilities by up to 0.64
-/// (scripts/llamacpp-logprobs.py measures it). So a bound of 0.1 holds only for a bit-exact copy
-/// of llama.cpp's kernels; these bounds are llama.cpp's own spread across its settings: greedy
-/// tokens may part only where the reference's top-2 are within GAP_TIE of each other, and top-5
-/// log-probabilities stay within LOGPROB_TOL until then. A wrong rope, norm, GQA mapping or
-/// quant layout misses these by whole nats from the first step; `exact_forward.rs` holds the
-/// forward pass to 0.03 against an exact evaluation.
-const LOGPROB_TOL: f64 = 0.75;
+/// The bounds. The default model amplifies tiny rounding differences (llama.cpp
+/// quantizes activations to 8 bits per block before every product, and SmolLM2's outlier
+/// channels make the result depend on which values round which way), so these hold only for a
+/// forward pass with llama.cpp's CPU arithmetic: the CPU backend reproduces it (matmuls, rope,
+/// SwiGLU, both flash-attention paths) and matches the reference bit for bit. Greedy tokens may
+/// part only where the reference's top-2 are within GAP_TIE, never before MIN_STEPS, and top-5
+/// log-probabilities stay within LOGPROB_TOL until then.
+const LOGPROB_TOL: f64 = 0.1;
 /// End-of-generation ids of the default model (`<|endoftext|>`, `<|im_end|>`).
 const EOG: [usize; 2] = [0, 2];
-const GAP_TIE: f64 = 0.6;
+const GAP_TIE: f64 = 0.05;
+const MIN_STEPS: usize = 32;
 
 #[test]
 fn greedy_tokens_and_logprobs_match_llama_cpp() {
@@ -145,11 +141,12 @@ fn greedy_tokens_and_logprobs_match_llama_cpp() {
             "{name:?}: top-5 logprob differs by {:.3}",
             r.worst
         );
-        if r.parted_at.is_some() {
+        if let Some(step) = r.parted_at {
             assert!(
                 r.gap_at_parting < GAP_TIE,
                 "{name:?}: greedy parted where the reference was sure"
             );
+            assert!(step >= MIN_STEPS, "{name:?}: greedy parted at step {step}");
         }
         agreed_steps += r.parted_at.unwrap_or(48);
     }

@@ -126,19 +126,19 @@ const TOK_RUN: usize = 16;
 /// Scratch of one attention task, all in f32 (values of the cache's type where the scalar
 /// formulation rounds to it).
 #[derive(Default)]
-struct Scratch {
+pub(super) struct Scratch {
     /// The chunk's keys transposed: `kt[i * KEYS + l]` = element i of key l.
-    kt: Vec<f32>,
+    pub(super) kt: Vec<f32>,
     /// The chunk's values: `vf[l * hd + i]`.
-    vf: Vec<f32>,
+    pub(super) vf: Vec<f32>,
     /// Per (token, head) of the task: the query rounded to the cache type ...
-    q: Vec<f32>,
+    pub(super) q: Vec<f32>,
     /// ... the value accumulator (values of the cache type) ...
-    acc: Vec<f32>,
+    pub(super) acc: Vec<f32>,
     /// ... and the running maximum and sum of the online softmax.
-    max: Vec<f32>,
-    sum: Vec<f32>,
-    tmp: Vec<f32>,
+    pub(super) max: Vec<f32>,
+    pub(super) sum: Vec<f32>,
+    pub(super) tmp: Vec<f32>,
 }
 
 thread_local! {
@@ -153,14 +153,16 @@ unsafe impl Send for SyncPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SyncPtr {}
 
-/// Causal attention for every (token, head) of `q` into `out`.
-///
-/// Per (token, head) the arithmetic is the scalar formulation's, in the same order, so results
-/// are bit for bit those of a plain loop over keys: the score is a sequential f32 sum of the
-/// 64 (head_dim) products, times `scale`; then the online-softmax step with the accumulator
-/// rounded to the cache type after every update. What is vectorized is across independent
-/// chains: 16 keys' scores at once (one per lane, each summed in element order) and the
-/// accumulator's elements. Tasks are (run of up to 16 tokens of one sequence, KV head).
+/// Causal attention for every (token, head) of `q` into `out`, in the arithmetic of llama.cpp's
+/// CPU flash attention (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`) so that results
+/// equal llama.cpp's bit for bit: the query rounded to the cache type, each score summed as
+/// `ggml_vec_dot_f16` sums on AVX-512 ([`dot_keys`]) times `scale`, then the online-softmax
+/// step with fused updates and the value accumulator rounded to the cache type after each.
+/// Steps of `TILE_Q` tokens or more take llama.cpp's tiled arithmetic instead
+/// (`attention_tiled.rs`), unless `tiled_ok` is false (deterministic mode: one arithmetic for
+/// every step size). What is vectorized is across independent chains: 16 keys' scores at once
+/// and the accumulator's elements; the tests compare with a plain loop over keys. Tasks are
+/// (run of up to 16 tokens of one sequence, KV head).
 pub fn attention<T: KvElem>(
     q: &CpuBuf,
     kv: &KvStore<T>,
@@ -168,7 +170,7 @@ pub fn attention<T: KvElem>(
     plan: &AttnPlan,
     p: AttnParams,
     out: &mut CpuBuf,
-    pool: &Pool,
+    (pool, tiled_ok): (&Pool, bool),
 ) {
     let n_tok = plan.positions.len().min(q.rows);
     // Runs of consecutive tokens of one sequence, at most TOK_RUN long.
@@ -192,6 +194,7 @@ pub fn attention<T: KvElem>(
         layer,
         plan,
         p,
+        tiled: tiled_ok && n_tok >= super::attention_tiled::TILE_Q,
     };
     pool.run(runs.len() * n_kv, &|task| {
         let (t0, t1) = runs[task / n_kv];
@@ -214,12 +217,59 @@ pub fn attention<T: KvElem>(
 }
 
 /// What every task of one attention call reads.
-struct Ctx<'a, T> {
-    q: &'a CpuBuf,
-    kv: &'a KvStore<T>,
-    layer: usize,
-    plan: &'a AttnPlan,
-    p: AttnParams,
+pub(super) struct Ctx<'a, T> {
+    pub(super) q: &'a CpuBuf,
+    pub(super) kv: &'a KvStore<T>,
+    pub(super) layer: usize,
+    pub(super) plan: &'a AttnPlan,
+    pub(super) p: AttnParams,
+    /// llama.cpp's tiled arithmetic (steps of `TILE_Q` tokens or more).
+    pub(super) tiled: bool,
+}
+
+/// What a task (tokens of one sequence, the query heads of KV head `g`) reads.
+pub(super) struct TaskView<'a, T> {
+    pub(super) hd: usize,
+    /// Query heads per KV head.
+    pub(super) group: usize,
+    /// Width of a query row.
+    pub(super) qd: usize,
+    /// The layer's keys and values.
+    pub(super) kc: &'a [T],
+    pub(super) vc: &'a [T],
+    table: &'a [u32],
+    block_size: usize,
+    kv_dim: usize,
+    /// Offset of KV head `g` in a cache row.
+    kh: usize,
+}
+
+impl<T> TaskView<'_, T> {
+    /// Where the K/V row of position `j` of the sequence starts, KV head included.
+    #[inline(always)]
+    pub(super) fn slot(&self, j: usize) -> usize {
+        let bs = self.block_size;
+        (self.table[j / bs] as usize * bs + j % bs) * self.kv_dim + self.kh
+    }
+}
+
+impl<'a, T> Ctx<'a, T> {
+    /// The view of the task whose tokens start at `t0`, for KV head `g`.
+    #[inline(always)]
+    pub(super) fn view(&self, t0: usize, g: usize) -> TaskView<'a, T> {
+        let hd = self.p.head_dim;
+        TaskView {
+            hd,
+            group: self.p.n_head / self.p.n_head_kv,
+            qd: self.p.n_head * hd,
+            kc: &self.kv.k[self.layer],
+            vc: &self.kv.v[self.layer],
+            table: &self.plan.seqs[self.plan.seq_of[t0] as usize],
+            block_size: self.plan.block_size,
+            kv_dim: self.kv.kv_dim,
+            kh: g * hd,
+        }
+    }
 }
 
 /// Tokens `t0..t1` (one sequence) x the query heads of KV head `g`.
@@ -271,21 +321,21 @@ fn run_task_body<T: KvElem>(
     sc: &mut Scratch,
     emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
-    let Ctx {
-        q,
-        kv,
-        layer,
-        plan,
-        p,
-    } = *c;
-    let hd = p.head_dim;
-    let group = p.n_head / p.n_head_kv;
-    let qd = p.n_head * hd;
-    let kvd = kv.kv_dim;
-    let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
-    let bs = plan.block_size;
-    let table = &plan.seqs[plan.seq_of[t0] as usize];
-    let kh = g * hd;
+    if c.tiled {
+        super::attention_tiled::run_tiled(c, (t0, t1), g, sc, emit);
+        return;
+    }
+    let (q, plan, p) = (c.q, c.plan, c.p);
+    let view = c.view(t0, g);
+    let TaskView {
+        hd,
+        group,
+        qd,
+        kc,
+        vc,
+        ..
+    } = view;
+    let slot = |j: usize| view.slot(j);
     let n_tok = t1 - t0;
     let n_q = n_tok * group;
     sc.kt.resize(hd * KEYS, 0.0);
@@ -315,7 +365,6 @@ fn run_task_body<T: KvElem>(
             T::round_f32(dst);
         }
     }
-    let slot = |j: usize| (table[j / bs] as usize * bs + j % bs) * kvd + kh;
     let mut c0 = k_lo;
     while c0 < k_hi {
         let c1 = (c0 + KEYS).min(k_hi);
@@ -371,6 +420,18 @@ fn run_task_body<T: KvElem>(
         }
         c0 = c1;
     }
+    finish(sc, (t0, t1), g, (group, hd), emit);
+}
+
+/// Divides each (token, head)'s accumulator by its softmax sum and emits it.
+#[inline(always)]
+pub(super) fn finish(
+    sc: &mut Scratch,
+    (t0, t1): (usize, usize),
+    g: usize,
+    (group, hd): (usize, usize),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
     for t in t0..t1 {
         for jh in 0..group {
             let i = (t - t0) * group + jh;

@@ -110,6 +110,96 @@ fn reference<T: KvElem>(
     out
 }
 
+/// llama.cpp's tiled formulation (steps of 64 tokens or more), one (token, head) at a time:
+/// f32 query, tiles of 64 key positions from 0, scores as sequential fused chains, ggml's
+/// exponential, probabilities summed 16 at a time in registers then in f64, values as fused
+/// chains over each tile's keys.
+fn reference_tiled<T: KvElem>(
+    q: &CpuBuf,
+    kv: &KvStore<T>,
+    layer: usize,
+    plan: &AttnPlan,
+    p: AttnParams,
+) -> Vec<f32> {
+    let hd = p.head_dim;
+    let group = p.n_head / p.n_head_kv;
+    let qd = p.n_head * hd;
+    let kvd = kv.kv_dim;
+    let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+    let bs = plan.block_size;
+    let n_tok = plan.positions.len();
+    let mut out = vec![0.0f32; n_tok * qd];
+    for t in 0..n_tok {
+        let pos = plan.positions[t] as usize;
+        let table = &plan.seqs[plan.seq_of[t] as usize];
+        let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let visible = |j: usize| j >= lo && j <= pos;
+        for h in 0..p.n_head {
+            let qr = &q.data[t * qd + h * hd..t * qd + (h + 1) * hd];
+            let kh = (h / group) * hd;
+            let base = |j: usize| (table[j / bs] as usize * bs + j % bs) * kvd + kh;
+            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+            let mut acc = vec![0.0f32; hd];
+            for tile in (0..=pos).step_by(64) {
+                let scores: Vec<f32> = (tile..tile + 64)
+                    .map(|j| {
+                        if !visible(j) {
+                            return f32::NEG_INFINITY;
+                        }
+                        let k = &kc[base(j)..base(j) + hd];
+                        let dot = qr
+                            .iter()
+                            .zip(k)
+                            .fold(0.0f32, |a, (&x, y)| x.mul_add(y.to_f32(), a));
+                        dot * p.scale
+                    })
+                    .collect();
+                let tmax = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                if tmax == f32::NEG_INFINITY {
+                    continue;
+                }
+                let m_new = m.max(tmax);
+                if m_new > m {
+                    let ms = (m - m_new).exp();
+                    acc.iter_mut().for_each(|a| *a *= ms);
+                    sum *= ms;
+                }
+                m = m_new;
+                let probs: Vec<f32> = scores
+                    .iter()
+                    .map(|&x| super::super::ops::v_expf(x - m))
+                    .collect();
+                let mut total = 0.0f64;
+                for g16 in probs.chunks(16) {
+                    let mut x = g16.to_vec();
+                    let mut w = 8;
+                    while w > 0 {
+                        for l in 0..w {
+                            x[l] += x[l + w];
+                        }
+                        w /= 2;
+                    }
+                    total += x[0] as f64;
+                }
+                sum = (sum as f64 + total) as f32;
+                for (l, &pr) in probs.iter().enumerate() {
+                    if visible(tile + l) {
+                        let v = &vc[base(tile + l)..base(tile + l) + hd];
+                        for (a, vv) in acc.iter_mut().zip(v) {
+                            *a = pr.mul_add(vv.to_f32(), *a);
+                        }
+                    }
+                }
+            }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            for (i, a) in acc.iter().enumerate() {
+                out[t * qd + h * hd + i] = a * inv;
+            }
+        }
+    }
+    out
+}
+
 fn check<T: KvElem>(rng: &mut StdRng, seed: u64, pool: &Pool) {
     let hd = [64usize, 20, 8, 128, 80][rng.range(0, 5)];
     let (n_head, n_head_kv) = [(9, 3), (4, 4), (6, 2)][rng.range(0, 3)];
@@ -123,7 +213,7 @@ fn check<T: KvElem>(rng: &mut StdRng, seed: u64, pool: &Pool) {
     // Per sequence: context length, and how many of its last tokens are in the batch.
     let seqs: Vec<(usize, usize)> = (0..n_seqs)
         .map(|_| {
-            let len = rng.range(1, 90);
+            let len = rng.range(1, 150);
             (len, rng.range(1, len.min(40) + 1))
         })
         .collect();
@@ -178,14 +268,19 @@ fn check<T: KvElem>(rng: &mut StdRng, seed: u64, pool: &Pool) {
         cols: qd,
         cap: n_tok,
     };
-    attention(&q, &kv, layer, &plan, p, &mut out, pool);
-    let want = reference(&q, &kv, layer, &plan, p);
+    attention(&q, &kv, layer, &plan, p, &mut out, (pool, true));
+    // From 64 tokens a step takes llama.cpp's tiled arithmetic.
+    let want = if n_tok >= 64 {
+        reference_tiled(&q, &kv, layer, &plan, p)
+    } else {
+        reference(&q, &kv, layer, &plan, p)
+    };
     for (i, (&g, &w)) in out.data.iter().zip(&want).enumerate() {
         assert_eq!(
             g.to_bits(),
             w.to_bits(),
             "element {i} (token {}, head {}): {g} vs {w}; hd {hd} heads {n_head}/{n_head_kv} \
-             window {window:?} seqs {seqs:?} seed {seed}",
+             window {window:?} seqs {seqs:?} ({n_tok} tokens) seed {seed}",
             i / qd,
             (i % qd) / hd
         );

@@ -3,6 +3,7 @@
 //! (token, head) pairs (attention).
 
 mod attention;
+mod attention_tiled;
 mod matmul;
 mod ops;
 mod pool;
@@ -124,7 +125,9 @@ pub struct CpuBackend {
     /// activation quantization. Slow; an oracle for tests against exact evaluations.
     exact: bool,
     /// Batch-invariant matmul kernels: a token's result does not depend on the other tokens of
-    /// the step (`LoadOptions::deterministic`). The other ops are per token already.
+    /// the step (`LoadOptions::deterministic`). Attention then keeps one arithmetic for every
+    /// step size (llama.cpp's tiled arithmetic from 64 tokens is off); the other ops are per
+    /// token already.
     deterministic: bool,
 }
 
@@ -143,6 +146,11 @@ impl CpuBackend {
     /// Switches the reference mode (see the field `exact`).
     pub fn set_exact(&mut self, exact: bool) {
         self.exact = exact;
+    }
+
+    /// The pool, and whether attention may switch to llama.cpp's tiled arithmetic.
+    fn attn_mode(&self) -> (&pool::Pool, bool) {
+        (&self.pool, !self.deterministic)
     }
 
     /// Switches batch-invariant matmuls (see the field `deterministic`).
@@ -265,8 +273,8 @@ impl Backend for CpuBackend {
         out: &mut CpuBuf,
     ) {
         match kv {
-            CpuKv::F16(s) => attention::attention(q, s, layer, plan, p, out, &self.pool),
-            CpuKv::F32(s) => attention::attention(q, s, layer, plan, p, out, &self.pool),
+            CpuKv::F16(s) => attention::attention(q, s, layer, plan, p, out, self.attn_mode()),
+            CpuKv::F32(s) => attention::attention(q, s, layer, plan, p, out, self.attn_mode()),
         }
     }
 

@@ -143,7 +143,7 @@ fn silu(x: f32) -> f32 {
 /// One lane of ggml's AVX-512 `ggml_v_expf` (a degree-5 polynomial after reduction by ln 2, max
 /// error 1.5 ulp), so that the GLU's values equal llama.cpp's bit for bit.
 #[inline(always)]
-fn v_expf(x: f32) -> f32 {
+pub(super) fn v_expf(x: f32) -> f32 {
     let r = f32::from_bits(0x4B40_0000); // 0x1.8p23
     let n = x.mul_add(f32::from_bits(0x3FB8_AA3B), r) - r; // round(x / ln 2)
     let b = (-n).mul_add(
