@@ -7,23 +7,46 @@
 
 use crate::fp::{Bf16, Half};
 
+/// A float element type of the dots, widened to f32 exactly (the SIMD kernels' too).
+pub(crate) trait Float: crate::Block {
+    fn to_f32(self) -> f32;
+}
+
+impl Float for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Float for Half {
+    fn to_f32(self) -> f32 {
+        Half::to_f32(self)
+    }
+}
+
+impl Float for Bf16 {
+    fn to_f32(self) -> f32 {
+        Bf16::to_f32(self)
+    }
+}
+
 const LANES: usize = 8;
 
-/// Dot of two equal-length sequences whose elements `f` widens to f32.
+/// Dot of two equal-length sequences of a float type.
 #[inline]
-fn dot_lanes<T: Copy>(w: &[T], a: &[T], f: impl Fn(T) -> f32) -> f32 {
+fn dot_lanes<T: Float>(w: &[T], a: &[T]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let wc = w.chunks_exact(LANES);
     let ac = a.chunks_exact(LANES);
     let (wr, ar) = (wc.remainder(), ac.remainder());
     for (x, y) in wc.zip(ac) {
         for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *s += f(p) * f(q);
+            *s += p.to_f32() * q.to_f32();
         }
     }
     let mut tail = 0.0f32;
     for (&p, &q) in wr.iter().zip(ar) {
-        tail += f(p) * f(q);
+        tail += p.to_f32() * q.to_f32();
     }
     let (l, r) = acc.split_at(LANES / 2);
     let mut s4 = [0.0f32; LANES / 2];
@@ -38,7 +61,7 @@ fn dot_lanes<T: Copy>(w: &[T], a: &[T], f: impl Fn(T) -> f32) -> f32 {
 pub fn vec_dot_f32_scalar(n: usize, w: &[f32], a: &[f32]) -> f32 {
     debug_assert!(w.len() >= n && a.len() >= n);
     let n = n.min(w.len()).min(a.len());
-    dot_lanes(&w[..n], &a[..n], |x| x)
+    dot_lanes(&w[..n], &a[..n])
 }
 
 /// F16 x F16 over the first `n` elements (or fewer when a slice is shorter), the scalar
@@ -46,7 +69,7 @@ pub fn vec_dot_f32_scalar(n: usize, w: &[f32], a: &[f32]) -> f32 {
 pub fn vec_dot_f16_scalar(n: usize, w: &[Half], a: &[Half]) -> f32 {
     debug_assert!(w.len() >= n && a.len() >= n);
     let n = n.min(w.len()).min(a.len());
-    dot_lanes(&w[..n], &a[..n], Half::to_f32)
+    dot_lanes(&w[..n], &a[..n])
 }
 
 /// BF16 x BF16 over the first `n` elements (or fewer when a slice is shorter), the scalar
@@ -54,7 +77,7 @@ pub fn vec_dot_f16_scalar(n: usize, w: &[Half], a: &[Half]) -> f32 {
 pub fn vec_dot_bf16_scalar(n: usize, w: &[Bf16], a: &[Bf16]) -> f32 {
     debug_assert!(w.len() >= n && a.len() >= n);
     let n = n.min(w.len()).min(a.len());
-    dot_lanes(&w[..n], &a[..n], Bf16::to_f32)
+    dot_lanes(&w[..n], &a[..n])
 }
 
 vec_dot_dispatch!(

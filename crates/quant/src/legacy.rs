@@ -79,6 +79,45 @@ block_layout!(BlockQ5_1, GgmlType::Q5_1);
 block_layout!(BlockQ8_0, GgmlType::Q8_0);
 block_layout!(BlockQ8_1, GgmlType::Q8_1);
 
+/// An activation block of the SIMD kernels: Q8_0 or Q8_1, its scale `d` in bytes 0..2 and
+/// Q8_1's `s = d * sum(q)` in bytes 2..4.
+pub(crate) trait Q8Act: crate::Block {
+    fn qs(&self) -> &[i8; QK];
+}
+
+impl Q8Act for BlockQ8_0 {
+    fn qs(&self) -> &[i8; QK] {
+        &self.qs
+    }
+}
+
+impl Q8Act for BlockQ8_1 {
+    fn qs(&self) -> &[i8; QK] {
+        &self.qs
+    }
+}
+
+// The scale layouts `scale_bits` relies on.
+const _: () = {
+    use crate::iq4::BlockIq4Nl;
+    use std::mem::offset_of;
+    assert!(offset_of!(BlockQ4_0, d) == 0 && offset_of!(BlockQ5_0, d) == 0);
+    assert!(offset_of!(BlockQ8_0, d) == 0 && offset_of!(BlockIq4Nl, d) == 0);
+    assert!(offset_of!(BlockQ4_1, d) == 0 && offset_of!(BlockQ4_1, m) == 2);
+    assert!(offset_of!(BlockQ5_1, d) == 0 && offset_of!(BlockQ5_1, m) == 2);
+    assert!(offset_of!(BlockQ8_1, d) == 0 && offset_of!(BlockQ8_1, s) == 2);
+};
+
+/// The first 4 bytes of a 32-element weight block and of an activation block as the four f16
+/// lanes (low first) `d_w, m, d_y, s` of one little-endian u64, for the SIMD kernels to widen
+/// at once. `m` and `s` are meaningful only for the weight types with a min against Q8_1
+/// (bytes 2..4 of the others are quants; every block is at least 4 bytes).
+#[inline]
+pub(crate) fn scale_bits<W: crate::Block, A: Q8Act>(x: &W, y: &A) -> u64 {
+    let head = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64;
+    head(bytemuck::bytes_of(x)) | (head(bytemuck::bytes_of(y)) << 32)
+}
+
 /// The 5-bit values of a Q5 block, unsigned (0..32), in element order.
 #[inline]
 fn q5_values(qh: [u8; 4], qs: &[u8; HALF]) -> [u8; QK] {

@@ -63,6 +63,8 @@ mod iq4;
 mod kquants;
 mod legacy;
 mod row;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;

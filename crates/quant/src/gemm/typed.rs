@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 /// The kernels a weight type needs here: the AVX2 ones on x86-64, else the scalar reference.
 #[cfg(target_arch = "x86_64")]
-pub(super) use crate::x86::Avx2Dot as Kernel;
+pub(super) use crate::simd::Kernel;
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) use crate::VecDot as Kernel;
 

@@ -132,6 +132,22 @@ pub fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     }
 }
 
+/// [`scale_min_k4`] of all 8 sub-blocks at once: the scales and the mins as bytes (byte `j`
+/// for sub-block `j`) of two little-endian u64 (the SIMD kernels' form). Words `w0 = q[0..4]`,
+/// `w1 = q[4..8]`, `w2 = q[8..12]`: sub-blocks 0..4 keep their low 6 bits in `w0` (scales)
+/// and `w1` (mins), sub-blocks 4..8 their low nibbles in `w2` and top 2 bits in the top bits
+/// of `w0` / `w1`.
+#[inline]
+pub(crate) fn scales_mins_k4(q: &[u8; K_SCALE_SIZE]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
+    let (w0, w1, w2) = (word(0), word(4), word(8));
+    let sc = (w0 & 0x3f3f_3f3f) as u64
+        | ((((w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4)) as u64) << 32);
+    let mn = (w1 & 0x3f3f_3f3f) as u64
+        | (((((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4)) as u64) << 32);
+    (sc, mn)
+}
+
 /// The 16 scales of Q3_K, unbiased (-32..32).
 #[inline]
 pub fn q3k_scales(s: &[u8; K_SCALE_SIZE]) -> [i8; 16] {

@@ -12,7 +12,10 @@
 
 use super::{h8, hsum_ps, iq4_levels, load32, pairs_i8};
 use crate::iq4::BlockIq4Xs;
-use crate::kquants::{q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::kquants::{
+    q3k_scales, scales_mins_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+    K_SCALE_SIZE,
+};
 use crate::Block;
 use std::arch::x86_64::*;
 
@@ -68,20 +71,15 @@ const _: () = {
     assert!(offset_of!(BlockQ3K, d) == 108 && offset_of!(BlockQ6K, d) == 208);
 };
 
-/// Q4_K / Q5_K (`d`, `dmin`, then the 12 scale bytes `q`): the 8 6-bit scales and 8 6-bit
-/// mins as bytes (see `scale_min_k4`). Words `w0 = q[0..4]`, `w1 = q[4..8]`, `w2 = q[8..12]`;
-/// sub-blocks 0..4 keep their low 6 bits in `w0` (scales) and `w1` (mins), sub-blocks 4..8
-/// their low nibbles in `w2` and top 2 bits in the top bits of `w0` / `w1`.
+/// Q4_K / Q5_K (`d`, `dmin`, then the 12 scale bytes): the 8 6-bit scales and 8 6-bit mins
+/// as bytes ([`scales_mins_k4`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn k4_prep<B: Block>(b: &B) -> Prep {
-    let q = &bytemuck::bytes_of(b)[4..16];
-    let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
-    let (w0, w1, w2) = (word(0), word(4), word(8));
-    let sc = (w0 & 0x3f3f_3f3f) as u64
-        | ((((w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4)) as u64) << 32);
-    let mn = (w1 & 0x3f3f_3f3f) as u64
-        | (((((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4)) as u64) << 32);
+    let bytes = bytemuck::bytes_of(b);
+    let mut q = [0u8; K_SCALE_SIZE];
+    q.copy_from_slice(&bytes[4..16]);
+    let (sc, mn) = scales_mins_k4(&q);
     // Each min weighs the two bsums of its 32 elements.
     let pairs = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     let mins = _mm_shuffle_epi8(_mm_cvtsi64_si128(mn as i64), pairs);

@@ -7,7 +7,7 @@
 
 use super::{dot_i8_i8, dot_u8_i8, hsum_ps, iq4_levels, load32};
 use crate::iq4::BlockIq4Nl;
-use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::legacy::{scale_bits, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, Q8Act, QK};
 use crate::{Block, GgmlType, VecDot};
 use std::arch::x86_64::*;
 
@@ -20,24 +20,6 @@ enum Product {
     Signed,
     /// Any int8 (Q8_0 weights may hold -128): both sides widened to 16 bits.
     Wide,
-}
-
-/// An activation block: Q8_0 or Q8_1, its scale `d` in bytes 0..2 and Q8_1's `s = d * sum(q)`
-/// in bytes 2..4 (see [`scales`]).
-trait Q8Act: Block {
-    fn qs(&self) -> &[i8; QK];
-}
-
-impl Q8Act for BlockQ8_0 {
-    fn qs(&self) -> &[i8; QK] {
-        &self.qs
-    }
-}
-
-impl Q8Act for BlockQ8_1 {
-    fn qs(&self) -> &[i8; QK] {
-        &self.qs
-    }
 }
 
 /// A legacy weight block as the AVX2 kernel sees it: its scale `d` in bytes 0..2 and, with a
@@ -53,26 +35,14 @@ trait Legacy: VecDot<Act: Q8Act> {
     unsafe fn quants(&self) -> __m256i;
 }
 
-// The scale layouts `scales` relies on.
-const _: () = {
-    use std::mem::offset_of;
-    assert!(offset_of!(BlockQ4_0, d) == 0 && offset_of!(BlockQ5_0, d) == 0);
-    assert!(offset_of!(BlockQ8_0, d) == 0 && offset_of!(BlockIq4Nl, d) == 0);
-    assert!(offset_of!(BlockQ4_1, d) == 0 && offset_of!(BlockQ4_1, m) == 2);
-    assert!(offset_of!(BlockQ5_1, d) == 0 && offset_of!(BlockQ5_1, m) == 2);
-    assert!(offset_of!(BlockQ8_1, d) == 0 && offset_of!(BlockQ8_1, s) == 2);
-};
-
 /// The scales of a weight block and an activation block, widened in one F16C conversion (as
 /// llama.cpp's x86 kernels): `(d_w * d_y, m * s)`, the second only meaningful for the types
 /// with a min (bytes 2..4 of the others are quants).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scales<W: Block, A: Block>(x: &W, y: &A) -> (f32, f32) {
-    let head = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64;
-    let bits = head(bytemuck::bytes_of(x)) | (head(bytemuck::bytes_of(y)) << 32);
+fn scales<W: Block, A: Q8Act>(x: &W, y: &A) -> (f32, f32) {
     // Lanes: d_w, m, d_y, s.
-    let v = _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64));
+    let v = _mm_cvtph_ps(_mm_cvtsi64_si128(scale_bits(x, y) as i64));
     let dd = _mm_mul_ss(v, _mm_movehl_ps(v, v));
     let ms = _mm_mul_ss(_mm_movehdup_ps(v), _mm_shuffle_ps::<0b11>(v, v));
     (_mm_cvtss_f32(dd), _mm_cvtss_f32(ms))

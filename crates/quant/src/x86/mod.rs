@@ -47,6 +47,7 @@ mod legacy;
 #[cfg(test)]
 mod tests;
 
+use crate::simd::{self, GroupDot};
 use crate::VecDot;
 use std::arch::x86_64::*;
 
@@ -61,7 +62,7 @@ pub(crate) fn has_avx2() -> bool {
 /// A weight type with an AVX2 kernel over a group of tokens.
 pub(crate) trait Avx2Dot: VecDot {
     /// The most tokens [`rows_tokens`] gives one call (the accumulators of more would not fit
-    /// the 16 registers; any `T` computes the same).
+    /// the 16 registers; any `T` computes the same); see [`GroupDot`].
     const MAX_TOK: usize;
     /// `out[t] = dot(w, a[t])` over the first `nb` blocks (elements for the float types).
     /// Each product's arithmetic is the same for every `T`.
@@ -72,27 +73,32 @@ pub(crate) trait Avx2Dot: VecDot {
     unsafe fn dot_tokens<const T: usize>(nb: usize, w: &[Self], a: [&[Self::Act]; T]) -> [f32; T];
 }
 
+/// The AVX2 kernels as a [`GroupDot`] family.
+pub(crate) struct Avx2;
+
+impl<W: Avx2Dot> GroupDot<W> for Avx2 {
+    const MAX_TOK: usize = W::MAX_TOK;
+    #[inline(always)]
+    unsafe fn dot<const T: usize>(nb: usize, w: &[W], a: [&[W::Act]; T]) -> [f32; T] {
+        // SAFETY: the caller's guarantees.
+        unsafe { W::dot_tokens::<T>(nb, w, a) }
+    }
+}
+
 /// The vec-dot of `n` elements of a weight row with one activation row (only whole blocks of
 /// the shorter slice are used, as the scalar references do).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`has_avx2`]).
 #[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn vec_dot<W: Avx2Dot>(n: usize, w: &[W], a: &[W::Act]) -> f32 {
-    let nb = (n / W::TYPE.block_size()).min(w.len()).min(a.len());
-    // SAFETY: both slices hold `nb` blocks; the caller guarantees the CPU features.
-    unsafe { W::dot_tokens::<1>(nb, w, [a])[0] }
+    // SAFETY: the caller guarantees the CPU features.
+    unsafe { simd::vec_dot::<W, Avx2>(n, w, a) }
 }
 
-/// `sink(r, t, &[dot(row r, token t)])` for every row of `w` (`n_rows` rows back to back) and
-/// every token of `a` (`n_tok` rows back to back): rows in memory order, each against groups
-/// of up to `W::MAX_TOK` tokens, so that its blocks are unpacked once per group.
-///
-/// One row at a time also for one token: walking two rows side by side (two accumulator
-/// chains, shared token loads) was 15-25% faster on rows that stay in cache, but streaming
-/// from DRAM rows of 600 bytes or more went 2-3x slower (1.4 -> 2.9 ms for the default
-/// model's Q4_1 down projections, 1.6 -> 4.2 ms for its Q8_0 head), still 1.5x with a
-/// software prefetch (docs/perf-notes.md, "AVX2-only kernels").
+/// [`simd::rows_in_groups`] with the AVX2 kernels: every row of `w` against every token of
+/// `a`, `sink(r, t, &[dot])`.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`has_avx2`]).
@@ -104,38 +110,8 @@ pub(crate) unsafe fn rows_tokens<W: Avx2Dot>(
     n_tok: usize,
     sink: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
-    let wb = w.len() / n_rows.max(1);
-    let ab = a.len() / n_tok.max(1);
-    let nb = wb.min(ab);
-    let tok = |t: usize| &a[t * ab..(t + 1) * ab];
-    for r in 0..n_rows {
-        let wr = &w[r * wb..(r + 1) * wb];
-        let mut t = 0;
-        while t < n_tok {
-            let left = (n_tok - t).min(W::MAX_TOK).min(4);
-            let mut v = [0.0f32; 4];
-            // SAFETY (all arms): every slice holds `nb` blocks; the caller guarantees the CPU
-            // features.
-            unsafe {
-                match left {
-                    1 => [v[0]] = W::dot_tokens::<1>(nb, wr, [tok(t)]),
-                    2 => [v[0], v[1]] = W::dot_tokens::<2>(nb, wr, [tok(t), tok(t + 1)]),
-                    3 => {
-                        let a3 = [tok(t), tok(t + 1), tok(t + 2)];
-                        [v[0], v[1], v[2]] = W::dot_tokens::<3>(nb, wr, a3)
-                    }
-                    _ => {
-                        let a4 = [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)];
-                        v = W::dot_tokens::<4>(nb, wr, a4)
-                    }
-                }
-            }
-            for (i, &x) in v[..left].iter().enumerate() {
-                sink(r, t + i, &[x]);
-            }
-            t += left;
-        }
-    }
+    // SAFETY: the caller guarantees the CPU features.
+    unsafe { simd::rows_in_groups::<W, Avx2>(w, n_rows, a, n_tok, sink) }
 }
 
 /// Sum of the 8 lanes in llama.cpp's `hsum_float_8` order.
