@@ -152,7 +152,8 @@ enum Command {
     /// Write a GGUF model with quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
     /// Q6_K, Q4_K_M, Q5_K_M (or F16, BF16, F32). Quantized inputs are dequantized first.
     Quantize {
-        /// Input GGUF file.
+        /// Input: a GGUF file (F32/F16/BF16 or quantized) or a Hugging Face model folder
+        /// (config.json, tokenizer, *.safetensors).
         input: PathBuf,
         /// Output GGUF file.
         output: PathBuf,
