@@ -5,8 +5,9 @@
 //! scalar reference quantize and a scalar reference vec-dot against the type's activation
 //! format ([`vec_dot_type`]). SIMD versions are chosen at run time and are tested against the
 //! scalar references (`*_scalar`): AVX2 + FMA + F16C for every type with a vec-dot (`x86/`),
-//! AVX-512 VNNI row-by-token-group kernels for the legacy types and Q4_K/Q5_K/Q6_K
-//! ([`gemm`](mod@gemm)).
+//! NEON (with the dot-product extension where the CPU has it) for the same types on aarch64
+//! (`aarch64/`), AVX-512 VNNI row-by-token-group kernels for the legacy types and
+//! Q4_K/Q5_K/Q6_K ([`gemm`](mod@gemm)).
 //!
 //! Two ways in:
 //! - byte rows with checked lengths: [`dequantize_row`], [`quantize_row`],
@@ -33,12 +34,12 @@ macro_rules! block_layout {
 }
 
 /// The typed vec-dot `$name(n, w, a)`: the AVX2 kernel (`x86/`) when the CPU has AVX2, FMA
-/// and F16C, else `$scalar`, the scalar reference (the kernel's test oracle); and the type's
-/// [`VecDot`].
+/// and F16C, the NEON kernel (`aarch64/`, with `sdot` where the CPU has it) on aarch64, else
+/// `$scalar`, the scalar reference (the kernels' test oracle); and the type's [`VecDot`].
 macro_rules! vec_dot_dispatch {
     ($(#[$doc:meta])* $name:ident => $scalar:ident($w:ty, $a:ty)) => {
         $(#[$doc])*
-        #[doc = concat!("\n\nUses the AVX2 kernel when the CPU has it, else [`", stringify!($scalar), "`].")]
+        #[doc = concat!("\n\nUses the AVX2 or NEON kernel when the CPU has it, else [`", stringify!($scalar), "`].")]
         #[inline]
         pub fn $name(n: usize, w: &[$w], a: &[$a]) -> f32 {
             #[cfg(target_arch = "x86_64")]
@@ -46,6 +47,9 @@ macro_rules! vec_dot_dispatch {
                 // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
                 return unsafe { crate::x86::vec_dot::<$w>(n, w, a) };
             }
+            #[cfg(target_arch = "aarch64")]
+            return crate::aarch64::vec_dot::<$w>(n, w, a);
+            #[cfg(not(target_arch = "aarch64"))]
             $scalar(n, w, a)
         }
 
@@ -56,6 +60,8 @@ macro_rules! vec_dot_dispatch {
     };
 }
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod float;
 mod fp;
 pub mod gemm;
@@ -63,7 +69,7 @@ mod iq4;
 mod kquants;
 mod legacy;
 mod row;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod simd;
 mod types;
 #[cfg(target_arch = "x86_64")]

@@ -15,8 +15,9 @@
 //!   order with a software prefetch (pairs of 32-blocks or 64 K-quant elements per step).
 //! - Everything else (and every type on CPUs without VNNI, `REALIZAR_ISA=avx2`): the AVX2
 //!   kernels of `x86/` (every type with a vec-dot), one weight row against groups of up to 4
-//!   tokens, each block unpacked once per group (`typed.rs`); at [`Isa::Scalar`] the scalar
-//!   reference vec-dots.
+//!   tokens, each block unpacked once per group (`typed.rs`); on aarch64 the NEON kernels of
+//!   `aarch64/` the same way ([`Isa::NeonDotprod`] with `sdot`, [`Isa::Neon`] without:
+//!   `REALIZAR_ISA=neon`); at [`Isa::Scalar`] the scalar reference vec-dots.
 //!
 //! A token's result can differ in the last bits between the one-token and the tiled kernels
 //! (Q4_0, Q5_0, Q8_0 and the K-quants sum in another float order), so with [`Kernels::Fastest`]
@@ -24,11 +25,11 @@
 //! [`Kernels::BatchInvariant`] gives every (row, token) one arithmetic whatever the token count:
 //! the tiled kernels' (whose per-token arithmetic does not depend on the other tokens of the
 //! group), for one token computed by row-streaming kernels in the same order (`invariant.rs`);
-//! Q4_1 / Q5_1's one-token kernel already sums in that (llama.cpp's) order, and the AVX2 and
-//! scalar kernels compute each (row, token) alike in any group of tokens.
+//! Q4_1 / Q5_1's one-token kernel already sums in that (llama.cpp's) order, and the AVX2, NEON
+//! and scalar kernels compute each (row, token) alike in any group of tokens.
 //!
-//! NEON would slot in as another [`Isa`] arm. Every SIMD kernel is tested against the scalar
-//! vec-dot on random data (`tests.rs`).
+//! Every SIMD kernel is tested against the scalar vec-dot on random data (`tests.rs`, and each
+//! architecture's kernel tests).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -71,35 +72,61 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI (plus AVX2/FMA/F16C).
     Avx512Vnni,
+    /// aarch64 NEON without the dot-product extension (every aarch64 CPU).
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDotprod,
 }
 
-/// The best level this CPU supports (detected once). `REALIZAR_ISA=scalar|avx2` lowers it
-/// (to compare paths or rule one out).
+/// Every level, best first.
+const LEVELS: [Isa; 5] = [
+    Isa::Avx512Vnni,
+    Isa::Avx2,
+    Isa::NeonDotprod,
+    Isa::Neon,
+    Isa::Scalar,
+];
+
+/// Whether this CPU can run the kernels of `isa`.
+fn supported(isa: Isa) -> bool {
+    match isa {
+        Isa::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => avx512::available(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => crate::x86::has_avx2(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => true,
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => crate::aarch64::has_dotprod(),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// The best level this CPU supports (detected once). `REALIZAR_ISA=scalar|avx2|neon` lowers
+/// it (to compare paths or rule one out; `neon` is NEON without `sdot`).
 pub fn detect_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
-        let best = best_isa();
-        match std::env::var("REALIZAR_ISA").as_deref() {
-            Ok("scalar") => Isa::Scalar,
-            Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
-            _ => best,
+        let lower = match std::env::var("REALIZAR_ISA").as_deref() {
+            Ok("scalar") => Some(Isa::Scalar),
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("neon") => Some(Isa::Neon),
+            _ => None,
+        };
+        match lower {
+            Some(isa) if supported(isa) => isa,
+            _ => best_isa(),
         }
     })
 }
 
 fn best_isa() -> Isa {
-    {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx512::available() {
-                return Isa::Avx512Vnni;
-            }
-            if crate::x86::has_avx2() {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Scalar
-    }
+    LEVELS
+        .into_iter()
+        .find(|&isa| supported(isa))
+        .unwrap_or(Isa::Scalar)
 }
 
 /// A batch of activation rows quantized for one weight type. Reused across products (buffers
@@ -378,7 +405,8 @@ pub fn gemm(
     gemm_isa(detect_isa(), wty, w, n_rows, acts, kernels, sink)
 }
 
-/// [`gemm`] at a given level (tests compare levels; a level above the CPU's is lowered).
+/// [`gemm`] at a given level (tests compare levels; a level this CPU lacks is replaced by its
+/// best).
 pub fn gemm_isa(
     isa: Isa,
     wty: GgmlType,
@@ -407,11 +435,7 @@ pub fn gemm_isa(
             got: w.len(),
         });
     }
-    let isa = if isa == Isa::Avx512Vnni && best_isa() != Isa::Avx512Vnni {
-        best_isa()
-    } else {
-        isa
-    };
+    let isa = if supported(isa) { isa } else { best_isa() };
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         if legacy_kernel(wty, isa).is_some() && acts.expanded {

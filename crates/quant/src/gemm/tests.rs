@@ -122,22 +122,30 @@ const TYPES: &[GgmlType] = &[
     GgmlType::F32,
 ];
 
-/// Every level this CPU has (AVX-512 VNNI, AVX2, scalar), each kernel choice, against the
-/// scalar references.
+/// Every level this CPU has, best first, saying which kernels it cannot test.
+fn levels() -> Vec<Isa> {
+    let levels: Vec<Isa> = LEVELS.into_iter().filter(|&isa| supported(isa)).collect();
+    #[cfg(target_arch = "x86_64")]
+    if !levels.contains(&Isa::Avx512Vnni) {
+        eprintln!("NOTE: no AVX-512 VNNI on this CPU; its kernels are not tested");
+    }
+    #[cfg(target_arch = "aarch64")]
+    if !levels.contains(&Isa::NeonDotprod) {
+        eprintln!("NOTE: no dotprod on this CPU; the sdot kernels are not tested");
+    }
+    if levels == [Isa::Scalar] {
+        eprintln!("NOTE: no SIMD level on this CPU; only the scalar path is tested");
+    }
+    levels
+}
+
+/// Every level this CPU has (AVX-512 VNNI, AVX2; NEON with and without sdot; scalar), each
+/// kernel choice, against the scalar references.
 #[test]
 fn gemm_matches_scalar_all_levels() {
     let seed: u64 = rand::random();
     let mut rng = StdRng::seed_from_u64(seed);
-    let best = detect_isa();
-    if best != Isa::Avx512Vnni {
-        eprintln!("NOTE: no AVX-512 VNNI on this CPU; its kernels are not tested");
-    }
-    let mut levels = vec![best, Isa::Avx2, Isa::Scalar];
-    levels.dedup();
-    if best == Isa::Scalar {
-        eprintln!("NOTE: no AVX2 on this CPU; only the scalar path is tested");
-        levels.truncate(1);
-    }
+    let levels = levels();
     for &ty in TYPES {
         for &isa in &levels {
             for kernels in [Kernels::Fastest, Kernels::BatchInvariant] {
@@ -392,8 +400,7 @@ fn gemm_types() -> Vec<GgmlType> {
 fn batch_invariant_kernels_give_a_token_the_same_bits_in_any_batch() {
     let seed: u64 = rand::random();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut levels = vec![detect_isa(), Isa::Avx2, Isa::Scalar];
-    levels.dedup();
+    let levels = levels();
     for ty in gemm_types() {
         // 5 blocks of 32 (an odd count: the pairwise kernels' tail) or 2 super-blocks.
         let cols = if ty.block_size() == 256 { 512 } else { 160 };

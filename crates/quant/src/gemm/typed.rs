@@ -1,8 +1,10 @@
 //! Rows x tokens by the typed kernels, for every weight type the AVX-512 kernels do not take
 //! (and for all types below that level): at [`Isa::Avx2`] and above the AVX2 kernels of
-//! `x86/`, one weight row against up to 4 tokens at a time (each block unpacked once per
-//! group); at [`Isa::Scalar`] the scalar references, one (row, token) at a time. A token's
-//! arithmetic does not depend on the group it is in, so both are batch-invariant.
+//! `x86/`, at [`Isa::NeonDotprod`] / [`Isa::Neon`] the NEON kernels of `aarch64/` (with or
+//! without `sdot`), one weight row against up to 4 tokens at a time (each block unpacked once
+//! per group, `simd::rows_in_groups`); at [`Isa::Scalar`] the scalar references, one (row,
+//! token) at a time. A token's arithmetic does not depend on the group it is in, so all are
+//! batch-invariant.
 
 use super::{Isa, QActs};
 use crate::fp::{Bf16, Half};
@@ -13,10 +15,11 @@ use crate::{GgmlType, QuantError};
 use bytemuck::Pod;
 use std::borrow::Cow;
 
-/// The kernels a weight type needs here: the AVX2 ones on x86-64, else the scalar reference.
-#[cfg(target_arch = "x86_64")]
+/// The kernels a weight type needs here: the AVX2 ones on x86-64, the NEON ones on aarch64,
+/// else the scalar reference.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) use crate::simd::Kernel;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub(super) use crate::VecDot as Kernel;
 
 type Sink<'a> = &'a mut dyn FnMut(usize, usize, &[f32]);
@@ -107,6 +110,20 @@ fn rows<W: Kernel>(isa: Isa, w: &[W], n_rows: usize, a: &[W::Act], acts: &QActs,
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
         unsafe { crate::x86::rows_tokens(w, n_rows, a, acts.n_tok, sink) };
         return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use crate::aarch64::{has_dotprod, rows_tokens, Plain, Sdot};
+        if isa == Isa::NeonDotprod && has_dotprod() {
+            // SAFETY: the CPU has the dot-product extension (checked just above).
+            unsafe { rows_tokens::<W, Sdot>(w, n_rows, a, acts.n_tok, sink) };
+            return;
+        }
+        if isa != Isa::Scalar {
+            // SAFETY: plain NEON is baseline on aarch64.
+            unsafe { rows_tokens::<W, Plain>(w, n_rows, a, acts.n_tok, sink) };
+            return;
+        }
     }
     let _ = isa;
     let (wb, ab) = (w.len() / n_rows.max(1), a.len() / acts.n_tok.max(1));

@@ -1,4 +1,5 @@
-//! The kernel tests of every architecture (`x86/tests.rs` runs them on its kernels): each kernel against its scalar reference on fresh random data (seed printed
+//! The kernel tests of every architecture (`x86/tests.rs`, `aarch64/tests.rs` run them on
+//! their kernels): each kernel against its scalar reference on fresh random data (seed printed
 //! on failure), at block counts from 0 to past a hundred (odd ones included), each token of a
 //! group bit for bit equal to the token alone, plus inputs at the edges of the integer ranges,
 //! where the results are exact.
@@ -14,7 +15,7 @@ use rand::{Rng, SeedableRng};
 
 /// The kernels of one architecture, as the tests call them.
 pub(crate) trait UnderTest {
-    /// For messages: "avx2".
+    /// For messages: "avx2", "neon".
     const NAME: &'static str;
     /// `out[t] = dot(w, a[t])` over the first `nb` blocks by every variant of the kernel this
     /// CPU has: their common result, or an error when they differ in any bit. The tests call

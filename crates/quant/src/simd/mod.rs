@@ -1,4 +1,4 @@
-//! What the SIMD vec-dots of every architecture share (`x86/`: AVX2): a
+//! What the SIMD vec-dots of every architecture share (`x86/`: AVX2; `aarch64/`: NEON): a
 //! kernel computes one weight row against a group of tokens ([`GroupDot`]), and
 //! [`rows_in_groups`] walks the rows of a product with it.
 //!
@@ -17,6 +17,8 @@ use crate::VecDot;
 pub(crate) mod check;
 
 // `Kernel`: the weight types with a kernel of this architecture (every type with a vec-dot).
+#[cfg(target_arch = "aarch64")]
+pub(crate) use crate::aarch64::NeonDot as Kernel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use crate::x86::Avx2Dot as Kernel;
 
