@@ -1,11 +1,14 @@
 //! NEON kernels of the 32-element blocks against Q8_0 / Q8_1: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
-//! and IQ4_NL. A block's 32 quants are unpacked into two signed 16-byte vectors in element
+//! and IQ4_NL, in the AVX2 kernels' (llama.cpp's x86) arithmetic, so that their results are
+//! the same bits. A block's 32 quants are unpacked into two signed 16-byte vectors in element
 //! order (nibbles: byte `j` holds elements `j` and `j + 16`) and dotted with the token's quants
-//! exactly (4 i32 lanes); then `acc = fma(float(lanes), d_w * d_y, acc)`, the even blocks into
-//! one 4-lane accumulator and the odd ones into another (two chains in flight), `m * s` summed
-//! apart for the types with a min, and `sum(acc_even + acc_odd) + sum(m * s)` at the end.
+//! exactly into 8 i32 lanes (two vectors of 4) holding the AVX2 lanes' sums: elements
+//! `4i .. 4i + 4`, or for Q8_0, whose AVX2 kernel widens to 16 bits, elements `2i, 2i + 1,
+//! 16 + 2i, 17 + 2i` (pairs interleaved before the dot). Then block after block
+//! `acc = fma(float(lanes), d_w * d_y, acc)` in the 8 lanes, `m * s` summed apart for the types
+//! with a min, and `hsum_float_8(acc) + sum(m * s)` at the end.
 
-use super::{f16x4, iq4_levels, load16, load16s, nibbles, I8Dot};
+use super::{f16x4, hsum8, iq4_levels, load16, load16s, nibbles, I8Dot};
 use crate::iq4::BlockIq4Nl;
 use crate::legacy::{scale_bits, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, Q8Act};
 use crate::{Block, GgmlType, VecDot};
@@ -15,6 +18,8 @@ use std::arch::aarch64::*;
 trait Legacy: VecDot<Act: Q8Act> {
     /// `x = d * q + m` (the types dotted with Q8_1): the `m * s` term is added per block.
     const HAS_MIN: bool = matches!(<Self::Act as Block>::TYPE, GgmlType::Q8_1);
+    /// Lanes of element pairs `2i, 2i + 1, 16 + 2i, 17 + 2i` (Q8_0's AVX2 layout).
+    const INTERLEAVED: bool = false;
     /// The 32 quants, signed, in element order: elements 0..16 and 16..32.
     ///
     /// # Safety
@@ -56,10 +61,23 @@ fn q5(qh: [u8; 4], qs: &[u8; 16], o: u8) -> (int8x16_t, int8x16_t) {
     )
 }
 
-/// `impl Legacy` for each block type: `|b| quants of block b`.
+/// Pairs of bytes of `a` and `b` interleaved: bytes `4i .. 4i + 4` of the first result are
+/// `a[2i], a[2i + 1], b[2i], b[2i + 1]` (i < 4), of the second the same for `i + 4`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn interleave((a, b): (int8x16_t, int8x16_t)) -> (int8x16_t, int8x16_t) {
+    let (a, b) = (vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(b));
+    (
+        vreinterpretq_s8_s16(vzip1q_s16(a, b)),
+        vreinterpretq_s8_s16(vzip2q_s16(a, b)),
+    )
+}
+
+/// `impl Legacy` for each block type: `|b| quants of block b` (and `interleaved`).
 macro_rules! legacy {
-    ($($w:ty: |$b:ident| $quants:expr;)*) => {$(
+    ($($w:ty: $(interleaved: $il:expr,)? |$b:ident| $quants:expr;)*) => {$(
         impl Legacy for $w {
+            $(const INTERLEAVED: bool = $il;)?
             #[inline]
             #[target_feature(enable = "neon")]
             unsafe fn quants(&self) -> (int8x16_t, int8x16_t) {
@@ -75,7 +93,7 @@ legacy! {
     BlockQ4_1: |b| q4(&b.qs, 0);
     BlockQ5_0: |b| q5(b.qh, &b.qs, 16);
     BlockQ5_1: |b| q5(b.qh, &b.qs, 0);
-    BlockQ8_0: |b| (load16s(&b.qs, 0), load16s(&b.qs, 16));
+    BlockQ8_0: interleaved: true, |b| (load16s(&b.qs, 0), load16s(&b.qs, 16));
     BlockIq4Nl: |b| {
         let (lo, hi) = nibbles(load16(&b.qs, 0));
         (iq4_levels(lo), iq4_levels(hi))
@@ -94,22 +112,31 @@ unsafe fn legacy_tokens<W: Legacy, D: I8Dot, const T: usize>(
     a: [&[W::Act]; T],
 ) -> [f32; T] {
     debug_assert!(w.len() >= nb && a.iter().all(|a| a.len() >= nb));
+    // Per token the 8 lanes as two vectors: lanes 0..4 and 4..8.
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     let mut summs = [0.0f32; T];
     for (i, x) in w.iter().enumerate().take(nb) {
         // SAFETY: NEON is baseline on aarch64.
-        let (q0, q1) = unsafe { x.quants() };
+        let mut q = unsafe { x.quants() };
+        if W::INTERLEAVED {
+            q = interleave(q);
+        }
         for t in 0..T {
             let y = &a[t][i];
+            let mut yq = (load16s(y.qs(), 0), load16s(y.qs(), 16));
+            if W::INTERLEAVED {
+                yq = interleave(yq);
+            }
             let zero = vdupq_n_s32(0);
             // SAFETY (both): the caller guarantees `D`'s instructions.
-            let lanes = unsafe { D::dot(zero, q0, load16s(y.qs(), 0)) };
-            let lanes = unsafe { D::dot(lanes, q1, load16s(y.qs(), 16)) };
+            let lo = unsafe { D::dot(zero, q.0, yq.0) };
+            let hi = unsafe { D::dot(zero, q.1, yq.1) };
             // Lanes d_w, m, d_y, s; times d_y, s: d_w * d_y, m * s.
             let v = f16x4(scale_bits(x, y));
             let p = vmulq_f32(v, vextq_f32::<2>(v, v));
-            let c = &mut acc[t][i % 2];
-            *c = vfmaq_laneq_f32::<0>(*c, vcvtq_f32_s32(lanes), p);
+            let [c0, c1] = &mut acc[t];
+            *c0 = vfmaq_laneq_f32::<0>(*c0, vcvtq_f32_s32(lo), p);
+            *c1 = vfmaq_laneq_f32::<0>(*c1, vcvtq_f32_s32(hi), p);
             if W::HAS_MIN {
                 summs[t] += vgetq_lane_f32::<1>(p);
             }
@@ -117,7 +144,7 @@ unsafe fn legacy_tokens<W: Legacy, D: I8Dot, const T: usize>(
     }
     let mut out = [0.0f32; T];
     for t in 0..T {
-        out[t] = vaddvq_f32(vaddq_f32(acc[t][0], acc[t][1])) + summs[t];
+        out[t] = hsum8(acc[t][0], acc[t][1]) + summs[t];
     }
     out
 }

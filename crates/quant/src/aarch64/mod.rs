@@ -5,7 +5,11 @@
 //!
 //! One kernel per family, generic over the block type ([`NeonDot`]), computes one weight row
 //! against `T` tokens at once (each block unpacked once per group, a token's arithmetic the
-//! same for every `T`, as the AVX2 kernels of `x86/`):
+//! same for every `T`), in the arithmetic of the AVX2 kernels of `x86/`: the same integers in
+//! the same 8 lanes (two NEON vectors), the same FMAs block after block and the same final
+//! `hsum_float_8` order, so every product is bit for bit the AVX2 kernel's (tested:
+//! `same_bits_as_avx2`). A model thus gives the same logits on aarch64 as on an x86 CPU
+//! without AVX-512, and llama.cpp's x86 results where those kernels do.
 //!
 //! - `legacy.rs`: 32-element blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) against Q8_0 / Q8_1;
 //! - `kquants.rs`: 256-element super-blocks (Q2_K ... Q6_K, IQ4_XS) against Q8_K;
@@ -20,9 +24,8 @@
 //! (baseline ARMv8, but its intrinsic needs the unstable `f16` type).
 //!
 //! Integer work is exact (every product of two int8 values, -128 included, in 16 or 32 bits;
-//! the signed quants need no sign trick on NEON); only the float accumulation order differs
-//! from the scalar references (4 lanes, FMA), so results agree with them within float
-//! rounding.
+//! signed quants need no sign trick on NEON); results agree with the scalar references within
+//! float rounding.
 
 #![cfg(target_arch = "aarch64")]
 
@@ -198,6 +201,15 @@ fn f16x4(bits: u64) -> float32x4_t {
         );
     }
     out
+}
+
+/// The sum of the 8 lanes `lo ++ hi` in llama.cpp's `hsum_float_8` order (the AVX2 kernels'):
+/// `hi + lo` lane by lane, then lanes `(0 + 2) + (1 + 3)`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn hsum8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    let s = vaddq_f32(hi, lo);
+    vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s)))
 }
 
 /// 16 bytes at `p[off..]` (which must hold them, else the call panics).

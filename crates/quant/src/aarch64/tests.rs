@@ -1,10 +1,15 @@
-//! Every NEON kernel against its scalar reference (the shared checks of `simd/check.rs`), in
-//! both variants: plain NEON always, `sdot` where the CPU has it (qemu's `-cpu max` does),
-//! each product bit for bit the same in both. Run on x86 under qemu:
+//! Every NEON kernel against its scalar reference and against the AVX2 kernels' bits (the
+//! shared checks of `simd/check.rs`), in both variants: plain NEON always, `sdot` where the
+//! CPU has it (qemu's `-cpu max` does; `-cpu cortex-a72` does not), each product bit for bit
+//! the same in both. Run on x86 under qemu:
 //!
-//!     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-//!     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu max" \
-//!     cargo test --release -p realizar-quant --target aarch64-unknown-linux-gnu
+//! ```text
+//! apt-get install -y gcc-aarch64-linux-gnu qemu-user
+//! CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+//! CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu max" \
+//! CARGO_TARGET_DIR=/work/target-aarch64 \
+//! cargo test --release -p realizar-quant --target aarch64-unknown-linux-gnu
+//! ```
 
 use super::{has_dotprod, I8Dot, Neon, Plain, Sdot};
 use crate::simd::check::{kernel_tests, UnderTest};

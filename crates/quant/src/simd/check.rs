@@ -34,7 +34,7 @@ pub(crate) trait UnderTest {
 macro_rules! kernel_tests {
     ($kernels:ident) => {
         kernel_tests!(@ $kernels; legacy_matches_scalar, k_quants_match_scalar,
-            floats_match_scalar, extreme_values_exact);
+            floats_match_scalar, extreme_values_exact, same_bits_as_avx2);
     };
     (@ $kernels:ident; $($check:ident),*) => {$(
         #[test]
@@ -86,20 +86,27 @@ fn fix_float<T: Block>(x: &mut T, r: &mut StdRng) {
     }
 }
 
-/// One test's random source and the kernels under test.
+/// One test's random source, the kernels under test and a hash of every result they gave.
 struct Run<'k, K> {
     rng: StdRng,
     seed: u64,
     kernels: &'k K,
+    hash: u64,
 }
 
 impl<'k, K: UnderTest> Run<'k, K> {
+    /// Fresh random data.
     fn new(kernels: &'k K) -> Self {
-        let seed: u64 = rand::random();
+        Self::seeded(kernels, rand::random())
+    }
+
+    /// The same data on every machine (ChaCha, seeded).
+    fn seeded(kernels: &'k K, seed: u64) -> Self {
         Run {
             rng: StdRng::seed_from_u64(seed),
             seed,
             kernels,
+            hash: 0xcbf2_9ce4_8422_2325,
         }
     }
 
@@ -142,6 +149,8 @@ impl<'k, K: UnderTest> Run<'k, K> {
                     ));
                 }
                 one.push(got);
+                // FNV-1a over the results' bits.
+                self.hash = (self.hash ^ got.to_bits() as u64).wrapping_mul(0x100_0000_01b3);
             }
             let groups: [Vec<f32>; 3] = [
                 self.kernels
@@ -198,8 +207,7 @@ const FLOAT_NS: &[usize] = &[
 ];
 
 /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL against Q8_0 / Q8_1.
-pub(crate) fn legacy_matches_scalar(kernels: &impl UnderTest) -> Result<(), String> {
-    let mut run = Run::new(kernels);
+fn legacy<K: UnderTest>(run: &mut Run<K>) -> Result<(), String> {
     let nbs = LEGACY_NBS;
     run.check::<BlockQ4_0>(nbs, fix_d, fix_d)?;
     run.check::<BlockQ4_1>(nbs, fix_dm, fix_dm)?;
@@ -210,8 +218,7 @@ pub(crate) fn legacy_matches_scalar(kernels: &impl UnderTest) -> Result<(), Stri
 }
 
 /// Q2_K ... Q6_K and IQ4_XS against Q8_K.
-pub(crate) fn k_quants_match_scalar(kernels: &impl UnderTest) -> Result<(), String> {
-    let mut run = Run::new(kernels);
+fn k_quants<K: UnderTest>(run: &mut Run<K>) -> Result<(), String> {
     let nbs = K_NBS;
     run.check::<BlockQ2K>(nbs, |b, r| (b.d, b.dmin) = (half(r), half(r)), fix_q8_k)?;
     run.check::<BlockQ3K>(nbs, |b, r| b.d = half(r), fix_q8_k)?;
@@ -222,11 +229,46 @@ pub(crate) fn k_quants_match_scalar(kernels: &impl UnderTest) -> Result<(), Stri
 }
 
 /// F32, F16 and BF16 rows of many lengths (the vector steps' tails included).
-pub(crate) fn floats_match_scalar(kernels: &impl UnderTest) -> Result<(), String> {
-    let mut run = Run::new(kernels);
+fn floats<K: UnderTest>(run: &mut Run<K>) -> Result<(), String> {
     run.check::<f32>(FLOAT_NS, fix_float, fix_float)?;
     run.check::<Half>(FLOAT_NS, fix_float, fix_float)?;
     run.check::<Bf16>(FLOAT_NS, fix_float, fix_float)
+}
+
+pub(crate) fn legacy_matches_scalar(kernels: &impl UnderTest) -> Result<(), String> {
+    legacy(&mut Run::new(kernels))
+}
+
+pub(crate) fn k_quants_match_scalar(kernels: &impl UnderTest) -> Result<(), String> {
+    k_quants(&mut Run::new(kernels))
+}
+
+pub(crate) fn floats_match_scalar(kernels: &impl UnderTest) -> Result<(), String> {
+    floats(&mut Run::new(kernels))
+}
+
+/// The hash of every result of the three suites on the data of seed 1, as the AVX2 kernels
+/// give it (recorded on x86-64 when the NEON kernels were made to sum in their order). A change
+/// of the AVX2 kernels' arithmetic must change the NEON kernels' alike, and this value.
+const AVX2_BITS: u64 = 0x2750_f224_15fb_113e;
+
+/// The kernels give the AVX2 kernels' bits for every type, at every block count, on the same
+/// data: every architecture's kernels compute each product in the same order, so a model gives
+/// the same logits on an x86 laptop and an ARM server (and llama.cpp's x86 results, which the
+/// golden test of the default model holds to).
+pub(crate) fn same_bits_as_avx2<K: UnderTest>(kernels: &K) -> Result<(), String> {
+    let mut run = Run::seeded(kernels, 1);
+    legacy(&mut run)?;
+    k_quants(&mut run)?;
+    floats(&mut run)?;
+    if run.hash == AVX2_BITS {
+        Ok(())
+    } else {
+        let (k, hash) = (K::NAME, run.hash);
+        Err(format!(
+            "{k}: results hash to {hash:#x}, the AVX2 kernels' to {AVX2_BITS:#x}"
+        ))
+    }
 }
 
 /// `nb` copies of `w` and `a`: the kernel, the scalar reference and `want` agree exactly.
