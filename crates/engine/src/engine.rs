@@ -157,6 +157,10 @@ impl Shared {
         if let Ok(mut e) = self.error.lock() {
             *e = Some(msg);
         }
+        // Nothing runs or waits any more, and no KV block is held for anyone.
+        self.running.store(0, Ordering::Relaxed);
+        self.queued.store(0, Ordering::Relaxed);
+        self.kv_used.store(0, Ordering::Relaxed);
         self.state.store(2, Ordering::SeqCst);
     }
 }

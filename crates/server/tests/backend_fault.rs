@@ -133,8 +133,11 @@ fn a_sticky_backend_error_mid_run_fails_in_flight_requests_and_marks_the_engine_
         fault.steps_after_trip()
     );
 
-    // 4. /metrics still answers, and says the engine is not ready.
+    // 4. /metrics still answers, says the engine is not ready, and its gauges are cleared.
     assert_eq!(s.metric("realizar_engine_ready"), 0.0);
     assert!(s.metric("realizar_requests_total{status=\"500\"}") >= 1.0);
     assert!(s.metric("realizar_requests_total{status=\"503\"}") >= 3.0);
+    // Nothing runs any more and no KV block is held: the gauges say so.
+    assert_eq!(s.metric("realizar_running_sequences"), 0.0);
+    assert_eq!(s.metric("realizar_kv_blocks_used"), 0.0);
 }
