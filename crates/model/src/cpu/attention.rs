@@ -467,28 +467,13 @@ pub(super) fn dot_keys(q: &[f32], kt: &[f32]) -> [f32; KEYS] {
         a
     };
     let mut x = [[0.0f32; KEYS]; 16];
-    if np == 64 {
-        // One step (head_dim 64..127): each chain is a single product (an FMA onto zero).
-        let row = |e: usize| -> &[f32; KEYS] {
-            let r: &[f32] = &kt[e * KEYS..(e + 1) * KEYS];
-            r.try_into().unwrap_or(&[0.0; KEYS])
-        };
-        for (i, xi) in x.iter_mut().enumerate() {
-            let (k0, k1, k2, k3) = (row(i), row(16 + i), row(32 + i), row(48 + i));
-            let (q0, q1, q2, q3) = (q[i], q[16 + i], q[32 + i], q[48 + i]);
-            for l in 0..KEYS {
-                xi[l] = (q0 * k0[l] + q2 * k2[l]) + (q1 * k1[l] + q3 * k3[l]);
-            }
-        }
-    } else if np > 0 {
+    if np > 0 {
         for (i, xi) in x.iter_mut().enumerate() {
             let (c0, c1, c2, c3) = (chain(i), chain(16 + i), chain(32 + i), chain(48 + i));
             for l in 0..KEYS {
                 xi[l] = (c0[l] + c2[l]) + (c1[l] + c3[l]);
             }
         }
-    }
-    if np > 0 {
         for width in [8, 4, 2, 1] {
             let (lo, hi) = x.split_at_mut(width);
             for (a, b) in lo.iter_mut().zip(hi.iter()) {
