@@ -51,6 +51,45 @@ extern "C" __global__ void kv_store_f32(u8* kc, u8* vc, const float* k, const fl
     kv_store<false>(kc, vc, k, v, slots, kv_dim);
 }
 
+// rope of every head of q and k (in place, rope_pair), then k and v written to their KV slots.
+// Grid (T, n_head + n_head_kv): block y < n_head rotates query head y; block n_head + j rotates
+// key head j and writes key and value head j to the token's slot.
+template <bool F16>
+__device__ __forceinline__ void rope_store(float* q, float* k, const float* __restrict__ v,
+                                           const u32* __restrict__ positions,
+                                           const u32* __restrict__ slots, u8* kc, u8* vc,
+                                           int q_cols, int kv_dim, int head_dim, int rope_dim,
+                                           float theta, float scale, int layout) {
+    int t = blockIdx.x, half = rope_dim / 2;
+    int nq = q_cols / head_dim;
+    u32 pos = positions[t];
+    int y = blockIdx.y;
+    float* hp = y < nq ? q + (size_t)t * q_cols + (size_t)y * head_dim
+                       : k + (size_t)t * kv_dim + (size_t)(y - nq) * head_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rope_pair(hp, i, pos, rope_dim, theta, scale, layout);
+    if (y < nq) return;
+    __syncthreads();
+    size_t off = (size_t)(y - nq) * head_dim;
+    size_t dst = (size_t)slots[t] * kv_dim + off;
+    const float* vr = v + (size_t)t * kv_dim + off;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        kv_st<F16>(kc, dst + i, hp[i]);
+        kv_st<F16>(vc, dst + i, vr[i]);
+    }
+}
+
+#define ROPE_STORE(NAME, F16)                                                                   \
+    extern "C" __global__ void NAME(float* q, float* k, const float* v, const u32* positions,    \
+                                    const u32* slots, u8* kc, u8* vc, int q_cols, int kv_dim,    \
+                                    int head_dim, int rope_dim, float theta, float scale,        \
+                                    int layout) {                                               \
+        rope_store<F16>(q, k, v, positions, slots, kc, vc, q_cols, kv_dim, head_dim, rope_dim,   \
+                        theta, scale, layout);                                                  \
+    }
+ROPE_STORE(rope_store_f16, true)
+ROPE_STORE(rope_store_f32, false)
+
 struct AttnArgs {
     const float* q;         // [T, n_head * hd]
     const u8* kc;           // [n_slots, kv_dim]

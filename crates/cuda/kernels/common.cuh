@@ -50,3 +50,32 @@ __device__ __forceinline__ float block_sum(float v) {
     v = lane < nw ? part[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// Rotary embedding of pair i of the head at hp, at position pos: angles in double precision
+// like the CPU reference (positions reach the thousands, where f32 angles lose ~1e-4 rad).
+// layout 0 = normal (pairs 2i, 2i+1), 1 = NEOX (pairs i, i + rope_dim/2).
+__device__ __forceinline__ void rope_pair(float* hp, int i, u32 pos, int rope_dim, float theta,
+                                          float scale, int layout) {
+    int half = rope_dim / 2;
+    double inv_freq = pow((double)theta, -2.0 * (double)i / (double)rope_dim);
+    double ang = ((double)pos / (double)scale) * inv_freq;
+    float c = (float)cos(ang), s = (float)sin(ang);
+    int a = layout == 0 ? 2 * i : i;
+    int b = layout == 0 ? 2 * i + 1 : i + half;
+    float x0 = hp[a], x1 = hp[b];
+    hp[a] = x0 * c - x1 * s;
+    hp[b] = x0 * s + x1 * c;
+}
+
+// 8-bit quantization of 32 values, one per lane of a full warp, as quantize_q8_1 (mmvq.cu)
+// does it: d = amax / 127, q = rint(v / d); lane 0 writes (d, d * sum q).
+__device__ __forceinline__ void q8_warp(float v, i8* xq, float2* xds) {
+    int lane = threadIdx.x & 31;
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int q = __float2int_rn(v * id);
+    xq[lane] = (i8)q;
+    float s = warp_sum((float)q);
+    if (lane == 0) *xds = make_float2(d, d * s);
+}

@@ -45,19 +45,30 @@ extern "C" __global__ void embed_float(const u8* __restrict__ table, const u32* 
 }
 
 // gate = act(gate) * up; act 0 = SiLU, 1 = GELU (tanh approximation).
+// act 0: SiLU, 1: GELU (tanh approximation).
+__device__ __forceinline__ float glu_act(float g, int act) {
+    if (act == 0) return g / (1.0f + expf(-g));
+    const float k = 0.7978845608f;
+    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
 extern "C" __global__ void glu(float* __restrict__ gate, const float* __restrict__ up, long long n,
                                int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = gate[i];
-    float a;
-    if (act == 0) {
-        a = g / (1.0f + expf(-g));
-    } else {
-        const float k = 0.7978845608f;
-        a = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
-    }
-    gate[i] = a * up[i];
+    gate[i] = glu_act(gate[i], act) * up[i];
+}
+
+// glu, and the result's 8-bit copy (quantize_q8_1's) for the next matmul: n a multiple of 32
+// and blocks of whole warps, so a warp holds one block of 32.
+extern "C" __global__ void glu_q8(float* __restrict__ gate, const float* __restrict__ up,
+                                  long long n, int act, i8* __restrict__ xq,
+                                  float2* __restrict__ xds) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = glu_act(gate[i], act) * up[i];
+    gate[i] = v;
+    q8_warp(v, xq + (i & ~31LL), xds + (i >> 5));
 }
 
 // x += y.

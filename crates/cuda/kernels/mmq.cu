@@ -80,6 +80,23 @@ __device__ __forceinline__ void k4_scale_min(const int (&s)[4], int j, float* sc
     }
 }
 
+// A K-quant block's 16-byte header (d, dmin, 12 bytes of scales) into four ints.
+__device__ __forceinline__ void k4_header(const u8* b, int (&hdr)[4]) {
+    int4 h = *(const int4*)b;
+    hdr[0] = h.x;
+    hdr[1] = h.y;
+    hdr[2] = h.z;
+    hdr[3] = h.w;
+}
+
+// Group j's weight scale d * sc and offset term -dmin * m from a K-quant header.
+__device__ __forceinline__ void k4_group_scale(const int (&hdr)[4], int j, float& s0, float& mn) {
+    float sc, m;
+    k4_scale_min(hdr, j, &sc, &m);
+    s0 = h2f((u16)(hdr[0] & 0xFFFF)) * sc;
+    mn = -h2f((u16)((u32)hdr[0] >> 16)) * m;
+}
+
 // Each type: QK elements per block of BYTES bytes; BPC blocks per K chunk; load() reads the
 // bytes lane q needs of one row's block into registers; group(j, ...) gives group j's (0 ..
 // QK/32 - 1) two A registers (elements 4q.. and 16+4q..), its scale(s) and its offset term.
@@ -186,11 +203,7 @@ struct FQ4K {
     int hdr[4];
     int q[8];
     __device__ __forceinline__ void load(const u8* b, int l) {
-        int4 h = *(const int4*)b;
-        hdr[0] = h.x;
-        hdr[1] = h.y;
-        hdr[2] = h.z;
-        hdr[3] = h.w;
+        k4_header(b, hdr);
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             q[2 * c] = mq_ld4(b + 16 + 32 * c + 4 * l);
@@ -201,10 +214,7 @@ struct FQ4K {
         int c = j >> 1, sh = 4 * (j & 1);
         lo = (q[2 * c] >> sh) & 0x0F0F0F0F;
         hi = (q[2 * c + 1] >> sh) & 0x0F0F0F0F;
-        float sc, m;
-        k4_scale_min(hdr, j, &sc, &m);
-        s0 = h2f((u16)(hdr[0] & 0xFFFF)) * sc;
-        mn = -h2f((u16)((u32)hdr[0] >> 16)) * m;
+        k4_group_scale(hdr, j, s0, mn);
     }
 };
 
@@ -216,11 +226,7 @@ struct FQ5K {
     int q[8];
     int h0, h1;
     __device__ __forceinline__ void load(const u8* b, int l) {
-        int4 h = *(const int4*)b;
-        hdr[0] = h.x;
-        hdr[1] = h.y;
-        hdr[2] = h.z;
-        hdr[3] = h.w;
+        k4_header(b, hdr);
         h0 = mq_ld4(b + 16 + 4 * l);
         h1 = mq_ld4(b + 32 + 4 * l);
 #pragma unroll
@@ -233,10 +239,7 @@ struct FQ5K {
         int c = j >> 1, sh = 4 * (j & 1);
         lo = ((q[2 * c] >> sh) & 0x0F0F0F0F) | (((h0 >> j) & 0x01010101) << 4);
         hi = ((q[2 * c + 1] >> sh) & 0x0F0F0F0F) | (((h1 >> j) & 0x01010101) << 4);
-        float sc, m;
-        k4_scale_min(hdr, j, &sc, &m);
-        s0 = h2f((u16)(hdr[0] & 0xFFFF)) * sc;
-        mn = -h2f((u16)((u32)hdr[0] >> 16)) * m;
+        k4_group_scale(hdr, j, s0, mn);
     }
 };
 

@@ -40,19 +40,7 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __rest
     int lane = threadIdx.x & 31;
     int blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= nblocks) return;
-    float v = x[(size_t)blk * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
-    int q = __float2int_rn(v * id);
-    xq[(size_t)blk * 32 + lane] = (i8)q;
-    float s = warp_sum((float)q);
-    if (lane == 0) {
-        float2 r;
-        r.x = d;
-        r.y = d * s;
-        xds[blk] = r;
-    }
+    q8_warp(x[(size_t)blk * 32 + lane], xq + (size_t)blk * 32, xds + blk);
 }
 
 // Each type: SUBS pieces per block of QK elements; load() reads piece s of the block at `b`
@@ -329,7 +317,17 @@ __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __rest
         mmvq<T, NT, ROWS>(w, xq, xds, out, rows, cols, ntok);                                   \
     }
 
-#define MMVQ_ALL(NAME, T) MMVQ(NAME, T, 1, 1) MMVQ(NAME, T, 2, 2) MMVQ(NAME, T, 4, 2) MMVQ(NAME, T, 8, 2)
+// One token, ROWS rows per block (REALIZAR_CUDA_MMVQ_ROWS; the default is one row).
+#define MMVQ_R(NAME, T, ROWS)                                                                   \
+    extern "C" __global__ void mmvq_##NAME##_1r##ROWS(const u8* w, const int* xq,               \
+                                                      const float2* xds, float* out, int rows,  \
+                                                      int cols, int ntok) {                     \
+        mmvq<T, 1, ROWS>(w, xq, xds, out, rows, cols, ntok);                                    \
+    }
+
+#define MMVQ_ALL(NAME, T)                                                                       \
+    MMVQ(NAME, T, 1, 1) MMVQ(NAME, T, 2, 2) MMVQ(NAME, T, 4, 2) MMVQ(NAME, T, 8, 2)             \
+    MMVQ_R(NAME, T, 2) MMVQ_R(NAME, T, 4)
 
 MMVQ_ALL(q4_0, MQ4_0)
 MMVQ_ALL(q4_1, MQ4_1)

@@ -26,13 +26,14 @@ use realizar_quant::GgmlType;
 use crate::compile::Kernels;
 use crate::CudaError;
 
+mod fused;
 mod graphs;
 mod matmul;
 mod ops;
 
 pub use graphs::GraphStats;
 
-pub use matmul::DEFAULT_GEMM_MIN_TOKENS;
+pub use matmul::{DEFAULT_GEMM_MIN_TOKENS, DEFAULT_MMQ_TOKENS};
 
 pub use ops::SUPPORTED_TYPES;
 use ops::{embed_kernel, float_kind, matvec_kernel};
@@ -219,6 +220,31 @@ fn grid1(n: usize, per_block: usize) -> (u32, u32, u32) {
     (n.div_ceil(per_block).max(1) as u32, 1, 1)
 }
 
+/// The multiprocessor count of a device that runs the mmq kernels (int8 `mma.sync`, sm_80
+/// and later), else 0.
+fn mmq_sm_count(ctx: &Arc<CudaContext>) -> usize {
+    use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    match ctx.compute_capability() {
+        Ok((major, _)) if major >= 8 => ctx
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_or(0, |n| n.max(0) as usize),
+        _ => 0,
+    }
+}
+
+/// `REALIZAR_CUDA_MMQ`: `0` turns the mmq kernels off, `MIN-MAX` sets their token range.
+fn mmq_tokens_from_env() -> (usize, usize) {
+    let off = (usize::MAX, 0);
+    match std::env::var("REALIZAR_CUDA_MMQ") {
+        Err(_) => matmul::DEFAULT_MMQ_TOKENS,
+        Ok(v) if v.trim() == "0" => off,
+        Ok(v) => v
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+            .unwrap_or(matmul::DEFAULT_MMQ_TOKENS),
+    }
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -235,6 +261,14 @@ pub struct CudaBackend {
     gemm_min_tokens: usize,
     /// Matmuls on rows at least this wide use the 8-bit mmvq kernels in decode.
     mmvq_min_cols: usize,
+    /// Fused kernels (fused.rs).
+    fused: bool,
+    /// Rows per block of the one-token mmvq kernels (1, 2 or 4; `REALIZAR_CUDA_MMVQ_ROWS`).
+    mmvq_rows: usize,
+    /// Matmuls of this many tokens (inclusive range) use the tensor-core mmq kernels.
+    mmq_tokens: (usize, usize),
+    /// The device's multiprocessors; 0 where the mmq kernels cannot run (before sm_80).
+    sm_count: usize,
     blas: Option<cudarc::cublas::CudaBlas>,
     scratch: Mutex<matmul::Scratch>,
     /// Counts launches that may write activations (all but the mmvq path's own), so that a
@@ -246,6 +280,10 @@ pub struct CudaBackend {
     graphs: Mutex<graphs::Graphs>,
     /// A recorded step is being replayed: the ops skip their launches.
     replaying: AtomicBool,
+    /// A step is being recorded, and whether the recording reached a call that must not be in
+    /// a record (cuBLAS).
+    capturing: AtomicBool,
+    capture_spoiled: AtomicBool,
     /// Split-K attention for long contexts (off in deterministic mode: the split count depends
     /// on the batch).
     attn_split: bool,
@@ -268,6 +306,7 @@ impl CudaBackend {
             .new_stream()
             .map_err(|e| CudaError::call("cuStreamCreate", e))?;
         let kernels = Kernels::load(&ctx)?;
+        let sm_count = mmq_sm_count(&ctx);
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaBackend {
             ctx,
@@ -279,6 +318,14 @@ impl CudaBackend {
             exact: std::env::var_os("REALIZAR_CUDA_EXACT").is_some_and(|v| v != "0"),
             gemm_min_tokens: DEFAULT_GEMM_MIN_TOKENS,
             mmvq_min_cols: matmul::DEFAULT_MMVQ_MIN_COLS,
+            mmq_tokens: mmq_tokens_from_env(),
+            fused: std::env::var_os("REALIZAR_CUDA_FUSE").is_none_or(|v| v != "0"),
+            mmvq_rows: std::env::var("REALIZAR_CUDA_MMVQ_ROWS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|n| matches!(n, 1 | 2 | 4))
+                .unwrap_or(1),
+            sm_count,
             blas: matmul::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
             epoch: AtomicU64::new(0),
@@ -287,6 +334,8 @@ impl CudaBackend {
                 std::env::var_os("REALIZAR_CUDA_GRAPHS").is_none_or(|v| v != "0"),
             )),
             replaying: AtomicBool::new(false),
+            capturing: AtomicBool::new(false),
+            capture_spoiled: AtomicBool::new(false),
             attn_split: std::env::var_os("REALIZAR_CUDA_ATTN_SPLIT").is_none_or(|v| v != "0"),
             stream,
         })
@@ -303,6 +352,16 @@ impl CudaBackend {
         self.gemm_min_tokens = n.max(1);
     }
 
+    /// Matmuls of `min..=max` tokens use the tensor-core mmq kernels (where the device has
+    /// them, sm_80 and later); `set_mmq_tokens(0, 0)` turns them off.
+    pub fn set_mmq_tokens(&mut self, min: usize, max: usize) {
+        self.mmq_tokens = if min == 0 {
+            (usize::MAX, 0)
+        } else {
+            (min, max)
+        };
+    }
+
     /// Decode matmuls on rows at least `n` wide use the 8-bit mmvq kernels (narrower ones the
     /// f32 kernels, which are faster there).
     pub fn set_mmvq_min_cols(&mut self, n: usize) {
@@ -313,6 +372,11 @@ impl CudaBackend {
     /// off). Its split count depends on the batch, so deterministic mode turns it off.
     pub fn set_attention_split(&mut self, on: bool) {
         self.attn_split = on;
+    }
+
+    /// Whether the device runs the tensor-core mmq kernels (sm_80 and later).
+    pub fn has_mmq(&self) -> bool {
+        self.sm_count > 0
     }
 
     /// Whether cuBLAS loaded (the prefill GEMM path).
@@ -426,7 +490,7 @@ impl CudaBackend {
         args: &[Arg],
     ) -> Result<(), CudaError> {
         let f = self.kernels.get(name)?;
-        if !name.starts_with("mmvq_") {
+        if !name.starts_with("mmvq_") && !name.starts_with("mmq_") {
             self.epoch.fetch_add(1, Ordering::Relaxed);
         }
         if self.replaying.load(Ordering::Relaxed) {

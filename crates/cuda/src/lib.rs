@@ -16,7 +16,8 @@ use realizar_formats::ModelFile;
 use realizar_model::{config_of, LoadOptions, Model, ModelConfig, ModelError, Weights};
 
 pub use backend::{
-    CudaBackend, CudaBuf, CudaKv, CudaWeight, GraphStats, DEFAULT_GEMM_MIN_TOKENS, SUPPORTED_TYPES,
+    CudaBackend, CudaBuf, CudaKv, CudaWeight, GraphStats, DEFAULT_GEMM_MIN_TOKENS,
+    DEFAULT_MMQ_TOKENS, SUPPORTED_TYPES,
 };
 pub use sizing::{kv_tokens_for_budget, Needs};
 
@@ -175,9 +176,11 @@ fn load_onto(
 ) -> Result<Model<CudaBackend>, ModelError> {
     if opts.deterministic {
         // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
-        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) do not, nor does split-K attention
-        // (its split count depends on the batch).
+        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) and the mmq kernels (their K splits
+        // depend on the batch) do not, nor does split-K attention (its split count depends on
+        // the batch).
         backend.set_gemm_min_tokens(usize::MAX);
+        backend.set_mmq_tokens(0, 0);
         backend.set_attention_split(false);
     }
     let block_size = opts.block_size.max(1);

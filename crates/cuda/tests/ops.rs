@@ -150,11 +150,28 @@ fn matmul_every_type_matches_cpu() {
                 let got = g.read(&go, ntok).unwrap();
                 ok &= check(&format!("{what} exact vs CPU exact"), &got, &exact, 1e-4);
                 g.set_exact(false);
-                // 2. mmvq (8-bit activations) against the same rounding done here, in f64.
+                // 2. mmvq (8-bit activations) against the same rounding done here, in f64,
+                //    then the tensor-core mmq kernels on the same activations.
                 g.set_gemm_min_tokens(usize::MAX);
+                g.set_mmq_tokens(0, 0);
                 let mut go = poisoned(&g, ntok, rows);
                 g.matmul(&gw, &gx, &mut go).unwrap();
                 let got = g.read(&go, ntok).unwrap();
+                if ty.block_size() > 1 && g.has_mmq() {
+                    g.set_mmq_tokens(1, usize::MAX);
+                    let mut gq = poisoned(&g, ntok, rows);
+                    g.matmul(&gw, &gx, &mut gq).unwrap();
+                    let got_q = g.read(&gq, ntok).unwrap();
+                    let want = reference_matmul(ty, &wq, rows, cols, &q8_1_round(&x));
+                    ok &= check(
+                        &format!("{what} mmq vs q8_1 reference"),
+                        &got_q,
+                        &want,
+                        1e-4,
+                    );
+                }
+                let (lo, hi) = realizar_cuda::DEFAULT_MMQ_TOKENS;
+                g.set_mmq_tokens(lo, hi);
                 if ty.block_size() > 1 {
                     let want = reference_matmul(ty, &wq, rows, cols, &q8_1_round(&x));
                     ok &= check(&format!("{what} mmvq vs q8_1 reference"), &got, &want, 1e-4);
@@ -177,6 +194,7 @@ fn matmul_every_type_matches_cpu() {
                 // 3. The GEMM path (when cuBLAS loads) against f16-rounded inputs.
                 if g.has_cublas() {
                     g.set_gemm_min_tokens(1);
+                    g.set_mmq_tokens(0, 0);
                     let mut go = poisoned(&g, ntok, rows);
                     g.matmul(&gw, &gx, &mut go).unwrap();
                     let got = g.read(&go, ntok).unwrap();
@@ -204,10 +222,45 @@ fn matmul_every_type_matches_cpu() {
                     }
                 }
                 g.set_gemm_min_tokens(realizar_cuda::DEFAULT_GEMM_MIN_TOKENS);
+                g.set_mmq_tokens(lo, hi);
             }
         }
     }
     assert!(ok, "some matmul results differ from the CPU");
+}
+
+/// The mmq kernels where the grid splits the K range, a row tile is partly past the last row,
+/// and the tokens fill one or several 8/16/32/64-token tiles, partly.
+#[test]
+fn mmq_splits_and_token_tiles_match_reference() {
+    let Some(mut g) = gpu() else { return };
+    if !g.has_mmq() {
+        eprintln!("SKIP: this device has no int8 mma.sync (sm_80 and later)");
+        return;
+    }
+    let mut rng = rng("mmq");
+    let mut ok = true;
+    g.set_gemm_min_tokens(usize::MAX);
+    g.set_mmq_tokens(1, usize::MAX);
+    let (rows, cols) = (200, 4096);
+    for &ty in SUPPORTED_TYPES.iter().filter(|t| t.block_size() > 1) {
+        let w = normal(&mut rng, rows * cols, 1.0);
+        let wq = quantize(ty, &w, rows, cols);
+        let gw = g
+            .upload(&view(ty, rows, cols, &wq), WeightUse::Matrix)
+            .unwrap();
+        for ntok in [5, 8, 16, 33, 64, 100] {
+            let x = normal(&mut rng, ntok * cols, 1.0);
+            let gx = g.buf_from_host(ntok, cols, &x).unwrap();
+            let mut go = poisoned(&g, ntok, rows);
+            g.matmul(&gw, &gx, &mut go).unwrap();
+            let got = g.read(&go, ntok).unwrap();
+            let want = reference_matmul(ty, &wq, rows, cols, &q8_1_round(&x));
+            let what = format!("mmq {ty} {rows}x{cols} x {ntok} tok");
+            ok &= check(&what, &got, &want, 1e-4);
+        }
+    }
+    assert!(ok, "some mmq results differ from the reference");
 }
 
 #[test]
@@ -395,15 +448,69 @@ fn rope_matches_cpu() {
             let mut cx = cpu_buf(&c, rows, cols, &x);
             g.rope(&mut gx, &pos, p);
             c.rope(&mut cx, &pos, p);
-            ok &= check(
-                &format!("rope {layout:?} {rows}x{heads}x{hd} dim {rope_dim} theta {theta}"),
-                &g.read(&gx, rows).unwrap(),
-                cx.as_slice(),
-                1e-5,
-            );
+            let what = format!("rope {layout:?} {rows}x{heads}x{hd} dim {rope_dim} theta {theta}");
+            let got = g.read(&gx, rows).unwrap();
+            // The GPU takes its angles in f64, as the reference (H200: 3e-8 to 5e-8); the CPU
+            // builds them by repeated f32 products as llama.cpp's CPU code does, 1e-5 to 1.4e-4
+            // away at positions up to 8000.
+            let want = rope_reference(&x, cols, &pos, p);
+            ok &= check(&format!("{what} vs f64 reference"), &got, &want, 1e-5);
+            ok &= check(&format!("{what} vs CPU"), &got, cx.as_slice(), 1e-3);
         }
     }
-    assert!(ok, "rope differs from the CPU");
+    assert!(ok, "rope differs from the reference");
+}
+
+/// Rope of every head of every row in f64 (angles and rotation), rounded to f32 at the end.
+fn rope_reference(x: &[f32], cols: usize, pos: &[u32], p: RopeParams) -> Vec<f32> {
+    let mut out = x.to_vec();
+    let half = p.rope_dim / 2;
+    for (t, &ps) in pos.iter().enumerate() {
+        for h in 0..cols / p.head_dim {
+            let base = t * cols + h * p.head_dim;
+            for i in 0..half {
+                let inv = (p.theta as f64).powf(-2.0 * i as f64 / p.rope_dim as f64);
+                let ang = ps as f64 / p.scale as f64 * inv;
+                let (a, b) = match p.layout {
+                    RopeLayout::Normal => (2 * i, 2 * i + 1),
+                    RopeLayout::Neox => (i, i + half),
+                };
+                let (x0, x1) = (x[base + a] as f64, x[base + b] as f64);
+                out[base + a] = (x0 * ang.cos() - x1 * ang.sin()) as f32;
+                out[base + b] = (x0 * ang.sin() + x1 * ang.cos()) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// The f64 rope reference above against the CPU backend (runs without a GPU): the two agree
+/// to the CPU's f32 angle arithmetic, so the reference is the rope the model means.
+#[test]
+fn rope_reference_agrees_with_the_cpu() {
+    let c = cpu();
+    let mut rng = rng("rope-reference");
+    for layout in [RopeLayout::Normal, RopeLayout::Neox] {
+        let (rows, heads, hd) = (5, 4, 128);
+        let cols = heads * hd;
+        let x = normal(&mut rng, rows * cols, 1.0);
+        let pos: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..8000)).collect();
+        let p = RopeParams {
+            theta: 500_000.0,
+            scale: 4.0,
+            rope_dim: hd,
+            head_dim: hd,
+            layout,
+        };
+        let mut cx = cpu_buf(&c, rows, cols, &x);
+        c.rope(&mut cx, &pos, p);
+        let want = rope_reference(&x, cols, &pos, p);
+        let e = common::rel_err(cx.as_slice(), &want);
+        println!("rope {layout:?}: CPU vs f64 reference rel_err {e:.3e}");
+        assert!(e < 1e-3, "CPU rope vs f64 reference: {e:.3e}");
+        // And the reference is not trivially the input.
+        assert!(common::rel_err(&x, &want) > 0.1);
+    }
 }
 
 /// One sequence of an attention test: its block table, and its query tokens' positions.

@@ -138,6 +138,35 @@ pub trait Backend {
     fn glu(&self, gate: &mut Self::Buf, up: &Self::Buf, act: Activation);
     /// x += y.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
+    /// x += y, then out = rms_norm(x) (one kernel where the backend fuses them).
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        y: &Self::Buf,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) {
+        self.add(x, y);
+        self.rms_norm(x, w, eps, out);
+    }
+    /// rope of q and k, then k and v written to their KV slots of `layer` (one kernel where the
+    /// backend fuses them).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_store(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        kv: &mut Self::Kv,
+        layer: usize,
+        plan: &AttnPlan,
+        p: RopeParams,
+    ) {
+        self.rope(q, &plan.positions, p);
+        self.rope(k, &plan.positions, p);
+        self.kv_store(kv, layer, k, v, &plan.slots);
+    }
     /// x = cap * tanh(x / cap).
     fn softcap(&self, x: &mut Self::Buf, cap: f32);
     /// out[i] = x[rows[i]].

@@ -268,15 +268,19 @@ impl<B: Backend> Model<B> {
             &mut s.o,
             &mut s.gate,
             &mut s.up,
+            &mut s.picked,
         ] {
             b.set_rows(buf, t);
         }
 
         b.embed(&w.tok_embd, ids, cfg.embed_scale.unwrap_or(1.0), &mut s.x)?;
+        if let Some(first) = w.layers.first() {
+            b.rms_norm(&s.x, &first.attn_norm, cfg.norm_eps, &mut s.xn);
+        }
         for (il, lw) in w.layers.iter().enumerate() {
             let sliding = cfg.sliding_layers[il];
-            // Attention block.
-            b.rms_norm(&s.x, &lw.attn_norm, cfg.norm_eps, &mut s.xn);
+            // Attention block (its input norm is in s.xn: the embedding's, or the previous
+            // layer's residual add fused with it).
             b.matmul(&lw.wq, &s.xn, &mut s.q)?;
             b.matmul(&lw.wk, &s.xn, &mut s.k)?;
             b.matmul(&lw.wv, &s.xn, &mut s.v)?;
@@ -300,9 +304,7 @@ impl<B: Backend> Model<B> {
                 head_dim: cfg.head_dim,
                 layout: cfg.rope_layout,
             };
-            b.rope(&mut s.q, &plan.positions, rope);
-            b.rope(&mut s.k, &plan.positions, rope);
-            b.kv_store(&mut self.kv, il, &s.k, &s.v, &plan.slots);
+            b.rope_kv_store(&mut s.q, &mut s.k, &s.v, &mut self.kv, il, plan, rope);
             let attn = AttnParams {
                 n_head: cfg.n_head,
                 n_head_kv: cfg.n_head_kv,
@@ -312,24 +314,35 @@ impl<B: Backend> Model<B> {
             };
             b.attention(&s.q, &self.kv, il, plan, attn, &mut s.attn);
             b.matmul(&lw.wo, &s.attn, &mut s.o)?;
-            if let Some(pn) = &lw.post_attn_norm {
-                b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.xn);
-                b.add(&mut s.x, &s.xn);
-            } else {
-                b.add(&mut s.x, &s.o);
-            }
+            // The residual add, fused with the MLP's input norm (a post-norm's output goes to
+            // s.picked, free until the logits).
+            let res = match &lw.post_attn_norm {
+                Some(pn) => {
+                    b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.picked);
+                    &s.picked
+                }
+                None => &s.o,
+            };
+            b.add_rms_norm(&mut s.x, res, &lw.ffn_norm, cfg.norm_eps, &mut s.xn);
 
             // MLP block.
-            b.rms_norm(&s.x, &lw.ffn_norm, cfg.norm_eps, &mut s.xn);
             b.matmul(&lw.ffn_gate, &s.xn, &mut s.gate)?;
             b.matmul(&lw.ffn_up, &s.xn, &mut s.up)?;
             b.glu(&mut s.gate, &s.up, cfg.activation);
             b.matmul(&lw.ffn_down, &s.gate, &mut s.o)?;
-            if let Some(pn) = &lw.post_ffn_norm {
-                b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.xn);
-                b.add(&mut s.x, &s.xn);
-            } else {
-                b.add(&mut s.x, &s.o);
+            let res = match &lw.post_ffn_norm {
+                Some(pn) => {
+                    b.rms_norm(&s.o, pn, cfg.norm_eps, &mut s.picked);
+                    &s.picked
+                }
+                None => &s.o,
+            };
+            // The residual add, fused with the next layer's input norm.
+            match w.layers.get(il + 1) {
+                Some(next) => {
+                    b.add_rms_norm(&mut s.x, res, &next.attn_norm, cfg.norm_eps, &mut s.xn)
+                }
+                None => b.add(&mut s.x, res),
             }
         }
 

@@ -8,8 +8,10 @@
 //! recorded with stream capture and the record is launched; from then on the ops skip their
 //! launches and `end_step` launches the record. Anything that moves a buffer a record points at
 //! (an index array or a scratch buffer growing) bumps `CudaBackend::gen`, which drops every
-//! record. Steps from `gemm_min_tokens` tokens up (cuBLAS prefill) are never recorded: there
-//! launches are few next to the work.
+//! record. Steps from `gemm_min_tokens` tokens up (cuBLAS prefill) are not recorded, there
+//! launches being few next to the work, unless the mmq kernels take their matmuls (batched
+//! decode); a recording that reaches cuBLAS anyway (a weight type mmq lacks) skips the call,
+//! is thrown away, and the step runs directly.
 //!
 //! A record replays exactly the launches of the step it was made from, with the same arguments,
 //! so results are bit-identical with and without graphs (tests/model.rs checks it).
@@ -145,7 +147,9 @@ impl CudaBackend {
         let eligible = g.enabled
             && !self.sync_each
             && !ids.is_empty()
-            && (ids.len() < self.gemm_min_tokens || self.blas.is_none())
+            && (ids.len() < self.gemm_min_tokens
+                || self.blas.is_none()
+                || self.mmq_takes(ids.len()))
             && self.check().is_ok();
         if !eligible {
             g.stats.eager += 1;
@@ -181,6 +185,8 @@ impl CudaBackend {
             Ok(()) => {
                 g.mode = Mode::Capture;
                 g.key = Some(key);
+                self.capture_spoiled.store(false, Ordering::Relaxed);
+                self.capturing.store(true, Ordering::Relaxed);
             }
             Err(_) => {
                 g.failed.insert(key);
@@ -194,6 +200,8 @@ impl CudaBackend {
         let (mode, key) = (g.mode, g.key.take());
         g.mode = Mode::Eager;
         self.replaying.store(false, Ordering::Relaxed);
+        let spoiled = self.capture_spoiled.swap(false, Ordering::Relaxed);
+        self.capturing.store(false, Ordering::Relaxed);
         let Some(key) = key else {
             return Ok(true);
         };
@@ -215,7 +223,10 @@ impl CudaBackend {
             Mode::Capture => {
                 let flags = sys::CUgraphInstantiate_flags(0);
                 let captured = self.stream.end_capture(flags);
-                let clean = ok && self.check().is_ok() && self.gen.load(Ordering::Relaxed) == g.gen;
+                let clean = ok
+                    && !spoiled
+                    && self.check().is_ok()
+                    && self.gen.load(Ordering::Relaxed) == g.gen;
                 match captured {
                     Ok(Some(graph)) if clean => {
                         graph

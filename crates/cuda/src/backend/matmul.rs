@@ -4,6 +4,11 @@
 //!   bits in blocks of 32 (`quantize_q8_1`), then integer dot products (dp4a) against the
 //!   weights' own blocks, 1/2/4/8 tokens per weight read (kernels/mmvq.cu). This is the numerics
 //!   of llama.cpp's CUDA decode path: the 8-bit activation rounding moves logits by ~1e-3.
+//! - **mmq** (batches of `mmq_tokens` tokens, sm_80 and later): the same 8-bit activations
+//!   multiplied on int8 tensor cores (`mma.sync`), 64 rows x up to 64 tokens per block, each
+//!   weight read once per 64 tokens; the K range is split over several blocks when the grid would
+//!   not fill the GPU, their partial sums added by a second kernel in a fixed order
+//!   (kernels/mmq.cu).
 //! - **GEMM** (prefill, `gemm_min_tokens` tokens or more, when cuBLAS loads): weight rows
 //!   dequantized to f16 in tiles, activations rounded to f16 (bf16 for BF16 weights), and a
 //!   cuBLAS GEMM on tensor cores with f32 accumulation (kernels/gemm.cu).
@@ -29,11 +34,14 @@ pub const DEFAULT_MMVQ_MIN_COLS: usize = 2048;
 /// Tokens from which a matmul goes through cuBLAS (when it is present), by default.
 pub const DEFAULT_GEMM_MIN_TOKENS: usize = 32;
 
+/// Token counts whose matmuls take the mmq kernels (on sm_80 and later), by default.
+pub const DEFAULT_MMQ_TOKENS: (usize, usize) = (5, 64);
+
 /// Device scratch of the fast paths, grown on demand and reused.
 #[derive(Default)]
 pub(super) struct Scratch {
-    xq: Option<CudaSlice<u8>>,
-    xds: Option<CudaSlice<f32>>,
+    pub(super) xq: Option<CudaSlice<u8>>,
+    pub(super) xds: Option<CudaSlice<f32>>,
     wh: Option<CudaSlice<u16>>,
     xh: Option<CudaSlice<u16>>,
     /// Outputs of `top_k_rows`: ids, then values and log-sum-exps.
@@ -41,8 +49,10 @@ pub(super) struct Scratch {
     pub(super) top_vals: Option<CudaSlice<f32>>,
     /// Split-K attention's partial results.
     pub(super) attn_part: Option<CudaSlice<f32>>,
+    /// The mmq kernels' partial sums when the K range is split.
+    mmq_part: Option<CudaSlice<f32>>,
     /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
-    quantized: Option<(u64, usize, usize, u64)>,
+    pub(super) quantized: Option<(u64, usize, usize, u64)>,
 }
 
 /// A device array of at least `n` elements in `slot` (reallocated when too small).
@@ -71,12 +81,15 @@ macro_rules! mmvq_names {
             concat!("mmvq_", $t, "_2"),
             concat!("mmvq_", $t, "_4"),
             concat!("mmvq_", $t, "_8"),
+            concat!("mmvq_", $t, "_1r2"),
+            concat!("mmvq_", $t, "_1r4"),
         ]
     };
 }
 
-/// The mmvq kernels (1, 2, 4, 8 tokens per weight read) and the f16 dequantizer of a block type.
-fn fast_kernels(ty: GgmlType) -> Option<([&'static str; 4], &'static str)> {
+/// The mmvq kernels (1, 2, 4, 8 tokens per weight read; then one token on 2 and 4 rows per
+/// block) and the f16 dequantizer of a block type.
+fn fast_kernels(ty: GgmlType) -> Option<([&'static str; 6], &'static str)> {
     Some(match ty {
         GgmlType::Q4_0 => (mmvq_names!("q4_0"), "dequant_f16_q4_0"),
         GgmlType::Q4_1 => (mmvq_names!("q4_1"), "dequant_f16_q4_1"),
@@ -88,6 +101,51 @@ fn fast_kernels(ty: GgmlType) -> Option<([&'static str; 4], &'static str)> {
         GgmlType::Q6K => (mmvq_names!("q6_k"), "dequant_f16_q6_k"),
         _ => return None,
     })
+}
+
+macro_rules! mmq_names {
+    ($t:literal) => {
+        [
+            concat!("mmq_", $t, "_8"),
+            concat!("mmq_", $t, "_16"),
+            concat!("mmq_", $t, "_32"),
+            concat!("mmq_", $t, "_64"),
+        ]
+    };
+}
+
+/// The mmq kernels (8, 16, 32, 64 tokens per block) of a block type, and its block's elements.
+fn mmq_kernels(ty: GgmlType) -> Option<([&'static str; 4], usize)> {
+    Some(match ty {
+        GgmlType::Q4_0 => (mmq_names!("q4_0"), 32),
+        GgmlType::Q4_1 => (mmq_names!("q4_1"), 32),
+        GgmlType::Q5_0 => (mmq_names!("q5_0"), 32),
+        GgmlType::Q5_1 => (mmq_names!("q5_1"), 32),
+        GgmlType::Q8_0 => (mmq_names!("q8_0"), 32),
+        GgmlType::Q4K => (mmq_names!("q4_k"), 256),
+        GgmlType::Q5K => (mmq_names!("q5_k"), 256),
+        GgmlType::Q6K => (mmq_names!("q6_k"), 256),
+        _ => return None,
+    })
+}
+
+/// Rows per mmq block (kernels/mmq.cu, `MMQ_ROWS`).
+const MMQ_ROWS: usize = 64;
+
+/// The fewest elements of a row one mmq split takes.
+const MMQ_MIN_SPLIT_COLS: usize = 512;
+
+/// How an mmq launch splits its K range: (splits, type blocks per split), so that the grid has
+/// about four blocks per SM where the rows and tokens alone give fewer. (H200, 8B Q4_K_M, 16
+/// tokens: with at most two blocks per SM a 4096 x 4096 product took 16.5 us at 12% achieved
+/// occupancy, latency-bound.)
+fn mmq_splits(cols: usize, qk: usize, tile_blocks: usize, sms: usize) -> (usize, usize) {
+    let nblk = cols / qk;
+    let want = (4 * sms).div_ceil(tile_blocks.max(1));
+    let most = (cols / MMQ_MIN_SPLIT_COLS).max(1);
+    let splits = want.min(most).max(1);
+    let kps = nblk.div_ceil(splits);
+    (nblk.div_ceil(kps), kps)
 }
 
 /// The cuBLAS handle of a backend, when libcublas loads.
@@ -114,7 +172,8 @@ impl CudaBackend {
         if self.exact {
             return Ok(false);
         }
-        if ntok >= self.gemm_min_tokens && self.blas.is_some() {
+        let mmq = mmq_kernels(ty).filter(|_| self.mmq_takes(ntok));
+        if mmq.is_none() && ntok >= self.gemm_min_tokens && self.blas.is_some() {
             return self.gemm(ty, w_ptr, rows, cols, x, out);
         }
         let Some((names, _)) = fast_kernels(ty) else {
@@ -123,10 +182,12 @@ impl CudaBackend {
         // Narrow rows leave most of an mmvq block idle and add a quantize launch; the f32
         // kernels did better there (SmolLM2-135M, 576/1536 columns, H200: tg128 513 tok/s
         // with them, 339 with mmvq).
-        if cols < self.mmvq_min_cols {
+        if mmq.is_none() && cols < self.mmvq_min_cols {
             return Ok(false);
         }
         let (nt, name) = match ntok {
+            1 if self.mmvq_rows == 2 => (1, names[4]),
+            1 if self.mmvq_rows == 4 => (1, names[5]),
             1 => (1, names[0]),
             2 => (2, names[1]),
             3 | 4 => (4, names[2]),
@@ -156,8 +217,62 @@ impl CudaBackend {
         if out.ptr == x.ptr {
             s.quantized = None;
         }
+        if let Some((names, qk)) = mmq {
+            let (tt, name) = match ntok {
+                0..=8 => (8, names[0]),
+                9..=16 => (16, names[1]),
+                17..=32 => (32, names[2]),
+                _ => (64, names[3]),
+            };
+            let tiles = rows.div_ceil(MMQ_ROWS) * ntok.div_ceil(tt);
+            let (splits, kps) = mmq_splits(cols, qk, tiles, self.sm_count);
+            let dst = if splits > 1 {
+                ensure(self, &mut s.mmq_part, splits * ntok * rows)?
+            } else {
+                out.ptr
+            };
+            let grid = (
+                rows.div_ceil(MMQ_ROWS) as u32,
+                ntok.div_ceil(tt) as u32,
+                splits as u32,
+            );
+            self.launch(
+                name,
+                grid,
+                128,
+                &[
+                    Arg::P(w_ptr),
+                    Arg::P(xq),
+                    Arg::P(xds),
+                    Arg::P(dst),
+                    Arg::I(rows as i32),
+                    Arg::I(cols as i32),
+                    Arg::I(ntok as i32),
+                    Arg::I(kps as i32),
+                ],
+            )?;
+            if splits > 1 {
+                let n = ntok * rows;
+                self.launch(
+                    "mmq_reduce",
+                    (n.div_ceil(256) as u32, 1, 1),
+                    256,
+                    &[
+                        Arg::P(dst),
+                        Arg::P(out.ptr),
+                        Arg::I(n as i32),
+                        Arg::I(splits as i32),
+                    ],
+                )?;
+            }
+            return Ok(true);
+        }
         // Rows per block: 1 for one token, 2 for more (kernels/mmvq.cu).
-        let per_block = if nt == 1 { 1 } else { 2 };
+        let per_block = match nt {
+            1 if matches!(self.mmvq_rows, 2 | 4) => self.mmvq_rows,
+            1 => 1,
+            _ => 2,
+        };
         let grid = (rows.div_ceil(per_block) as u32, ntok.div_ceil(nt) as u32, 1);
         self.launch(
             name,
@@ -264,6 +379,13 @@ impl CudaBackend {
         if self.replaying.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
+        if self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
+            // cuBLAS is kept out of records (graphs.rs): this recording is thrown away and the
+            // step runs directly.
+            self.capture_spoiled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         // cuBLAS is column-major: C^T (m x ntok, leading dimension ldc) = op(A) B with A the
         // row-major weight seen as k x m (lda = k, op = transpose) and B = X^T, k x ntok.
@@ -303,6 +425,11 @@ impl CudaBackend {
                 .map_err(|e| CudaError::kernel("cublasGemmEx", e))?;
         }
         Ok(())
+    }
+
+    /// Whether the mmq kernels take matmuls of `ntok` tokens (of the types they cover).
+    pub(super) fn mmq_takes(&self, ntok: usize) -> bool {
+        self.sm_count > 0 && self.mmq_tokens.0 <= ntok && ntok <= self.mmq_tokens.1
     }
 
     pub(super) fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {

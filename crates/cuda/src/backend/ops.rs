@@ -144,19 +144,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaBuf, w: &CudaWeight, eps: f32, out: &mut CudaBuf) {
-        if x.rows == 0 {
-            return;
-        }
-        let args = [
-            Arg::P(x.ptr),
-            Arg::P(w.ptr()),
-            Arg::P(out.ptr),
-            Arg::I(x.cols as i32),
-            Arg::F(eps),
-        ];
-        // About 4 elements per thread: a decode step has one row, so one block does it all.
-        let threads = (x.cols / 4).div_ceil(32).clamp(1, 32) as u32 * 32;
-        self.keep(self.launch("rms_norm", (x.rows as u32, 1, 1), threads, &args));
+        self.keep(self.do_rms_norm(x, w, eps, out));
     }
 
     fn rms_norm_heads(&self, x: &mut CudaBuf, w: &CudaWeight, head_dim: usize, eps: f32) {
@@ -284,21 +272,7 @@ impl Backend for CudaBackend {
     }
 
     fn glu(&self, gate: &mut CudaBuf, up: &CudaBuf, act: Activation) {
-        let n = gate.len();
-        if n == 0 {
-            return;
-        }
-        let a = match act {
-            Activation::Silu => 0,
-            Activation::GeluTanh => 1,
-        };
-        let args = [
-            Arg::P(gate.ptr),
-            Arg::P(up.ptr),
-            Arg::L(n as i64),
-            Arg::I(a),
-        ];
-        self.keep(self.launch("glu", grid1(n, 256), 256, &args));
+        self.keep(self.do_glu(gate, up, act));
     }
 
     fn add(&self, x: &mut CudaBuf, y: &CudaBuf) {
@@ -308,6 +282,41 @@ impl Backend for CudaBackend {
         }
         let args = [Arg::P(x.ptr), Arg::P(y.ptr), Arg::L(n as i64)];
         self.keep(self.launch("add", grid1(n, 256), 256, &args));
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaBuf,
+        y: &CudaBuf,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) {
+        if self.fused {
+            self.keep(self.do_add_rms_norm(x, y, w, eps, out));
+        } else {
+            self.add(x, y);
+            self.rms_norm(x, w, eps, out);
+        }
+    }
+
+    fn rope_kv_store(
+        &self,
+        q: &mut CudaBuf,
+        k: &mut CudaBuf,
+        v: &CudaBuf,
+        kv: &mut CudaKv,
+        layer: usize,
+        plan: &AttnPlan,
+        p: RopeParams,
+    ) {
+        if self.fused {
+            self.keep(self.do_rope_kv_store(q, k, v, kv, layer, plan, p));
+        } else {
+            self.rope(q, &plan.positions, p);
+            self.rope(k, &plan.positions, p);
+            self.kv_store(kv, layer, k, v, &plan.slots);
+        }
     }
 
     fn softcap(&self, x: &mut CudaBuf, cap: f32) {

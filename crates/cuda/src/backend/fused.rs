@@ -1,0 +1,232 @@
+//! Fused kernels: fewer launches per layer for decode, where each launch costs more than its
+//! work (docs/perf-notes.md, "Where the time goes").
+//!
+//! - `add_rms_norm`: the residual add and the next sub-block's input norm in one kernel.
+//! - `rope_kv_store`: rope of q and k and the KV-cache write in one kernel.
+//! - The 8-bit copy of a matmul input (what `quantize_q8_1` would write) produced by the kernel
+//!   that writes the input, when the next matmul will use it (mmvq or mmq): rms_norm,
+//!   add_rms_norm and glu. The copy is recorded in the matmul scratch as if `quantize_q8_1` had
+//!   just run, so the matmul skips its quantize launch; the bytes are the same.
+//!
+//! `set_fused(false)` runs the unfused kernels instead (the tests compare both).
+
+use realizar_model::backend::{AttnPlan, KvType, RopeParams};
+use realizar_model::config::{Activation, RopeLayout};
+
+use super::matmul::ensure;
+use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight};
+use crate::CudaError;
+
+impl CudaBackend {
+    /// Fused kernels on or off (on by default; `REALIZAR_CUDA_FUSE=0` turns them off).
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
+    }
+
+    /// Where a kernel writing `rows x cols` matmul input may also write its 8-bit copy:
+    /// `(xq, xds)` device addresses, or `(0, 0)` when the next matmul will not use one (exact
+    /// mode, the f32 kernels of narrow rows, the cuBLAS path) or fusion is off.
+    fn q8_slot(&self, rows: usize, cols: usize) -> Result<(u64, u64), CudaError> {
+        let quantized_path = (rows < self.gemm_min_tokens || self.blas.is_none())
+            && cols >= self.mmvq_min_cols
+            || self.mmq_takes(rows);
+        if !self.fused || self.exact || rows == 0 || !cols.is_multiple_of(32) || !quantized_path {
+            return Ok((0, 0));
+        }
+        let mut s = self.scratch();
+        let xq = ensure(self, &mut s.xq, rows * cols)?;
+        let xds = ensure(self, &mut s.xds, 2 * rows * cols / 32)?;
+        s.quantized = None;
+        Ok((xq, xds))
+    }
+
+    /// Records that the launch just made wrote the 8-bit copy of `ptr`'s `rows x cols`.
+    fn q8_written(&self, slot: (u64, u64), ptr: u64, rows: usize, cols: usize) {
+        if slot.0 != 0 {
+            let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+            self.scratch().quantized = Some((ptr, rows, cols, epoch));
+        }
+    }
+
+    /// Threads of a one-block-per-row norm kernel: about 4 elements each.
+    fn norm_threads(cols: usize) -> u32 {
+        (cols / 4).div_ceil(32).clamp(1, 32) as u32 * 32
+    }
+
+    /// Launches a one-block-per-row norm kernel `name(prefix.., out, cols, eps, xq, xds)`, with
+    /// the output's 8-bit copy where the next matmul will use it.
+    fn launch_norm(
+        &self,
+        name: &'static str,
+        mut args: Vec<Arg>,
+        out: &CudaBuf,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        let (rows, cols) = (out.rows, out.cols);
+        if rows == 0 {
+            return Ok(());
+        }
+        let slot = self.q8_slot(rows, cols)?;
+        args.extend([
+            Arg::P(out.ptr),
+            Arg::I(cols as i32),
+            Arg::F(eps),
+            Arg::P(slot.0),
+            Arg::P(slot.1),
+        ]);
+        self.launch(name, (rows as u32, 1, 1), Self::norm_threads(cols), &args)?;
+        self.q8_written(slot, out.ptr, rows, cols);
+        Ok(())
+    }
+
+    pub(super) fn do_rms_norm(
+        &self,
+        x: &CudaBuf,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) -> Result<(), CudaError> {
+        if out.rows != x.rows || out.cols != x.cols {
+            return Err(CudaError::Unsupported(format!(
+                "rms_norm: {}x{} into {}x{}",
+                x.rows, x.cols, out.rows, out.cols
+            )));
+        }
+        self.launch_norm("rms_norm", vec![Arg::P(x.ptr), Arg::P(w.ptr())], out, eps)
+    }
+
+    pub(super) fn do_add_rms_norm(
+        &self,
+        x: &CudaBuf,
+        y: &CudaBuf,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) -> Result<(), CudaError> {
+        if y.rows != x.rows || y.cols != x.cols || out.rows != x.rows || out.cols != x.cols {
+            return Err(CudaError::Unsupported(format!(
+                "add_rms_norm: {}x{} + {}x{} into {}x{}",
+                x.rows, x.cols, y.rows, y.cols, out.rows, out.cols
+            )));
+        }
+        let args = vec![Arg::P(x.ptr), Arg::P(y.ptr), Arg::P(w.ptr())];
+        self.launch_norm("add_rms_norm", args, out, eps)
+    }
+
+    pub(super) fn do_glu(
+        &self,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+        act: Activation,
+    ) -> Result<(), CudaError> {
+        let n = gate.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let a = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let slot = self.q8_slot(gate.rows, gate.cols)?;
+        let mut args = vec![
+            Arg::P(gate.ptr),
+            Arg::P(up.ptr),
+            Arg::L(n as i64),
+            Arg::I(a),
+        ];
+        let name = if slot.0 != 0 {
+            args.extend([Arg::P(slot.0), Arg::P(slot.1)]);
+            "glu_q8"
+        } else {
+            "glu"
+        };
+        self.launch(name, grid1(n, 256), 256, &args)?;
+        self.q8_written(slot, gate.ptr, gate.rows, gate.cols);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_rope_kv_store(
+        &self,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        kv: &CudaKv,
+        layer: usize,
+        plan: &AttnPlan,
+        p: RopeParams,
+    ) -> Result<(), CudaError> {
+        let t = q.rows;
+        if t == 0 {
+            return Ok(());
+        }
+        let hd = p.head_dim;
+        if hd == 0
+            || p.rope_dim > hd
+            || !q.cols.is_multiple_of(hd)
+            || k.rows != t
+            || v.rows != t
+            || k.cols != kv.kv_dim
+            || v.cols != kv.kv_dim
+            || !k.cols.is_multiple_of(hd)
+            || layer >= kv.kp.len()
+        {
+            return Err(CudaError::Unsupported(format!(
+                "rope_kv_store: head_dim {hd}, rope_dim {}, q {}x{}, k {}x{}, v {}x{}, kv_dim {}, \
+                 layer {layer} of {}",
+                p.rope_dim,
+                q.rows,
+                q.cols,
+                k.rows,
+                k.cols,
+                v.rows,
+                v.cols,
+                kv.kv_dim,
+                kv.kp.len()
+            )));
+        }
+        let slots = prefix(&plan.slots, t, "slots")?;
+        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= kv.n_slots) {
+            return Err(CudaError::Unsupported(format!(
+                "KV slot {bad} outside the cache of {} slots",
+                kv.n_slots
+            )));
+        }
+        let pos = {
+            let mut idx = self.indices();
+            let pos = idx.positions.set(
+                &self.stream,
+                &self.gen,
+                prefix(&plan.positions, t, "positions")?,
+            )?;
+            let s = idx.slots.set(&self.stream, &self.gen, slots)?;
+            (pos, s)
+        };
+        let name = match kv.ty {
+            KvType::F16 => "rope_store_f16",
+            KvType::F32 => "rope_store_f32",
+        };
+        let layout = match p.layout {
+            RopeLayout::Normal => 0,
+            RopeLayout::Neox => 1,
+        };
+        let args = [
+            Arg::P(q.ptr),
+            Arg::P(k.ptr),
+            Arg::P(v.ptr),
+            Arg::P(pos.0),
+            Arg::P(pos.1),
+            Arg::P(kv.kp[layer]),
+            Arg::P(kv.vp[layer]),
+            Arg::I(q.cols as i32),
+            Arg::I(kv.kv_dim as i32),
+            Arg::I(hd as i32),
+            Arg::I(p.rope_dim as i32),
+            Arg::F(p.theta),
+            Arg::F(p.scale),
+            Arg::I(layout),
+        ];
+        let heads = q.cols / hd + k.cols / hd;
+        self.launch(name, (t as u32, heads as u32, 1), 64, &args)
+    }
+}

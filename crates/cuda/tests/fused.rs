@@ -1,0 +1,270 @@
+//! The fused kernels (add + rms_norm, rope + KV write, the 8-bit matmul input written by the
+//! kernel before the matmul) against the same ops unfused on the GPU, bit for bit, and against
+//! the CPU. Skips (saying why) when there is no CUDA device.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{check, gpu, normal, rng};
+use rand::seq::SliceRandom;
+use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
+use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, WeightUse};
+use realizar_model::weights::TensorView;
+use realizar_model::{Activation, CpuBackend, RopeLayout};
+use realizar_quant::{quantize_row, GgmlType};
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn upload(
+    g: &CudaBackend,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+    how: WeightUse,
+) -> CudaWeight {
+    let tv = TensorView {
+        name: "test",
+        ty,
+        rows,
+        cols,
+        data,
+    };
+    g.upload(&tv, how).unwrap()
+}
+
+fn same(what: &str, a: &[f32], b: &[f32]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    if diff == 0 && a.len() == b.len() {
+        println!("PASS {what}: bit-identical ({} values)", a.len());
+        true
+    } else {
+        println!("FAIL {what}: {diff} of {} values differ", a.len());
+        false
+    }
+}
+
+/// Runs `f` with fusion on and off and returns both results.
+fn both<T>(g: &mut CudaBackend, mut f: impl FnMut(&CudaBackend) -> T) -> (T, T) {
+    g.set_fused(true);
+    let a = f(g);
+    g.set_fused(false);
+    let b = f(g);
+    g.set_fused(true);
+    (a, b)
+}
+
+#[test]
+fn add_rms_norm_fused_equals_unfused_and_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let c = CpuBackend::new(Arc::new(()));
+    let mut rng = rng("add_rms_norm");
+    let mut ok = true;
+    for (rows, cols) in [(1, 64), (5, 576), (3, 4096), (16, 2048)] {
+        let x = normal(&mut rng, rows * cols, 2.0);
+        let y = normal(&mut rng, rows * cols, 1.0);
+        let wv = normal(&mut rng, cols, 1.0);
+        let wb = bytes(&wv);
+        let how = WeightUse::Vector { offset: 0.0 };
+        let gw = upload(&g, GgmlType::F32, 1, cols, &wb, how);
+        let ((xa, oa), (xb, ob)) = both(&mut g, |g| {
+            let mut gx = g.buf_from_host(rows, cols, &x).unwrap();
+            let gy = g.buf_from_host(rows, cols, &y).unwrap();
+            let mut go = g
+                .buf_from_host(rows, cols, &vec![f32::NAN; rows * cols])
+                .unwrap();
+            g.add_rms_norm(&mut gx, &gy, &gw, 1e-5, &mut go);
+            (g.read(&gx, rows).unwrap(), g.read(&go, rows).unwrap())
+        });
+        ok &= same(&format!("add_rms_norm {rows}x{cols}: sum"), &xa, &xb);
+        ok &= same(&format!("add_rms_norm {rows}x{cols}: norm"), &oa, &ob);
+        let tv = TensorView {
+            name: "w",
+            ty: GgmlType::F32,
+            rows: 1,
+            cols,
+            data: &wb,
+        };
+        let cw = c.upload(&tv, how).unwrap();
+        let mut cx = c.alloc(rows, cols).unwrap();
+        cx.as_mut_slice().copy_from_slice(&x);
+        let mut cy = c.alloc(rows, cols).unwrap();
+        cy.as_mut_slice().copy_from_slice(&y);
+        let mut co = c.alloc(rows, cols).unwrap();
+        c.add_rms_norm(&mut cx, &cy, &cw, 1e-5, &mut co);
+        ok &= check(
+            &format!("add_rms_norm {rows}x{cols} vs CPU"),
+            &oa,
+            co.as_slice(),
+            1e-5,
+        );
+    }
+    assert!(ok, "fused add_rms_norm differs");
+}
+
+#[test]
+fn rope_kv_store_fused_equals_unfused() {
+    let Some(mut g) = gpu() else { return };
+    let mut rng = rng("rope_kv_store");
+    let mut ok = true;
+    let bs = 16;
+    for kv_type in [KvType::F16, KvType::F32] {
+        for (n_head, n_head_kv, hd, rope_dim, layout) in [
+            (8, 2, 64, 64, RopeLayout::Normal),
+            (4, 4, 128, 128, RopeLayout::Neox),
+            (6, 2, 64, 32, RopeLayout::Neox),
+        ] {
+            let t = 37;
+            let (qd, kvd) = (n_head * hd, n_head_kv * hd);
+            let n_blocks = t / bs + 3;
+            let mut table: Vec<u32> = (0..n_blocks as u32).collect();
+            table.shuffle(&mut rng);
+            let mut plan = AttnPlan {
+                block_size: bs,
+                ..AttnPlan::default()
+            };
+            plan.seqs.push(table.clone());
+            for p in 0..t as u32 {
+                plan.positions.push(p);
+                plan.seq_of.push(0);
+                plan.slots
+                    .push(table[p as usize / bs] * bs as u32 + p % bs as u32);
+            }
+            let rope = RopeParams {
+                theta: 500000.0,
+                scale: 1.0,
+                rope_dim,
+                head_dim: hd,
+                layout,
+            };
+            let attn = AttnParams {
+                n_head,
+                n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: None,
+            };
+            let q = normal(&mut rng, t * qd, 1.0);
+            let k = normal(&mut rng, t * kvd, 1.0);
+            let v = normal(&mut rng, t * kvd, 1.0);
+            let ((qa, ka, oa), (qb, kb, ob)) = both(&mut g, |g| {
+                let mut kv = g.alloc_kv(2, n_blocks * bs, kvd, kv_type).unwrap();
+                let mut gq = g.buf_from_host(t, qd, &q).unwrap();
+                let mut gk = g.buf_from_host(t, kvd, &k).unwrap();
+                let gv = g.buf_from_host(t, kvd, &v).unwrap();
+                g.rope_kv_store(&mut gq, &mut gk, &gv, &mut kv, 1, &plan, rope);
+                let mut go = g.buf_from_host(t, qd, &vec![f32::NAN; t * qd]).unwrap();
+                g.attention(&gq, &kv, 1, &plan, attn, &mut go);
+                (
+                    g.read(&gq, t).unwrap(),
+                    g.read(&gk, t).unwrap(),
+                    g.read(&go, t).unwrap(),
+                )
+            });
+            let what = format!("rope_kv_store {kv_type:?} heads {n_head}/{n_head_kv} hd {hd} rope {rope_dim} {layout:?}");
+            ok &= same(&format!("{what}: q"), &qa, &qb);
+            ok &= same(&format!("{what}: k"), &ka, &kb);
+            ok &= same(&format!("{what}: attention over the cache"), &oa, &ob);
+        }
+    }
+    // Deep positions: q and k rotated by the fused kernel as by the rope kernel.
+    let (t, hd, heads) = (4, 128, 8);
+    let mut plan = AttnPlan {
+        block_size: bs,
+        ..AttnPlan::default()
+    };
+    plan.seqs.push(vec![0]);
+    for (i, p) in [3000u32, 12345, 70000, 131071].into_iter().enumerate() {
+        plan.positions.push(p);
+        plan.seq_of.push(0);
+        plan.slots.push(i as u32);
+    }
+    let rope = RopeParams {
+        theta: 10000.0,
+        scale: 8.0,
+        rope_dim: hd,
+        head_dim: hd,
+        layout: RopeLayout::Normal,
+    };
+    let q = normal(&mut rng, t * hd * heads, 1.0);
+    let k = normal(&mut rng, t * hd * 2, 1.0);
+    let ((qa, ka), (qb, kb)) = both(&mut g, |g| {
+        let mut kv = g.alloc_kv(1, bs, hd * 2, KvType::F16).unwrap();
+        let mut gq = g.buf_from_host(t, hd * heads, &q).unwrap();
+        let mut gk = g.buf_from_host(t, hd * 2, &k).unwrap();
+        let gv = g.buf_from_host(t, hd * 2, &k).unwrap();
+        g.rope_kv_store(&mut gq, &mut gk, &gv, &mut kv, 0, &plan, rope);
+        (g.read(&gq, t).unwrap(), g.read(&gk, t).unwrap())
+    });
+    ok &= same("rope_kv_store deep positions: q", &qa, &qb);
+    ok &= same("rope_kv_store deep positions: k", &ka, &kb);
+    assert!(ok, "fused rope_kv_store differs");
+}
+
+/// rms_norm, add_rms_norm and glu write the next matmul's 8-bit input themselves; the matmul's
+/// result is the same bits as with its own quantize launch.
+#[test]
+fn matmul_after_fused_8bit_input_equals_unfused() {
+    let Some(mut g) = gpu() else { return };
+    let mut rng = rng("q8_fusion");
+    let mut ok = true;
+    let (rows, cols) = (256, 2048);
+    let w = normal(&mut rng, rows * cols, 1.0);
+    let ty = GgmlType::Q4K;
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut wq = vec![0u8; rb * rows];
+    for r in 0..rows {
+        quantize_row(ty, &w[r * cols..][..cols], &mut wq[r * rb..][..rb]).unwrap();
+    }
+    let gw = upload(&g, ty, rows, cols, &wq, WeightUse::Matrix);
+    let nv = normal(&mut rng, cols, 1.0);
+    let nb = bytes(&nv);
+    let gn = upload(
+        &g,
+        GgmlType::F32,
+        1,
+        cols,
+        &nb,
+        WeightUse::Vector { offset: 0.0 },
+    );
+    for ntok in [1, 3, 16, 40] {
+        let x = normal(&mut rng, ntok * cols, 1.0);
+        let y = normal(&mut rng, ntok * cols, 1.0);
+        let run = |g: &CudaBackend, which: usize| -> Vec<f32> {
+            let mut a = g.buf_from_host(ntok, cols, &x).unwrap();
+            let b = g.buf_from_host(ntok, cols, &y).unwrap();
+            let mut n: CudaBuf = g
+                .buf_from_host(ntok, cols, &vec![0.0; ntok * cols])
+                .unwrap();
+            match which {
+                0 => g.rms_norm(&a, &gn, 1e-5, &mut n),
+                1 => g.add_rms_norm(&mut a, &b, &gn, 1e-5, &mut n),
+                _ => {
+                    g.glu(&mut a, &b, Activation::Silu);
+                    n = a;
+                }
+            }
+            let mut out = g
+                .buf_from_host(ntok, rows, &vec![f32::NAN; ntok * rows])
+                .unwrap();
+            g.matmul(&gw, &n, &mut out).unwrap();
+            g.read(&out, ntok).unwrap()
+        };
+        for (which, name) in ["rms_norm", "add_rms_norm", "glu"].into_iter().enumerate() {
+            let (a, b) = both(&mut g, |g| run(g, which));
+            ok &= same(
+                &format!("{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok"),
+                &a,
+                &b,
+            );
+        }
+    }
+    assert!(ok, "a matmul after a fused 8-bit input differs");
+}
