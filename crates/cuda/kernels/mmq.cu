@@ -8,8 +8,9 @@
 //
 // s_w is the group's weight scale, m_w its offset term (Q4_1, Q5_1, Q4_K, Q5_K; zero for the
 // types whose quants are signed). Q6_K has a scale per 16 elements, so its group takes two
-// m16n8k16 products. The int8 dot of a group is exact, so the result differs from mmvq's only
-// in the f32 summation order.
+// m16n8k16 products. The int8 dot of a group is exact; the result differs from mmvq's in where
+// the f32 scaling happens (mmvq scales each 8- or 16-byte piece, mmq each 32-element group) and
+// in the summation order.
 //
 // mmq_<type>_<TT>: a block of 4 warps takes 64 rows (16 per warp) and TT tokens (TT = 8, 16,
 // 32, 64); a K chunk of activations (CH elements of every token) is staged in shared memory and

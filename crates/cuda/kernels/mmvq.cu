@@ -7,7 +7,8 @@
 // q = rint(x / d) (round half to even).
 //
 // mmvq_<type>_<NT>: out[t][r] = sum over the row of w[r][c] * d_x * q_x[t][c]. A block of
-// THREADS threads computes ROWS rows (1 for one token, 2 for more) for NT tokens: the threads
+// THREADS threads computes ROWS rows (1 for one token, or 2 or 4 with REALIZAR_CUDA_MMVQ_ROWS;
+// 2 for more) for NT tokens: the threads
 // take the rows' "pieces" round robin (8 or 16 quant bytes of a block: consecutive threads read
 // consecutive bytes, so a warp's loads are contiguous), load a piece once (16-byte loads where
 // the block layout is 16-byte aligned, 32- or paired 16-bit loads otherwise) and dot it with NT

@@ -232,16 +232,37 @@ fn mmq_sm_count(ctx: &Arc<CudaContext>) -> usize {
     }
 }
 
-/// `REALIZAR_CUDA_MMQ`: `0` turns the mmq kernels off, `MIN-MAX` sets their token range.
+/// The most tokens one mmq launch takes (its reduce kernel counts outputs in 32 bits).
+const MMQ_MAX_TOKENS: usize = 4096;
+
+/// The token range of the mmq kernels: off (an empty range) when `min` is 0.
+fn mmq_range(min: usize, max: usize) -> (usize, usize) {
+    if min == 0 {
+        (usize::MAX, 0)
+    } else {
+        (min, max.min(MMQ_MAX_TOKENS))
+    }
+}
+
+/// `REALIZAR_CUDA_MMQ`: `0` turns the mmq kernels off, `MIN-MAX` sets their token range (as
+/// `set_mmq_tokens`); anything else keeps the default, with a warning.
 fn mmq_tokens_from_env() -> (usize, usize) {
-    let off = (usize::MAX, 0);
-    match std::env::var("REALIZAR_CUDA_MMQ") {
-        Err(_) => matmul::DEFAULT_MMQ_TOKENS,
-        Ok(v) if v.trim() == "0" => off,
-        Ok(v) => v
-            .split_once('-')
-            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
-            .unwrap_or(matmul::DEFAULT_MMQ_TOKENS),
+    let (lo, hi) = matmul::DEFAULT_MMQ_TOKENS;
+    let Ok(v) = std::env::var("REALIZAR_CUDA_MMQ") else {
+        return mmq_range(lo, hi);
+    };
+    if v.trim() == "0" {
+        return mmq_range(0, 0);
+    }
+    match v
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+    {
+        Some((a, b)) => mmq_range(a, b),
+        None => {
+            eprintln!("REALIZAR_CUDA_MMQ={v:?}: expected 0 or MIN-MAX; using {lo}-{hi}");
+            mmq_range(lo, hi)
+        }
     }
 }
 
@@ -257,7 +278,7 @@ pub struct CudaBackend {
     sync_each: bool,
     /// Matmuls in f32 on f32 activations (`set_exact`), for comparisons with the CPU reference.
     exact: bool,
-    /// Matmuls of at least this many tokens go through cuBLAS.
+    /// Matmuls of at least this many tokens go through cuBLAS (those mmq does not take).
     gemm_min_tokens: usize,
     /// Matmuls on rows at least this wide use the 8-bit mmvq kernels in decode.
     mmvq_min_cols: usize,
@@ -271,8 +292,10 @@ pub struct CudaBackend {
     sm_count: usize,
     blas: Option<cudarc::cublas::CudaBlas>,
     scratch: Mutex<matmul::Scratch>,
-    /// Counts launches that may write activations (all but the mmvq path's own), so that a
-    /// matmul can reuse the 8-bit copy of an input that nothing has written since.
+    /// Counts launches that may write activations (all but the mmvq and mmq paths' own, which
+    /// write only the matmul's output: the 8-bit record names the matmul's input, and an output
+    /// that is its input clears the record), so that a matmul can reuse the 8-bit copy of an
+    /// input that nothing has written since.
     epoch: AtomicU64,
     /// Bumped whenever an index array or scratch buffer moves (graphs.rs).
     gen: AtomicU64,
@@ -355,11 +378,9 @@ impl CudaBackend {
     /// Matmuls of `min..=max` tokens use the tensor-core mmq kernels (where the device has
     /// them, sm_80 and later); `set_mmq_tokens(0, 0)` turns them off.
     pub fn set_mmq_tokens(&mut self, min: usize, max: usize) {
-        self.mmq_tokens = if min == 0 {
-            (usize::MAX, 0)
-        } else {
-            (min, max)
-        };
+        self.mmq_tokens = mmq_range(min, max);
+        // Recorded steps ran the old choice of kernels.
+        self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Decode matmuls on rows at least `n` wide use the 8-bit mmvq kernels (narrower ones the

@@ -86,6 +86,8 @@ fn parity_mode(
     let mut g = load_cuda_from(file.clone(), &opts).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     g.backend.set_exact(exact);
+    // The 20-token prompt: through mmq (5-64 tokens, sm_80 and later) for the quantized
+    // types, cuBLAS for the float ones (and for all types on older GPUs).
     g.backend.set_gemm_min_tokens(16);
     g.backend.set_mmvq_min_cols(0);
     let tie = if exact { TIE } else { FAST_TIE };

@@ -242,8 +242,19 @@ fn mmq_splits_and_token_tiles_match_reference() {
     let mut ok = true;
     g.set_gemm_min_tokens(usize::MAX);
     g.set_mmq_tokens(1, usize::MAX);
-    let (rows, cols) = (200, 4096);
-    for &ty in SUPPORTED_TYPES.iter().filter(|t| t.block_size() > 1) {
+    let rows = 200;
+    // 2080 columns of a 32-element type: K splits of a block count that is no multiple of the
+    // kernel's 4-block chunk (a partial chunk inside a split).
+    let shapes = SUPPORTED_TYPES
+        .iter()
+        .filter(|t| t.block_size() > 1)
+        .flat_map(|&t| {
+            [
+                (t, 4096),
+                (t, if t.block_size() == 32 { 2080 } else { 2304 }),
+            ]
+        });
+    for (ty, cols) in shapes {
         let w = normal(&mut rng, rows * cols, 1.0);
         let wq = quantize(ty, &w, rows, cols);
         let gw = g

@@ -21,6 +21,8 @@ impl CudaBackend {
     /// Fused kernels on or off (on by default; `REALIZAR_CUDA_FUSE=0` turns them off).
     pub fn set_fused(&mut self, on: bool) {
         self.fused = on;
+        // Recorded steps ran the old kernels.
+        self.gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where a kernel writing `rows x cols` matmul input may also write its 8-bit copy:

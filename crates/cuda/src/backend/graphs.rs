@@ -9,9 +9,10 @@
 //! launches and `end_step` launches the record. Anything that moves a buffer a record points at
 //! (an index array or a scratch buffer growing) bumps `CudaBackend::gen`, which drops every
 //! record. Steps from `gemm_min_tokens` tokens up (cuBLAS prefill) are not recorded, there
-//! launches being few next to the work, unless the mmq kernels take their matmuls (batched
-//! decode); a recording that reaches cuBLAS anyway (a weight type mmq lacks) skips the call,
-//! is thrown away, and the step runs directly.
+//! launches being few next to the work, except pure decode steps (one token per sequence)
+//! whose matmuls the mmq kernels take (batched decode: the same shape repeats every step; a
+//! prefill chunk's rarely does). A recording that reaches cuBLAS anyway (a weight type mmq
+//! lacks) skips the call, is thrown away, and the step runs directly.
 //!
 //! A record replays exactly the launches of the step it was made from, with the same arguments,
 //! so results are bit-identical with and without graphs (tests/model.rs checks it).
@@ -149,7 +150,7 @@ impl CudaBackend {
             && !ids.is_empty()
             && (ids.len() < self.gemm_min_tokens
                 || self.blas.is_none()
-                || self.mmq_takes(ids.len()))
+                || (self.mmq_takes(ids.len()) && plan.seqs.len() == ids.len()))
             && self.check().is_ok();
         if !eligible {
             g.stats.eager += 1;

@@ -9,7 +9,8 @@
 //!   weight read once per 64 tokens; the K range is split over several blocks when the grid would
 //!   not fill the GPU, their partial sums added by a second kernel in a fixed order
 //!   (kernels/mmq.cu).
-//! - **GEMM** (prefill, `gemm_min_tokens` tokens or more, when cuBLAS loads): weight rows
+//! - **GEMM** (prefill, `gemm_min_tokens` tokens or more where mmq does not take them, when
+//!   cuBLAS loads): weight rows
 //!   dequantized to f16 in tiles, activations rounded to f16 (bf16 for BF16 weights), and a
 //!   cuBLAS GEMM on tensor cores with f32 accumulation (kernels/gemm.cu).
 //! - **exact** (`set_exact(true)`, and float weights in decode): f32 activations and f32 math
@@ -267,7 +268,8 @@ impl CudaBackend {
             }
             return Ok(true);
         }
-        // Rows per block: 1 for one token, 2 for more (kernels/mmvq.cu).
+        // Rows per block: 1 for one token (2 or 4 with REALIZAR_CUDA_MMVQ_ROWS), 2 for more
+        // (kernels/mmvq.cu).
         let per_block = match nt {
             1 if matches!(self.mmvq_rows, 2 | 4) => self.mmvq_rows,
             1 => 1,
