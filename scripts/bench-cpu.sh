@@ -33,6 +33,12 @@ for round in $(seq "$ROUNDS"); do
     $R bench -m "$f" -p "$PP" -n "$TG" -r "$REPS" -t "$THREADS" | sed 's/| CPU        |/| realizar   |/'
     "$PEER_BIN/llama-bench" -m "$f" -p "$PP" -n "$TG" -r "$REPS" -t "$THREADS" 2>/dev/null \
       | grep -E '^\| [a-z]' | grep -v '^| model' | sed 's/| CPU        |/| llama.cpp  |/'
+    # realizar reads a CPU model into huge-page memory; llama.cpp maps it by default, and with
+    # -lm none reads it into ordinary memory.
+    if [ "${PEER_NOMMAP:-1}" = 1 ]; then
+      "$PEER_BIN/llama-bench" -m "$f" -p "$PP" -n "$TG" -r "$REPS" -t "$THREADS" -lm none 2>/dev/null \
+        | grep -E '^\| [a-z]' | grep -v '^| model' | sed 's/| CPU        |/| llama.cpp -lm none |/'
+    fi
   done
 done
 

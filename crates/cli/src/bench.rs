@@ -37,9 +37,7 @@ pub struct BenchArgs<'a> {
 
 pub fn run(a: BenchArgs<'_>) -> Result<()> {
     let device = load::device(a.device)?;
-    let file = Arc::new(
-        ModelFile::open(a.model).with_context(|| format!("opening {}", a.model.display()))?,
-    );
+    let file = Arc::new(load::open_for(a.model, device)?);
     let desc = describe(&file);
     let (opts, what) = match a.parallel {
         Some(list) => {

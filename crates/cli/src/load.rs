@@ -1,12 +1,13 @@
 //! Opening a model for the commands: the file, the CPU model, the tokenizer.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use realizar_cuda::CudaBackend;
 use realizar_engine::{Generator, Tokenizer};
-use realizar_formats::ModelFile;
+use realizar_formats::{ModelFile, Residency};
 use realizar_model::{load_cpu_from, CpuBackend, LoadOptions};
 
 /// Where a model runs.
@@ -14,6 +15,27 @@ use realizar_model::{load_cpu_from, CpuBackend, LoadOptions};
 pub enum Device {
     Cpu,
     Cuda,
+}
+
+/// `--mmap`: keep model files memory-mapped on the CPU too.
+static MMAP: AtomicBool = AtomicBool::new(false);
+
+/// `--mmap`: the CPU reads a model into huge-page memory unless this is set (see
+/// `open_for`).
+pub fn set_mmap(on: bool) {
+    MMAP.store(on, Ordering::Relaxed);
+}
+
+/// Opens a model file for `device`: for the CPU, read into huge-page memory when it fits (its
+/// matrix products stream every weight per token; decode +10-25% over a file mapping,
+/// docs/perf-notes.md) unless `--mmap`; for CUDA, mapped (the weights are uploaded once).
+pub fn open_for(path: &Path, device: Device) -> Result<ModelFile> {
+    let residency = if device == Device::Cpu && !MMAP.load(Ordering::Relaxed) {
+        Residency::HugePages
+    } else {
+        Residency::Mapped
+    };
+    ModelFile::open_with(path, residency).with_context(|| format!("opening {}", path.display()))
 }
 
 /// `--device cpu|cuda|auto`: auto is cuda when a CUDA device is found, else cpu; cuda without a
@@ -81,9 +103,8 @@ pub fn tokenizer(file: &ModelFile) -> Result<Tokenizer> {
     tok.context("loading the tokenizer")
 }
 
-fn open(path: &Path) -> Result<(Arc<ModelFile>, Tokenizer)> {
-    let file =
-        Arc::new(ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?);
+fn open(path: &Path, device: Device) -> Result<(Arc<ModelFile>, Tokenizer)> {
+    let file = Arc::new(open_for(path, device)?);
     let tok = tokenizer(&file)?;
     Ok((file, tok))
 }
@@ -104,7 +125,7 @@ pub fn generator(path: &Path, ctx: usize) -> Result<Generator<CpuBackend>> {
 
 /// Opens a model and its tokenizer on the CPU.
 pub fn generator_with(path: &Path, opts: &LoadOptions) -> Result<Generator<CpuBackend>> {
-    let (file, tok) = open(path)?;
+    let (file, tok) = open(path, Device::Cpu)?;
     let model = load_cpu_from(file, opts).with_context(|| format!("loading {}", path.display()))?;
     Ok(Generator::new(model, tok))
 }
@@ -116,7 +137,7 @@ pub fn cuda_generator(path: &Path, ctx: usize) -> Result<Generator<CudaBackend>>
 
 /// Opens a model and its tokenizer on the first CUDA device.
 pub fn cuda_generator_with(path: &Path, opts: &LoadOptions) -> Result<Generator<CudaBackend>> {
-    let (file, tok) = open(path)?;
+    let (file, tok) = open(path, Device::Cuda)?;
     let model = realizar_cuda::load_cuda_from(file, opts)
         .with_context(|| format!("loading {} on CUDA", path.display()))?;
     Ok(Generator::new(model, tok))

@@ -43,12 +43,17 @@ struct Placement {
     /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Keep the model file memory-mapped on the CPU instead of reading it into huge-page
+    /// memory (less memory when several processes share the file; slower decode).
+    #[arg(long)]
+    mmap: bool,
 }
 
 impl Placement {
     /// Sizes the thread pool and resolves the device.
     fn apply(&self) -> Result<load::Device> {
         load::set_threads(self.threads);
+        load::set_mmap(self.mmap);
         load::device(&self.device)
     }
 }
@@ -143,6 +148,10 @@ enum Command {
         /// `run --deterministic` use.
         #[arg(long)]
         deterministic: bool,
+        /// Keep the model file memory-mapped on the CPU (llama-bench's default) instead of
+        /// reading it into huge-page memory.
+        #[arg(long)]
+        mmap: bool,
         /// Batched mode, as llama-batched-bench: for each B in the comma-separated list, B
         /// sequences prefill -p tokens each, then decode -n tokens together (greedy, one
         /// forward pass per step); one run per B, so -r is not used.
@@ -195,6 +204,10 @@ enum Command {
         /// Where to run: cpu, cuda, or auto (cuda when a CUDA device is found).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Keep the model file memory-mapped on the CPU instead of reading it into huge-page
+        /// memory.
+        #[arg(long)]
+        mmap: bool,
     },
 }
 
@@ -264,10 +277,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             threads,
             device,
             deterministic,
+            mmap,
             parallel,
         } => {
             let n_threads = threads.unwrap_or_else(load::physical_cores).max(1);
             load::set_threads(Some(n_threads));
+            load::set_mmap(mmap);
             let model = model_path::resolve(model.as_deref())?;
             bench::run(bench::BenchArgs {
                 model: &model,
@@ -295,8 +310,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             chunks,
             threads,
             device,
+            mmap,
         } => {
             load::set_threads(threads);
+            load::set_mmap(mmap);
             let device = load::device(&device)?;
             perplexity::run(
                 &model_path::resolve(model.as_deref())?,

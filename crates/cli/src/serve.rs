@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use realizar_engine::{Engine, EngineConfig, EngineError, SchedConfig};
-use realizar_formats::ModelFile;
 use realizar_model::{load_cpu_from, LoadOptions};
 use realizar_server::{AppState, ServerConfig};
 
@@ -61,6 +60,10 @@ pub struct ServeArgs {
     pub no_prefix_cache: bool,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Keep the model file memory-mapped on the CPU instead of reading it into huge-page
+    /// memory (less memory when several processes share the file; slower decode).
+    #[arg(long)]
+    pub mmap: bool,
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -117,8 +120,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     load::set_threads(a.threads);
     let path = model_path::resolve(a.model.as_deref())?;
-    let file =
-        Arc::new(ModelFile::open(&path).with_context(|| format!("opening {}", path.display()))?);
+    load::set_mmap(a.mmap);
+    let file = Arc::new(load::open_for(&path, device)?);
     let tokenizer = Arc::new(load::tokenizer(&file)?);
     let model_name = a.alias.clone().unwrap_or_else(|| {
         path.file_stem()

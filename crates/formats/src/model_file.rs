@@ -15,7 +15,7 @@ use realizar_quant::GgmlType;
 use crate::error::{FormatError, Result};
 use crate::gguf::{GgufFile, GGUF_MAGIC};
 use crate::safetensors_file::{open_index, open_single, StFiles, INDEX_FILE, SINGLE_FILE};
-use crate::storage::Storage;
+use crate::storage::{Residency, Storage};
 
 /// The HF config file of a folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -75,16 +75,22 @@ impl fmt::Debug for ModelFile {
 }
 
 impl ModelFile {
-    /// Open a GGUF file, a `.safetensors` file, or a HF folder.
+    /// Open a GGUF file, a `.safetensors` file, or a HF folder, memory-mapped.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Residency::Mapped)
+    }
+
+    /// Open a GGUF file, a `.safetensors` file, or a HF folder, its bytes held as `residency`
+    /// says.
+    pub fn open_with(path: &Path, residency: Residency) -> Result<Self> {
         if path.is_dir() {
-            return Self::open_folder(path);
+            return Self::open_folder(path, residency);
         }
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let storage = Storage::open(path)?;
+        let storage = Storage::open(path, residency)?;
         let bytes = storage.bytes();
         let is_gguf = bytes.get(..4) == Some(&GGUF_MAGIC[..]) || has_ext(path, "gguf");
         if is_gguf {
@@ -108,7 +114,7 @@ impl ModelFile {
         Ok(Self::from_safetensors(path, dir, config, st))
     }
 
-    fn open_folder(dir: &Path) -> Result<Self> {
+    fn open_folder(dir: &Path, residency: Residency) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         if !config_path.is_file() {
             return Err(FormatError::NotAModel {
@@ -120,9 +126,9 @@ impl ModelFile {
         let index = dir.join(INDEX_FILE);
         let single = dir.join(SINGLE_FILE);
         let st = if index.is_file() {
-            open_index(&index)?
+            open_index(&index, residency)?
         } else if single.is_file() {
-            open_single(&single, Storage::open(&single)?)?
+            open_single(&single, Storage::open(&single, residency)?)?
         } else {
             return Err(FormatError::NotAModel {
                 path: dir.to_path_buf(),

@@ -10,7 +10,7 @@ use realizar_quant::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{FormatError, Result};
-use crate::storage::Storage;
+use crate::storage::{Residency, Storage};
 
 /// The index file of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -59,11 +59,11 @@ pub(crate) fn open_single(path: &Path, storage: Storage) -> Result<StFiles> {
 }
 
 /// Map every shard and index its tensors; names must be unique across shards.
-fn open_shards(paths: Vec<PathBuf>) -> Result<StFiles> {
+fn open_shards(paths: Vec<PathBuf>, residency: Residency) -> Result<StFiles> {
     let mut storages = Vec::with_capacity(paths.len());
     let mut tensors = Vec::new();
     for (shard, path) in paths.iter().enumerate() {
-        let storage = Storage::open(path)?;
+        let storage = Storage::open(path, residency)?;
         read_shard(path, storage.bytes(), shard, &mut tensors)?;
         storages.push(storage);
     }
@@ -177,7 +177,7 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
 /// Open a sharded checkpoint from its index file: `{"weight_map": {tensor: shard_file}}`.
 /// Shard files must be plain names in the index's folder; every listed tensor must be in the
 /// shard the index names.
-pub(crate) fn open_index(index_path: &Path) -> Result<StFiles> {
+pub(crate) fn open_index(index_path: &Path, residency: Residency) -> Result<StFiles> {
     let bad = |reason: String| FormatError::BadShardIndex {
         path: index_path.to_path_buf(),
         reason,
@@ -215,7 +215,7 @@ pub(crate) fn open_index(index_path: &Path) -> Result<StFiles> {
         return Err(bad("the weight map is empty".to_string()));
     }
     let names: Vec<&str> = files.into_iter().collect();
-    let st = open_shards(names.iter().map(|f| dir.join(f)).collect())?;
+    let st = open_shards(names.iter().map(|f| dir.join(f)).collect(), residency)?;
     let found: HashMap<&str, usize> = st
         .tensors
         .iter()

@@ -87,12 +87,16 @@ pub fn config_of(file: &ModelFile) -> Result<ModelConfig, ModelError> {
     }
 }
 
-/// Opens a model file and loads it on the CPU backend.
+/// Opens a model file and loads it on the CPU backend (the file read into huge-page memory
+/// where it fits, `Residency::HugePages`).
 pub fn load_cpu(
     path: &Path,
     opts: &LoadOptions,
 ) -> Result<(Arc<ModelFile>, Model<CpuBackend>), ModelError> {
-    let file = Arc::new(ModelFile::open(path)?);
+    let file = Arc::new(ModelFile::open_with(
+        path,
+        realizar_formats::Residency::HugePages,
+    )?);
     let model = load_cpu_from(file.clone(), opts)?;
     Ok((file, model))
 }

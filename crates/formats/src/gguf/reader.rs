@@ -95,7 +95,7 @@ impl fmt::Debug for GgufFile {
 impl GgufFile {
     /// Map and parse a GGUF file.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::from_storage(Storage::open(path)?)
+        Self::from_storage(Storage::open(path, crate::storage::Residency::Mapped)?)
     }
 
     /// Parse a GGUF file held in memory (same checks as `open`).
