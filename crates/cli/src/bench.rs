@@ -54,6 +54,7 @@ pub fn run(a: BenchArgs<'_>) -> Result<()> {
                 // The context is prefilled in steps of up to 512 tokens even without a pp test.
                 max_batch_tokens: a.n_prompt.max(if a.depth > 0 { 512 } else { 1 }),
                 deterministic: a.deterministic,
+                kv_type: load::kv_type(),
                 ..LoadOptions::default()
             },
             format!("loading {}", a.model.display()),

@@ -82,7 +82,7 @@ impl Sizing {
             block_size: self.block_size,
             max_batch_tokens: self.step_tokens(),
             deterministic,
-            ..LoadOptions::default()
+            kv_type: crate::load::kv_type(),
         }
     }
 
@@ -100,11 +100,8 @@ impl Sizing {
     /// Refuses, with the numbers, a CPU KV cache larger than the memory available now (the
     /// allocation would otherwise abort the process or swap).
     pub fn check_host_memory(&self, cfg: &ModelConfig) -> Result<()> {
-        let kv_type = LoadOptions::default().kv_type;
-        let elem = match kv_type {
-            realizar_model::KvType::F16 => 2,
-            realizar_model::KvType::F32 => 4,
-        };
+        let kv_type = crate::load::kv_type();
+        let elem = kv_type.bytes(1);
         // K and V of every layer.
         let bytes = 2.0 * (cfg.n_layers * cfg.kv_dim() * elem) as f64 * self.kv_tokens as f64;
         let Some(avail) = mem_available() else {

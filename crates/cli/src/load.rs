@@ -1,20 +1,44 @@
 //! Opening a model for the commands: the file, the CPU model, the tokenizer.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use realizar_cuda::CudaBackend;
 use realizar_engine::{Generator, Tokenizer};
 use realizar_formats::{ModelFile, Residency};
-use realizar_model::{load_cpu_from, CpuBackend, LoadOptions};
+use realizar_model::{load_cpu_from, CpuBackend, KvType, LoadOptions};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     Cuda,
+}
+
+/// `--kv-type`: the KV cache's element type (an index into `KV_TYPES`).
+static KV_TYPE: AtomicU8 = AtomicU8::new(0);
+const KV_TYPES: [KvType; 4] = [KvType::F16, KvType::F32, KvType::Fp8, KvType::Q8_0];
+
+/// `--kv-type f16|f32|q8_0|fp8`: the element type of the KV caches the commands allocate.
+pub fn set_kv_type(ty: KvType) {
+    let i = KV_TYPES.iter().position(|&t| t == ty).unwrap_or(0);
+    KV_TYPE.store(i as u8, Ordering::Relaxed);
+}
+
+/// The KV cache type `--kv-type` chose (f16 by default).
+pub fn kv_type() -> KvType {
+    KV_TYPES
+        .get(KV_TYPE.load(Ordering::Relaxed) as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// clap's parser of `--kv-type`.
+pub fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
+    KvType::parse(s)
+        .ok_or_else(|| format!("unknown KV cache type {s:?}: use f16, f32, q8_0 or fp8"))
 }
 
 /// `--mmap`: keep model files memory-mapped on the CPU too.
@@ -114,6 +138,7 @@ pub fn options(ctx: usize, deterministic: bool) -> LoadOptions {
     LoadOptions {
         kv_tokens: ctx,
         deterministic,
+        kv_type: kv_type(),
         ..LoadOptions::default()
     }
 }

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// memory (less memory when several processes share the file; slower decode).
     #[arg(long)]
     pub mmap: bool,
+    /// KV cache element type: f16, f32, q8_0 or fp8 (E4M3); q8_0 and fp8 take about half of
+    /// f16's memory and run on the CPU only.
+    #[arg(long, default_value = "f16", value_parser = crate::load::parse_kv_type)]
+    pub kv_type: realizar_model::KvType,
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -140,6 +144,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         kv_tokens,
         max_batch_tokens: sched.max_step_tokens,
         deterministic: a.deterministic,
+        kv_type: a.kv_type,
         ..LoadOptions::default()
     };
     let cfg = EngineConfig {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{
     CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use realizar_model::backend::{AttnParams, AttnPlan, KvType, WeightUse};
+use realizar_model::backend::{AttnParams, AttnPlan, WeightUse};
 use realizar_model::weights::TensorView;
 use realizar_model::ModelError;
 use realizar_quant::GgmlType;
@@ -95,7 +95,14 @@ pub struct CudaKv {
     vp: Vec<u64>,
     kv_dim: usize,
     n_slots: usize,
-    ty: KvType,
+    ty: DevKv,
+}
+
+/// The KV-cache element types the CUDA kernels store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DevKv {
+    F16,
+    F32,
 }
 
 /// A reused device array of u32 that remembers what it holds.
@@ -790,8 +797,8 @@ impl CudaBackend {
         };
         drop(idx);
         let name = match kv.ty {
-            KvType::F16 => "attention_f16",
-            KvType::F32 => "attention_f32",
+            DevKv::F16 => "attention_f16",
+            DevKv::F32 => "attention_f32",
         };
         self.launch(
             name,

@@ -2,7 +2,7 @@
 //! (`realizar serve --gpu-memory F`, as vLLM's `--gpu-memory-utilization`).
 
 use realizar_formats::ModelFile;
-use realizar_model::{KvType, LoadOptions, ModelConfig};
+use realizar_model::{LoadOptions, ModelConfig};
 
 use crate::CudaError;
 
@@ -19,10 +19,7 @@ pub struct Needs {
 
 impl Needs {
     pub fn of(file: &ModelFile, cfg: &ModelConfig, opts: &LoadOptions) -> Needs {
-        let elem = match opts.kv_type {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        };
+        let elem = opts.kv_type.bytes(1);
         Needs {
             weights: file
                 .tensors()

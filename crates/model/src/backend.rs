@@ -27,6 +27,44 @@ pub enum KvType {
     F16,
     /// Full precision, for exact comparisons.
     F32,
+    /// FP8 E4M3 (vLLM's `fp8` KV cache): half the memory of f16. CPU only for now.
+    Fp8,
+    /// llama.cpp's `q8_0` blocks (32 int8 values and an f16 scale): 53% of f16's memory.
+    /// Needs a head dimension divisible by 32. CPU only for now.
+    Q8_0,
+}
+
+impl KvType {
+    /// The names `--kv-type` takes: f16, f32, q8_0, fp8 (also fp8_e4m3).
+    pub fn parse(s: &str) -> Option<KvType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Some(KvType::F16),
+            "f32" => Some(KvType::F32),
+            "fp8" | "fp8_e4m3" | "e4m3" => Some(KvType::Fp8),
+            "q8_0" => Some(KvType::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// The canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+            KvType::Fp8 => "fp8",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    /// Bytes of `n` cached elements.
+    pub fn bytes(self, n: usize) -> usize {
+        match self {
+            KvType::F16 => 2 * n,
+            KvType::F32 => 4 * n,
+            KvType::Fp8 => n,
+            KvType::Q8_0 => n.div_ceil(32) * 34,
+        }
+    }
 }
 
 /// Rotary embedding parameters of one layer.

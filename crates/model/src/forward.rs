@@ -86,6 +86,13 @@ impl<B: Backend> Model<B> {
             picked: b.alloc(t, cfg.n_embd)?,
             logits: b.alloc(t, cfg.vocab_size)?,
         };
+        if kv_type == KvType::Q8_0 && !cfg.head_dim.is_multiple_of(32) {
+            return Err(ModelError::BadConfig(format!(
+                "a q8_0 KV cache needs a head dimension divisible by 32 (this model's is {}); \
+                 use --kv-type f16 or fp8",
+                cfg.head_dim
+            )));
+        }
         let kv = backend.alloc_kv(cfg.n_layers, n_blocks * block_size, cfg.kv_dim(), kv_type)?;
         Ok(Model {
             cfg,

@@ -10,11 +10,11 @@
 //!
 //! `set_fused(false)` runs the unfused kernels instead (the tests compare both).
 
-use realizar_model::backend::{AttnPlan, KvType, RopeParams};
+use realizar_model::backend::{AttnPlan, RopeParams};
 use realizar_model::config::{Activation, RopeLayout};
 
 use super::matmul::ensure;
-use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight};
+use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
 use crate::CudaError;
 
 impl CudaBackend {
@@ -205,8 +205,8 @@ impl CudaBackend {
             (pos, s)
         };
         let name = match kv.ty {
-            KvType::F16 => "rope_store_f16",
-            KvType::F32 => "rope_store_f32",
+            DevKv::F16 => "rope_store_f16",
+            DevKv::F32 => "rope_store_f32",
         };
         let layout = match p.layout {
             RopeLayout::Normal => 0,

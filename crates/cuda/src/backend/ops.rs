@@ -10,7 +10,7 @@ use realizar_model::weights::TensorView;
 use realizar_model::ModelError;
 use realizar_quant::GgmlType;
 
-use super::{grid1, prefix, raw, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight};
+use super::{grid1, prefix, raw, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
 use crate::CudaError;
 
 /// 0 = f32, 1 = f16, 2 = bf16 for the float kernels; None for block types.
@@ -100,11 +100,18 @@ impl Backend for CudaBackend {
         kv_dim: usize,
         ty: KvType,
     ) -> Result<CudaKv, ModelError> {
-        let esize = match ty {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
+        let dev_ty = match ty {
+            KvType::F16 => DevKv::F16,
+            KvType::F32 => DevKv::F32,
+            KvType::Fp8 | KvType::Q8_0 => {
+                return Err(CudaError::Unsupported(format!(
+                    "a {} KV cache is not implemented on CUDA yet (f16 and f32 are)",
+                    ty.name()
+                ))
+                .into())
+            }
         };
-        let bytes = (n_slots * kv_dim * esize).max(1);
+        let bytes = ty.bytes(n_slots * kv_dim).max(1);
         self.check_fits("KV cache", 2 * n_layers * bytes)?;
         let mut kv = CudaKv {
             _k: Vec::new(),
@@ -113,7 +120,7 @@ impl Backend for CudaBackend {
             vp: Vec::new(),
             kv_dim,
             n_slots,
-            ty,
+            ty: dev_ty,
         };
         for _ in 0..n_layers {
             let k = self
@@ -243,8 +250,8 @@ impl Backend for CudaBackend {
             }
             let s = self.indices().slots.set(&self.stream, &self.gen, slots)?;
             let name = match kv.ty {
-                KvType::F16 => "kv_store_f16",
-                KvType::F32 => "kv_store_f32",
+                DevKv::F16 => "kv_store_f16",
+                DevKv::F32 => "kv_store_f32",
             };
             let args = [
                 Arg::P(kv.kp[layer]),

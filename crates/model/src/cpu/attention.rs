@@ -5,117 +5,11 @@
 //! cache's element type, scores are f32 dot products, and the softmax runs online with the value
 //! accumulator kept in the cache's type (f16 or f32), rescaled whenever a new maximum appears.
 
-use half::f16;
-
 use super::pool::Pool;
 use super::{CpuBuf, KvStore};
 use crate::backend::{AttnParams, AttnPlan};
 
-/// An element type of the KV cache; the attention accumulator uses the same type, as llama.cpp's
-/// CPU flash-attention kernel does.
-pub trait KvElem: Copy + Send + Sync + 'static {
-    const ZERO: Self;
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-    /// `dst[i] = src[i].to_f32()` (same values; the f16 version uses F16C when present).
-    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
-        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.to_f32());
-    }
-    /// `dst[i] = Self::from_f32(src[i])` (same values and rounding).
-    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
-        dst.iter_mut()
-            .zip(src)
-            .for_each(|(d, &s)| *d = Self::from_f32(s));
-    }
-    /// `x[i] = Self::from_f32(x[i]).to_f32()`: rounds in place to this type's values.
-    fn round_f32(x: &mut [f32]) {
-        x.iter_mut().for_each(|v| *v = Self::from_f32(*v).to_f32());
-    }
-}
-
-impl KvElem for f16 {
-    const ZERO: Self = f16::ZERO;
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        let n = src.len().min(dst.len());
-        src[..n].convert_to_f32_slice(&mut dst[..n]);
-    }
-    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
-        use half::slice::HalfFloatSliceExt;
-        let n = src.len().min(dst.len());
-        dst[..n].convert_from_f32_slice(&src[..n]);
-    }
-    #[inline(always)]
-    fn round_f32(x: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 and F16C (checked).
-            unsafe { round_f16_f16c(x) };
-            return;
-        }
-        x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
-    }
-}
-
-/// Rounds every value to f16 (round to nearest even, as `f16::from_f32`) and back.
-///
-/// # Safety
-/// The CPU must support AVX2 and F16C.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_f16_f16c(x: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let mut chunks = x.chunks_exact_mut(8);
-    for c in &mut chunks {
-        // SAFETY: `c` is 8 f32, read and written unaligned.
-        unsafe {
-            let v = _mm256_loadu_ps(c.as_ptr());
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
-        }
-    }
-    for v in chunks.into_remainder() {
-        *v = f16::from_f32(*v).to_f32();
-    }
-}
-
-impl KvElem for f32 {
-    const ZERO: Self = 0.0;
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-    fn round_f32(_x: &mut [f32]) {}
-}
-
-pub fn kv_store<T: KvElem>(
-    kv: &mut KvStore<T>,
-    layer: usize,
-    k: &CpuBuf,
-    v: &CpuBuf,
-    slots: &[u32],
-) {
-    let d = kv.kv_dim;
-    for (t, &slot) in slots.iter().enumerate() {
-        let s = slot as usize * d;
-        let (kd, vd) = (&mut kv.k[layer][s..s + d], &mut kv.v[layer][s..s + d]);
-        kd.iter_mut()
-            .zip(&k.data[t * d..(t + 1) * d])
-            .for_each(|(o, &x)| *o = T::from_f32(x));
-        vd.iter_mut()
-            .zip(&v.data[t * d..(t + 1) * d])
-            .for_each(|(o, &x)| *o = T::from_f32(x));
-    }
-}
+pub use super::kv::{kv_store, KvElem};
 
 /// Keys per chunk: scores are computed for this many keys at once, one key per lane.
 const KEYS: usize = 16;
@@ -290,7 +184,7 @@ fn run_task<T: KvElem>(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -362,7 +256,7 @@ fn run_task_body<T: KvElem>(
             let src = &q.data[t * qd + h * hd..t * qd + (h + 1) * hd];
             let dst = &mut sc.q[i * hd..(i + 1) * hd];
             dst.copy_from_slice(src);
-            T::round_f32(dst);
+            T::round_query(dst);
         }
     }
     let mut c0 = k_lo;
@@ -374,8 +268,8 @@ fn run_task_body<T: KvElem>(
             let row = &mut sc.tmp[..hd];
             if j < c1 {
                 let base = slot(j);
-                T::to_f32_slice(&kc[base..base + hd], row);
-                T::to_f32_slice(&vc[base..base + hd], &mut sc.vf[l * hd..(l + 1) * hd]);
+                T::load(T::cells(kc, base, hd), row);
+                T::load(T::cells(vc, base, hd), &mut sc.vf[l * hd..(l + 1) * hd]);
             } else {
                 row.iter_mut().for_each(|x| *x = 0.0);
             }
@@ -403,7 +297,7 @@ fn run_task_body<T: KvElem>(
                         max = s;
                         ms = (old - max).exp();
                         acc.iter_mut().for_each(|a| *a *= ms);
-                        T::round_f32(acc);
+                        T::round_acc(acc);
                     } else {
                         vs = (s - max).exp();
                     }
@@ -411,7 +305,7 @@ fn run_task_body<T: KvElem>(
                     acc.iter_mut()
                         .zip(v)
                         .for_each(|(a, &b)| *a = b.mul_add(vs, *a));
-                    T::round_f32(acc);
+                    T::round_acc(acc);
                     sum = sum.mul_add(ms, vs);
                 }
                 sc.max[i] = max;

@@ -1,8 +1,9 @@
 //! The chunked attention against the plain per-(token, head) loop over keys (the scalar
 //! formulation the module documents, with ggml's summation order for the scores), bit for bit, on random data: several sequences with
-//! shuffled block tables, ragged lengths, sliding windows, GQA groups, f16 and f32 caches.
+//! shuffled block tables, ragged lengths, sliding windows, GQA groups, f16, f32 and fp8 caches.
 
 use super::*;
+use half::f16;
 
 /// A small xorshift generator (the model crate has no `rand`), seeded from the clock.
 struct StdRng(u64);
@@ -55,6 +56,13 @@ fn ggml_dot(q: &[f32], k: &[f32]) -> f32 {
 }
 
 /// The scalar formulation: one (token, head) at a time, keys in order.
+/// Values `base..base + n` of a layer's cells.
+fn row<T: KvElem>(layer: &[T], base: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    T::load(T::cells(layer, base, n), &mut out);
+    out
+}
+
 fn reference<T: KvElem>(
     q: &CpuBuf,
     kv: &KvStore<T>,
@@ -75,35 +83,34 @@ fn reference<T: KvElem>(
             let pos = plan.positions[t] as usize;
             let table = &plan.seqs[plan.seq_of[t] as usize];
             let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qf: Vec<f32> = q.data[t * qd + h * hd..t * qd + (h + 1) * hd]
-                .iter()
-                .map(|&x| T::from_f32(x).to_f32())
-                .collect();
-            let mut acc = vec![T::ZERO; hd];
+            let mut qf: Vec<f32> = q.data[t * qd + h * hd..t * qd + (h + 1) * hd].to_vec();
+            T::round_query(&mut qf);
+            let mut acc = vec![0.0f32; hd];
             let kh = (h / group) * hd;
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             for j in lo..=pos {
                 let base = (table[j / bs] as usize * bs + j % bs) * kvd + kh;
-                let kf: Vec<f32> = kc[base..base + hd].iter().map(|b| b.to_f32()).collect();
+                let kf = row(kc, base, hd);
                 let s = ggml_dot(&qf, &kf) * p.scale;
                 let (mut ms, mut vs) = (1.0f32, 1.0f32);
                 if s > max {
                     let old = max;
                     max = s;
                     ms = (old - max).exp();
-                    acc.iter_mut()
-                        .for_each(|a| *a = T::from_f32(a.to_f32() * ms));
+                    acc.iter_mut().for_each(|a| *a *= ms);
+                    T::round_acc(&mut acc);
                 } else {
                     vs = (s - max).exp();
                 }
                 acc.iter_mut()
-                    .zip(&vc[base..base + hd])
-                    .for_each(|(a, b)| *a = T::from_f32(b.to_f32().mul_add(vs, a.to_f32())));
+                    .zip(&row(vc, base, hd))
+                    .for_each(|(a, &b)| *a = b.mul_add(vs, *a));
+                T::round_acc(&mut acc);
                 sum = sum.mul_add(ms, vs);
             }
             let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
             for (i, a) in acc.iter().enumerate() {
-                out[t * qd + h * hd + i] = a.to_f32() * inv;
+                out[t * qd + h * hd + i] = a * inv;
             }
         }
     }
@@ -146,11 +153,11 @@ fn reference_tiled<T: KvElem>(
                         if !visible(j) {
                             return f32::NEG_INFINITY;
                         }
-                        let k = &kc[base(j)..base(j) + hd];
+                        let k = row(kc, base(j), hd);
                         let dot = qr
                             .iter()
-                            .zip(k)
-                            .fold(0.0f32, |a, (&x, y)| x.mul_add(y.to_f32(), a));
+                            .zip(&k)
+                            .fold(0.0f32, |a, (&x, &y)| x.mul_add(y, a));
                         dot * p.scale
                     })
                     .collect();
@@ -184,9 +191,9 @@ fn reference_tiled<T: KvElem>(
                 sum = (sum as f64 + total) as f32;
                 for (l, &pr) in probs.iter().enumerate() {
                     if visible(tile + l) {
-                        let v = &vc[base(tile + l)..base(tile + l) + hd];
-                        for (a, vv) in acc.iter_mut().zip(v) {
-                            *a = pr.mul_add(vv.to_f32(), *a);
+                        let v = row(vc, base(tile + l), hd);
+                        for (a, &vv) in acc.iter_mut().zip(&v) {
+                            *a = pr.mul_add(vv, *a);
                         }
                     }
                 }
@@ -201,7 +208,11 @@ fn reference_tiled<T: KvElem>(
 }
 
 fn check<T: KvElem>(rng: &mut StdRng, seed: u64, pool: &Pool) {
-    let hd = [64usize, 20, 8, 128, 80][rng.range(0, 5)];
+    let hd = if T::ELEMS == 32 {
+        [32usize, 64, 96, 128][rng.range(0, 4)]
+    } else {
+        [64usize, 20, 8, 128, 80][rng.range(0, 5)]
+    };
     let (n_head, n_head_kv) = [(9, 3), (4, 4), (6, 2)][rng.range(0, 3)];
     let window = if rng.range(0, 10) < 3 {
         Some(rng.range(1, 40))
@@ -226,8 +237,11 @@ fn check<T: KvElem>(rng: &mut StdRng, seed: u64, pool: &Pool) {
     let n_slots = total_blocks * bs;
     let mut kv = KvStore::<T>::new(2, n_slots, kvd);
     let layer = 1;
-    for x in kv.k[layer].iter_mut().chain(kv.v[layer].iter_mut()) {
-        *x = T::from_f32(rng.float(-2.0, 2.0));
+    for cells in [&mut kv.k[layer], &mut kv.v[layer]] {
+        let vals: Vec<f32> = (0..cells.len() * T::ELEMS)
+            .map(|_| rng.float(-2.0, 2.0))
+            .collect();
+        T::store(&vals, cells);
     }
     let mut plan = AttnPlan {
         positions: vec![],
@@ -298,5 +312,7 @@ fn chunked_attention_matches_the_scalar_loop_bit_for_bit() {
     for _ in 0..30 {
         check::<f16>(&mut rng, seed, &pool);
         check::<f32>(&mut rng, seed, &pool);
+        check::<super::super::fp8::Fp8E4M3>(&mut rng, seed, &pool);
+        check::<super::super::kv::Q8Cell>(&mut rng, seed, &pool);
     }
 }

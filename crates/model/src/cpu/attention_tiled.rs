@@ -62,8 +62,8 @@ pub(super) fn run_tiled<T: KvElem>(
             let row = &mut sc.tmp[..hd];
             if j >= k_lo && j < c1 {
                 let base = slot(j);
-                T::to_f32_slice(&kc[base..base + hd], row);
-                T::to_f32_slice(&vc[base..base + hd], &mut sc.vf[l * hd..(l + 1) * hd]);
+                T::load(T::cells(kc, base, hd), row);
+                T::load(T::cells(vc, base, hd), &mut sc.vf[l * hd..(l + 1) * hd]);
             } else {
                 row.iter_mut().for_each(|x| *x = 0.0);
                 sc.vf[l * hd..(l + 1) * hd]

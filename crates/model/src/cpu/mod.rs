@@ -4,6 +4,8 @@
 
 mod attention;
 mod attention_tiled;
+mod fp8;
+mod kv;
 mod matmul;
 mod ops;
 mod pool;
@@ -98,7 +100,7 @@ pub struct KvStore<T> {
 
 impl<T: attention::KvElem> KvStore<T> {
     fn new(n_layers: usize, n_slots: usize, kv_dim: usize) -> Self {
-        let zeros = || vec![T::ZERO; n_slots * kv_dim];
+        let zeros = || vec![T::ZERO; n_slots * kv_dim / T::ELEMS];
         KvStore {
             k: (0..n_layers).map(|_| zeros()).collect(),
             v: (0..n_layers).map(|_| zeros()).collect(),
@@ -111,6 +113,8 @@ impl<T: attention::KvElem> KvStore<T> {
 pub enum CpuKv {
     F16(KvStore<f16>),
     F32(KvStore<f32>),
+    Fp8(KvStore<fp8::Fp8E4M3>),
+    Q8(KvStore<kv::Q8Cell>),
 }
 
 /// The CPU backend.
@@ -217,6 +221,14 @@ impl Backend for CpuBackend {
         Ok(match ty {
             KvType::F16 => CpuKv::F16(KvStore::new(n_layers, n_slots, kv_dim)),
             KvType::F32 => CpuKv::F32(KvStore::new(n_layers, n_slots, kv_dim)),
+            KvType::Fp8 => CpuKv::Fp8(KvStore::new(n_layers, n_slots, kv_dim)),
+            KvType::Q8_0 if !kv_dim.is_multiple_of(32) => {
+                return Err(ModelError::Backend(format!(
+                    "a q8_0 KV cache needs K/V rows of a multiple of 32 values (this model's: \
+                     {kv_dim}); use --kv-type f16 or fp8"
+                )))
+            }
+            KvType::Q8_0 => CpuKv::Q8(KvStore::new(n_layers, n_slots, kv_dim)),
         })
     }
 
@@ -260,6 +272,8 @@ impl Backend for CpuBackend {
         match kv {
             CpuKv::F16(s) => attention::kv_store(s, layer, k, v, slots),
             CpuKv::F32(s) => attention::kv_store(s, layer, k, v, slots),
+            CpuKv::Fp8(s) => attention::kv_store(s, layer, k, v, slots),
+            CpuKv::Q8(s) => attention::kv_store(s, layer, k, v, slots),
         }
     }
 
@@ -275,6 +289,8 @@ impl Backend for CpuBackend {
         match kv {
             CpuKv::F16(s) => attention::attention(q, s, layer, plan, p, out, self.attn_mode()),
             CpuKv::F32(s) => attention::attention(q, s, layer, plan, p, out, self.attn_mode()),
+            CpuKv::Fp8(s) => attention::attention(q, s, layer, plan, p, out, self.attn_mode()),
+            CpuKv::Q8(s) => attention::attention(q, s, layer, plan, p, out, self.attn_mode()),
         }
     }
 
