@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 8's HTTP criterion: output tokens/s through `realizar serve` at concurrency C, against
+# the engine-level figure of the same batch (`realizar bench --parallel C`, S_TG: decode tokens
+# per second of C sequences decoded together), same model, device and short prompts.
+#
+#   scripts/serve-vs-engine.sh [C] [DEVICE] [MAX_TOKENS]      (defaults: 64 cpu 64)
+#
+# The load generator (scripts/loadgen.py, standard library only) sends C streams of requests
+# with `ignore_eos`; each worker sends 2 requests back to back, so the server runs C sequences
+# at a time for most of the run. Needs the default model (or MODEL=path) and a free port 8099.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+C=${1:-64}
+DEVICE=${2:-cpu}
+MAXTOK=${3:-64}
+R=${R:-target/release/realizar}
+MODEL_ARGS=()
+[ -n "${MODEL:-}" ] && MODEL_ARGS=(-m "$MODEL")
+[ -x "$R" ] || cargo build --release -q -p realizar
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg), device $DEVICE"
+echo "## engine: realizar bench --parallel $C -p 16 -n $MAXTOK"
+"$R" bench "${MODEL_ARGS[@]}" --device "$DEVICE" --parallel "$C" -p 16 -n "$MAXTOK" | grep -E '^\|'
+
+echo "## server: realizar serve --max-batch $C, loadgen --concurrency $C --max-tokens $MAXTOK"
+"$R" serve "${MODEL_ARGS[@]}" --device "$DEVICE" --port 8099 --max-batch "$C" >/tmp/serve-vs-engine.log 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  curl -sf http://127.0.0.1:8099/health >/dev/null 2>&1 && break
+  sleep 0.5
+done
+python3 scripts/loadgen.py --url http://127.0.0.1:8099 --concurrency "$C" --max-tokens "$MAXTOK" \
+  --requests-per-worker 2 --json
