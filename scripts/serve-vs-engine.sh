@@ -20,15 +20,18 @@ MODEL_ARGS=()
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg), device $DEVICE"
 echo "## engine: realizar bench --parallel $C -p 16 -n $MAXTOK"
-"$R" bench "${MODEL_ARGS[@]}" --device "$DEVICE" --parallel "$C" -p 16 -n "$MAXTOK" | grep -E '^\|'
+"$R" bench ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --parallel "$C" -p 16 -n "$MAXTOK" | grep -E '^\|'
 
 echo "## server: realizar serve --max-batch $C, loadgen --concurrency $C --max-tokens $MAXTOK"
-"$R" serve "${MODEL_ARGS[@]}" --device "$DEVICE" --port 8099 --max-batch "$C" >/tmp/serve-vs-engine.log 2>&1 &
+"$R" serve ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --port 8099 --max-batch "$C" >/tmp/serve-vs-engine.log 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
-  curl -sf http://127.0.0.1:8099/health >/dev/null 2>&1 && break
+up=0
+for _ in $(seq 600); do
+  kill -0 $SERVER 2>/dev/null || { echo "the server exited:"; tail -5 /tmp/serve-vs-engine.log; exit 1; }
+  curl -sf http://127.0.0.1:8099/health >/dev/null 2>&1 && { up=1; break; }
   sleep 0.5
 done
+[ $up = 1 ] || { echo "the server did not answer /health in 300 s"; exit 1; }
 python3 scripts/loadgen.py --url http://127.0.0.1:8099 --concurrency "$C" --max-tokens "$MAXTOK" \
   --requests-per-worker 2 --json

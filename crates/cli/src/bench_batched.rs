@@ -101,9 +101,9 @@ impl Sizing {
     /// allocation would otherwise abort the process or swap).
     pub fn check_host_memory(&self, cfg: &ModelConfig) -> Result<()> {
         let kv_type = crate::load::kv_type();
-        let elem = kv_type.bytes(1);
         // K and V of every layer.
-        let bytes = 2.0 * (cfg.n_layers * cfg.kv_dim() * elem) as f64 * self.kv_tokens as f64;
+        let bytes =
+            2.0 * (cfg.n_layers * kv_type.bytes(cfg.kv_dim())) as f64 * self.kv_tokens as f64;
         let Some(avail) = mem_available() else {
             return Ok(());
         };

@@ -51,7 +51,7 @@ pub fn set_mmap(on: bool) {
 }
 
 /// Opens a model file for `device`: for the CPU, read into huge-page memory when it fits (its
-/// matrix products stream every weight per token; decode +10-25% over a file mapping,
+/// matrix products stream every weight per token; decode of a Q8_0 file +20-26% over a file mapping,
 /// docs/perf-notes.md) unless `--mmap`; for CUDA, mapped (the weights are uploaded once).
 pub fn open_for(path: &Path, device: Device) -> Result<ModelFile> {
     let residency = if device == Device::Cpu && !MMAP.load(Ordering::Relaxed) {

@@ -19,7 +19,7 @@ pub struct Needs {
 
 impl Needs {
     pub fn of(file: &ModelFile, cfg: &ModelConfig, opts: &LoadOptions) -> Needs {
-        let elem = opts.kv_type.bytes(1);
+        let row = opts.kv_type.bytes(cfg.kv_dim());
         Needs {
             weights: file
                 .tensors()
@@ -27,7 +27,7 @@ impl Needs {
                 .map(|t| file.tensor_bytes(t).len())
                 .sum(),
             scratch: (64 << 20) + opts.max_batch_tokens * cfg.n_ff.max(cfg.n_embd) * 4,
-            kv_per_token: 2 * cfg.n_layers * cfg.kv_dim() * elem,
+            kv_per_token: 2 * cfg.n_layers * row,
         }
     }
 }

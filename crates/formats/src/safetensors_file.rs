@@ -62,6 +62,12 @@ pub(crate) fn open_single(path: &Path, storage: Storage) -> Result<StFiles> {
 fn open_shards(paths: Vec<PathBuf>, residency: Residency) -> Result<StFiles> {
     let mut storages = Vec::with_capacity(paths.len());
     let mut tensors = Vec::new();
+    // Huge pages for all the shards or none: decided from their total size.
+    let total = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let residency = residency.for_total(total);
     for (shard, path) in paths.iter().enumerate() {
         let storage = Storage::open(path, residency)?;
         read_shard(path, storage.bytes(), shard, &mut tensors)?;

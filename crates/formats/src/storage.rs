@@ -15,10 +15,12 @@ pub enum Residency {
     /// are shared with other processes mapping the same file.
     Mapped,
     /// On Linux, the file read into anonymous memory advised for transparent huge pages
-    /// (`MADV_HUGEPAGE`), then made read-only, when it takes at most half of the memory the
-    /// kernel reports available; otherwise (and elsewhere) `Mapped`. Matrix products that
-    /// stream every weight once per token then cross a TLB entry per 2 MiB instead of per
-    /// 4 KiB (CPU decode +10-25% on a 2-core VM, docs/perf-notes.md).
+    /// (`MADV_HUGEPAGE`), then made read-only, when transparent huge pages are not off and the
+    /// file takes at most half of the memory available (the kernel's `MemAvailable`, and the
+    /// cgroup's limit where one is set); otherwise, or when the anonymous map cannot be made,
+    /// `Mapped`. Matrix products that stream every weight once per token then cross a TLB entry
+    /// per 2 MiB instead of per 4 KiB (CPU decode of the default model's Q8_0 file +20-26% on a
+    /// 2-core VM, docs/perf-notes.md).
     HugePages,
 }
 
@@ -41,8 +43,10 @@ impl Storage {
         if len == 0 {
             return Ok(Storage::Owned(Vec::new()));
         }
-        if residency == Residency::HugePages && fits_in_memory(len) {
-            return read_into_huge_pages(file, len).map_err(io);
+        if residency == Residency::HugePages && huge_pages_for(len) {
+            if let Some(map) = anon_map(len) {
+                return read_into(map, file).map_err(io);
+            }
         }
         // SAFETY: the map is read-only and we never hand out `&mut`. The usual mmap caveat
         // applies: another process truncating or rewriting the file while it is mapped can make
@@ -60,38 +64,73 @@ impl Storage {
     }
 }
 
-/// Whether a copy of `len` bytes takes at most half of the memory Linux reports available.
+impl Residency {
+    /// `HugePages` becomes `Mapped` where a copy of `total` bytes would not fit (decided once
+    /// for all the shards of a folder).
+    pub(crate) fn for_total(self, total: u64) -> Residency {
+        if self == Residency::HugePages && !huge_pages_for(total) {
+            Residency::Mapped
+        } else {
+            self
+        }
+    }
+}
+
+/// Whether a huge-page copy of `len` bytes is worth making: transparent huge pages not off, and
+/// the copy at most half of the memory available to this process.
 #[cfg(target_os = "linux")]
-fn fits_in_memory(len: u64) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+fn huge_pages_for(len: u64) -> bool {
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
         return false;
-    };
-    let available_kib = info.lines().find_map(|l| {
+    }
+    available_bytes().is_some_and(|avail| len <= avail / 2)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn huge_pages_for(_len: u64) -> bool {
+    false
+}
+
+/// Memory available to this process: the kernel's `MemAvailable`, or less where a cgroup (v2
+/// `memory.max`, v1 `memory.limit_in_bytes`) limits it.
+#[cfg(target_os = "linux")]
+fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let host = info.lines().find_map(|l| {
         let rest = l.strip_prefix("MemAvailable:")?;
         rest.trim()
             .trim_end_matches("kB")
             .trim()
             .parse::<u64>()
             .ok()
-    });
-    available_kib.is_some_and(|kib| len <= kib.saturating_mul(1024) / 2)
+    })? * 1024;
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let cgroup = match read("/sys/fs/cgroup/memory.max") {
+        Some(max) => Some(max.saturating_sub(read("/sys/fs/cgroup/memory.current").unwrap_or(0))),
+        None => read("/sys/fs/cgroup/memory/memory.limit_in_bytes").map(|max| {
+            max.saturating_sub(read("/sys/fs/cgroup/memory/memory.usage_in_bytes").unwrap_or(0))
+        }),
+    };
+    Some(cgroup.map_or(host, |c| c.min(host)))
 }
 
-#[cfg(not(target_os = "linux"))]
-fn fits_in_memory(_len: u64) -> bool {
-    false
-}
-
-/// The file read into anonymous memory advised for transparent huge pages, then made
-/// read-only.
-fn read_into_huge_pages(mut file: File, len: u64) -> std::io::Result<Storage> {
-    use std::io::Read;
-    let len = usize::try_from(len)
-        .map_err(|_| std::io::Error::other("file larger than the address space"))?;
-    let mut map = memmap2::MmapOptions::new().len(len).map_anon()?;
-    // Before the first touch, so the pages are allocated huge (where THP is on or "madvise").
+/// An anonymous map of `len` bytes advised for huge pages (the advice is best effort: a kernel
+/// without transparent huge pages refuses it, and the copy still works); None when the map
+/// cannot be made.
+fn anon_map(len: u64) -> Option<memmap2::MmapMut> {
+    let len = usize::try_from(len).ok()?;
+    let map = memmap2::MmapOptions::new().len(len).map_anon().ok()?;
+    // Before the first touch, so the pages are allocated huge (THP "always" or "madvise").
     #[cfg(target_os = "linux")]
-    map.advise(memmap2::Advice::HugePage)?;
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Some(map)
+}
+
+/// The file read into `map` (its length), then made read-only.
+fn read_into(mut map: memmap2::MmapMut, mut file: File) -> std::io::Result<Storage> {
+    use std::io::Read;
     file.read_exact(&mut map[..])?;
     Ok(Storage::Mmap(map.make_read_only()?))
 }
@@ -114,6 +153,10 @@ mod tests {
             let s = Storage::open(&path, r).map_err(std::io::Error::other)?;
             assert!(s.bytes() == &data[..], "{r:?}: bytes differ");
         }
+        // The copy itself, whatever the machine's memory and THP setting.
+        let map = anon_map(data.len() as u64).ok_or_else(|| std::io::Error::other("no map"))?;
+        let s = read_into(map, File::open(&path)?)?;
+        assert!(s.bytes() == &data[..], "copy: bytes differ");
         let empty = dir.join("empty.bin");
         std::fs::write(&empty, b"")?;
         let s = Storage::open(&empty, Residency::HugePages).map_err(std::io::Error::other)?;

@@ -56,7 +56,7 @@ impl KvType {
         }
     }
 
-    /// Bytes of `n` cached elements.
+    /// Bytes of `n` cached elements (q8_0: whole blocks of 32, so pass a row, not one value).
     pub fn bytes(self, n: usize) -> usize {
         match self {
             KvType::F16 => 2 * n,

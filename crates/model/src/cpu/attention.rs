@@ -1,9 +1,11 @@
-//! Causal grouped-query attention over the f16 KV cache.
+//! Causal grouped-query attention over the paged KV cache.
 //!
 //! Numerics follow llama.cpp's CPU flash-attention kernel, so that logits agree with it closely
-//! on quantized models (which amplify tiny rounding differences): the query is rounded to the
-//! cache's element type, scores are f32 dot products, and the softmax runs online with the value
-//! accumulator kept in the cache's type (f16 or f32), rescaled whenever a new maximum appears.
+//! on quantized models (which amplify tiny rounding differences): the query is rounded as the
+//! cache type says (`KvElem::round_query`: to f16 for an f16 cache, through q8_0 blocks for a
+//! q8_0 one), scores are f32 dot products, and the softmax runs online with the value
+//! accumulator rounded as the type says (`round_acc`: f16 for f16, none for f32 and the 8-bit
+//! types), rescaled whenever a new maximum appears.
 
 use super::pool::Pool;
 use super::{CpuBuf, KvStore};
@@ -88,7 +90,7 @@ pub fn attention<T: KvElem>(
         layer,
         plan,
         p,
-        tiled: tiled_ok && n_tok >= super::attention_tiled::TILE_Q,
+        tiled: tiled_ok && T::TILED && n_tok >= super::attention_tiled::TILE_Q,
     };
     pool.run(runs.len() * n_kv, &|task| {
         let (t0, t1) = runs[task / n_kv];

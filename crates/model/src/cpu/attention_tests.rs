@@ -1,6 +1,7 @@
 //! The chunked attention against the plain per-(token, head) loop over keys (the scalar
 //! formulation the module documents, with ggml's summation order for the scores), bit for bit, on random data: several sequences with
-//! shuffled block tables, ragged lengths, sliding windows, GQA groups, f16, f32 and fp8 caches.
+//! shuffled block tables, ragged lengths, sliding windows, GQA groups, f16, f32, fp8 and q8_0
+//! caches.
 
 use super::*;
 use half::f16;
@@ -55,7 +56,6 @@ fn ggml_dot(q: &[f32], k: &[f32]) -> f32 {
     total as f32
 }
 
-/// The scalar formulation: one (token, head) at a time, keys in order.
 /// Values `base..base + n` of a layer's cells.
 fn row<T: KvElem>(layer: &[T], base: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; n];
@@ -63,6 +63,7 @@ fn row<T: KvElem>(layer: &[T], base: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// The scalar formulation: one (token, head) at a time, keys in order.
 fn reference<T: KvElem>(
     q: &CpuBuf,
     kv: &KvStore<T>,
@@ -284,7 +285,7 @@ fn check<T: KvElem>(rng: &mut StdRng, seed: u64, pool: &Pool) {
     };
     attention(&q, &kv, layer, &plan, p, &mut out, (pool, true));
     // From 64 tokens a step takes llama.cpp's tiled arithmetic.
-    let want = if n_tok >= 64 {
+    let want = if n_tok >= 64 && T::TILED {
         reference_tiled(&q, &kv, layer, &plan, p)
     } else {
         reference(&q, &kv, layer, &plan, p)

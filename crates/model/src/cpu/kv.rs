@@ -5,10 +5,12 @@
 //!   query to the key type and keeps the value accumulator in the value type, and so do we.
 //! - `Fp8E4M3` (`fp8.rs`): one byte per value; query and accumulator stay f32.
 //! - [`Q8Cell`]: llama.cpp's `q8_0` block (32 values as int8 with one f16 scale, 34 bytes);
-//!   the query is rounded through the same 8-bit blocks (llama.cpp converts it to the key type's
-//!   dot-product partner, q8_0), the accumulator stays f32 (llama.cpp's path for quantized V).
+//!   as in llama.cpp, every step takes the one-chunk kernel, the query is rounded through the
+//!   same 8-bit blocks (llama.cpp converts it to the key type's dot-product partner, q8_0), and
+//!   the accumulator stays f32 (llama.cpp's path for quantized V).
 
 use half::f16;
+use realizar_quant::{dequantize_q8_0, quantize_act_q8_0, BlockQ8_0};
 
 use super::{CpuBuf, KvStore};
 
@@ -17,6 +19,8 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
     /// Values per cell; rows and heads must be multiples of it.
     const ELEMS: usize = 1;
+    /// Whether steps of 64+ tokens may take llama.cpp's tiled arithmetic (f32 queries).
+    const TILED: bool = true;
     /// Stores `src` (`dst.len() * ELEMS` values) into cells.
     fn store(src: &[f32], dst: &mut [Self]);
     /// Reads cells back as `src.len() * ELEMS` values.
@@ -28,6 +32,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// The cells holding values `base..base + n` of a layer.
     #[inline]
     fn cells(layer: &[Self], base: usize, n: usize) -> &[Self] {
+        debug_assert!(base.is_multiple_of(Self::ELEMS) && n.is_multiple_of(Self::ELEMS));
         &layer[base / Self::ELEMS..(base + n) / Self::ELEMS]
     }
 }
@@ -103,57 +108,30 @@ impl KvElem for f32 {
     fn round_acc(_x: &mut [f32]) {}
 }
 
-/// llama.cpp's `q8_0` block: 32 values as `d * qs[i]`, `d = amax / 127` in f16.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Q8Cell {
-    d: f16,
-    qs: [i8; 32],
-}
+/// llama.cpp's `q8_0` block (`realizar_quant::BlockQ8_0`: 32 int8 values and an f16 scale),
+/// written by llama.cpp's x86 run-time quantizer (`127 / amax`, ties to even), which is also what
+/// it stores in a q8_0 cache and turns the query into.
+pub type Q8Cell = BlockQ8_0;
 
-impl Q8Cell {
-    /// The block of 32 values (ggml's reference quantizer: `d = amax / 127`, `q =
-    /// round(x / d)`, half away from zero).
-    fn quantize(x: &[f32]) -> Q8Cell {
-        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut qs = [0i8; 32];
-        for (q, &v) in qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
-        }
-        Q8Cell {
-            d: f16::from_f32(d),
-            qs,
-        }
-    }
-
-    fn dequantize(&self, out: &mut [f32]) {
-        let d = self.d.to_f32();
-        for (o, &q) in out.iter_mut().zip(&self.qs) {
-            *o = q as f32 * d;
-        }
-    }
-}
-
-impl KvElem for Q8Cell {
-    const ZERO: Self = Q8Cell {
-        d: f16::ZERO,
+impl KvElem for BlockQ8_0 {
+    const ZERO: Self = BlockQ8_0 {
+        d: realizar_quant::Half::ZERO,
         qs: [0; 32],
     };
     const ELEMS: usize = 32;
+    /// llama.cpp runs a quantized K cache through its one-chunk kernel only.
+    const TILED: bool = false;
     fn store(src: &[f32], dst: &mut [Self]) {
-        for (c, x) in dst.iter_mut().zip(src.chunks_exact(32)) {
-            *c = Q8Cell::quantize(x);
-        }
+        quantize_act_q8_0(src, dst);
     }
     fn load(src: &[Self], dst: &mut [f32]) {
-        for (c, o) in src.iter().zip(dst.chunks_exact_mut(32)) {
-            c.dequantize(o);
-        }
+        dequantize_q8_0(src, dst);
     }
     fn round_query(x: &mut [f32]) {
-        for b in x.chunks_exact_mut(32) {
-            Q8Cell::quantize(b).dequantize(b);
+        let mut b = [Self::ZERO];
+        for c in x.chunks_exact_mut(32) {
+            quantize_act_q8_0(c, &mut b);
+            dequantize_q8_0(&b, c);
         }
     }
     fn round_acc(_x: &mut [f32]) {}
@@ -181,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn q8_cells_store_and_load_as_ggml_q8_0() {
+    fn q8_cells_are_the_quant_crates_q8_0_blocks() {
         // 64 values: two blocks, one all zero.
         let x: Vec<f32> = (0..64)
             .map(|i| {
@@ -194,13 +172,14 @@ mod tests {
             .collect();
         let mut cells = [Q8Cell::ZERO; 2];
         Q8Cell::store(&x, &mut cells);
+        let mut want = [Q8Cell::ZERO; 2];
+        quantize_act_q8_0(&x, &mut want);
+        assert_eq!(cells, want);
         let mut back = vec![f32::NAN; 64];
         Q8Cell::load(&cells, &mut back);
         let amax = x[..32].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = f16::from_f32(amax / 127.0).to_f32();
         for i in 0..32 {
-            assert_eq!(back[i], (x[i] * (127.0 / amax)).round() * d, "value {i}");
-            assert!((back[i] - x[i]).abs() <= d * 0.5 + amax * 1e-3, "value {i}");
+            assert!((back[i] - x[i]).abs() <= amax / 254.0 * 1.01, "value {i}");
         }
         assert!(back[32..].iter().all(|&v| v == 0.0));
         let mut q = x.clone();
