@@ -104,7 +104,7 @@ impl Sizing {
         // K and V of every layer.
         let bytes =
             2.0 * (cfg.n_layers * kv_type.bytes(cfg.kv_dim())) as f64 * self.kv_tokens as f64;
-        let Some(avail) = mem_available() else {
+        let Some(avail) = realizar_formats::available_memory() else {
             return Ok(());
         };
         if bytes > avail as f64 {
@@ -121,14 +121,6 @@ impl Sizing {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
-
-/// `MemAvailable` of /proc/meminfo in bytes, where there is one.
-fn mem_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 fn join(list: &[usize]) -> String {
     list.iter()

@@ -1,8 +1,9 @@
 //! Opening a model for the commands: the file, the CPU model, the tokenizer.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use realizar_cuda::CudaBackend;
@@ -17,22 +18,17 @@ pub enum Device {
     Cuda,
 }
 
-/// `--kv-type`: the KV cache's element type (an index into `KV_TYPES`).
-static KV_TYPE: AtomicU8 = AtomicU8::new(0);
-const KV_TYPES: [KvType; 4] = [KvType::F16, KvType::F32, KvType::Fp8, KvType::Q8_0];
+/// `--kv-type`: the KV cache's element type.
+static KV_TYPE: Mutex<KvType> = Mutex::new(KvType::F16);
 
 /// `--kv-type f16|f32|q8_0|fp8`: the element type of the KV caches the commands allocate.
 pub fn set_kv_type(ty: KvType) {
-    let i = KV_TYPES.iter().position(|&t| t == ty).unwrap_or(0);
-    KV_TYPE.store(i as u8, Ordering::Relaxed);
+    *KV_TYPE.lock().unwrap_or_else(|p| p.into_inner()) = ty;
 }
 
 /// The KV cache type `--kv-type` chose (f16 by default).
 pub fn kv_type() -> KvType {
-    KV_TYPES
-        .get(KV_TYPE.load(Ordering::Relaxed) as usize)
-        .copied()
-        .unwrap_or_default()
+    *KV_TYPE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// clap's parser of `--kv-type`.

@@ -17,4 +17,4 @@ pub use error::{FormatError, Result};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo, Value, ValueType};
 pub use model_file::{ModelFile, Source, TensorEntry};
 pub use realizar_quant::GgmlType;
-pub use storage::Residency;
+pub use storage::{available_memory, Residency};

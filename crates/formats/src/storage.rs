@@ -85,7 +85,7 @@ fn huge_pages_for(len: u64) -> bool {
     if thp.is_empty() || thp.contains("[never]") {
         return false;
     }
-    available_bytes().is_some_and(|avail| len <= avail / 2)
+    available_memory().is_some_and(|avail| len <= avail / 2)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -93,10 +93,10 @@ fn huge_pages_for(_len: u64) -> bool {
     false
 }
 
-/// Memory available to this process: the kernel's `MemAvailable`, or less where a cgroup (v2
-/// `memory.max`, v1 `memory.limit_in_bytes`) limits it.
+/// Memory available to this process in bytes: the kernel's `MemAvailable`, or less where a
+/// cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`) limits it; None where it is not known.
 #[cfg(target_os = "linux")]
-fn available_bytes() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let host = info.lines().find_map(|l| {
         let rest = l.strip_prefix("MemAvailable:")?;
@@ -114,6 +114,11 @@ fn available_bytes() -> Option<u64> {
         }),
     };
     Some(cgroup.map_or(host, |c| c.min(host)))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn available_memory() -> Option<u64> {
+    None
 }
 
 /// An anonymous map of `len` bytes advised for huge pages (the advice is best effort: a kernel
