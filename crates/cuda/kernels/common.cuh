@@ -79,3 +79,34 @@ __device__ __forceinline__ void q8_warp(float v, i8* xq, float2* xds) {
     float s = warp_sum((float)q);
     if (lane == 0) *xds = make_float2(d, d * s);
 }
+
+// The matrices of one matmul launch: up to three weights that multiply the same input (q, k and
+// v; gate and up), each with its own output and row count. Blocks 0 .. n0 - 1 take matrix 0, the
+// next n1 blocks matrix 1, the rest matrix 2; a plain matmul is a group of one. The layout
+// matches `Group` in backend/matmul.rs.
+struct Group {
+    const u8* w0;
+    const u8* w1;
+    const u8* w2;
+    float* o0;
+    float* o1;
+    float* o2;
+    int r0, r1, r2;
+    int n0, n1, n2;
+};
+
+// This block's matrix (weights, output, rows) and the block's index within that matrix.
+__device__ __forceinline__ int group_pick(const Group& g, const u8*& w, float*& out, int& rows) {
+    int b = blockIdx.x;
+    if (b < g.n0) {
+        w = g.w0, out = g.o0, rows = g.r0;
+        return b;
+    }
+    b -= g.n0;
+    if (b < g.n1) {
+        w = g.w1, out = g.o1, rows = g.r1;
+        return b;
+    }
+    w = g.w2, out = g.o2, rows = g.r2;
+    return b - g.n1;
+}

@@ -2,16 +2,18 @@
 //
 // One warp per output row; the lanes stride over the row's 32-element chunks, dequantize a chunk
 // into registers and dot it with NT tokens' activations (NT = 1 for decode, 8 for prefill, so a
-// weight row is read once per 8 tokens). Grid: (ceil(rows / WARPS), ceil(ntok / NT)).
+// weight row is read once per 8 tokens). Grid: (blocks of the group's matrices, ceil(ntok / NT));
+// a block takes WARPS rows of one matrix of the group (common.cuh, `Group`).
 // Launch with WARPS * 32 threads.
 
 #define WARPS 4
 
 template <class T, int NT>
 __device__ __forceinline__ void matvec_q(const u8* __restrict__ w, const float* __restrict__ x,
-                                         float* __restrict__ out, int rows, int cols, int ntok) {
+                                         float* __restrict__ out, int rows, int cols, int ntok,
+                                         int bx) {
     int lane = threadIdx.x & 31;
-    int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int row = bx * WARPS + (threadIdx.x >> 5);
     int t0 = blockIdx.y * NT;
     if (row >= rows) return;
     int nchunks = cols / 32;
@@ -69,9 +71,10 @@ __device__ __forceinline__ void load8(const u8* p, float* v) {
 // lanes stride over single elements. Both NT variants sum each token in the same order.
 template <int KIND, int NT>
 __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* __restrict__ x,
-                                         float* __restrict__ out, int rows, int cols, int ntok) {
+                                         float* __restrict__ out, int rows, int cols, int ntok,
+                                         int bx) {
     int lane = threadIdx.x & 31;
-    int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int row = bx * WARPS + (threadIdx.x >> 5);
     int t0 = blockIdx.y * NT;
     if (row >= rows) return;
     const int esize = KIND == 0 ? 4 : 2;
@@ -110,25 +113,21 @@ __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* 
     }
 }
 
-#define MATVEC_Q(NAME, T)                                                                       \
-    extern "C" __global__ void matvec_##NAME##_1(const u8* w, const float* x, float* out,       \
-                                                 int rows, int cols, int ntok) {                \
-        matvec_q<T, 1>(w, x, out, rows, cols, ntok);                                            \
-    }                                                                                           \
-    extern "C" __global__ void matvec_##NAME##_8(const u8* w, const float* x, float* out,       \
-                                                 int rows, int cols, int ntok) {                \
-        matvec_q<T, 8>(w, x, out, rows, cols, ntok);                                            \
+#define MATVEC_ONE(NAME, CALL)                                                                  \
+    extern "C" __global__ void NAME(Group g, const float* x, int cols, int ntok) {              \
+        const u8* w;                                                                            \
+        float* out;                                                                             \
+        int rows, b = group_pick(g, w, out, rows);                                              \
+        CALL(w, x, out, rows, cols, ntok, b);                                                   \
     }
 
+#define MATVEC_Q(NAME, T)                                                                       \
+    MATVEC_ONE(matvec_##NAME##_1, (matvec_q<T, 1>))                                             \
+    MATVEC_ONE(matvec_##NAME##_8, (matvec_q<T, 8>))
+
 #define MATVEC_F(NAME, KIND)                                                                    \
-    extern "C" __global__ void matvec_##NAME##_1(const u8* w, const float* x, float* out,       \
-                                                 int rows, int cols, int ntok) {                \
-        matvec_f<KIND, 1>(w, x, out, rows, cols, ntok);                                         \
-    }                                                                                           \
-    extern "C" __global__ void matvec_##NAME##_8(const u8* w, const float* x, float* out,       \
-                                                 int rows, int cols, int ntok) {                \
-        matvec_f<KIND, 8>(w, x, out, rows, cols, ntok);                                         \
-    }
+    MATVEC_ONE(matvec_##NAME##_1, (matvec_f<KIND, 1>))                                          \
+    MATVEC_ONE(matvec_##NAME##_8, (matvec_f<KIND, 8>))
 
 MATVEC_Q(q4_0, Q4_0)
 MATVEC_Q(q4_1, Q4_1)

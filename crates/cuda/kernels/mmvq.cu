@@ -7,14 +7,15 @@
 // q = rint(x / d) (round half to even).
 //
 // mmvq_<type>_<NT>: out[t][r] = sum over the row of w[r][c] * d_x * q_x[t][c]. A block of
-// THREADS threads computes ROWS rows (1 for one token, or 2 or 4 with REALIZAR_CUDA_MMVQ_ROWS;
-// 2 for more) for NT tokens: the threads
-// take the rows' "pieces" round robin (8 or 16 quant bytes of a block: consecutive threads read
-// consecutive bytes, so a warp's loads are contiguous), load a piece once (16-byte loads where
+// THREADS threads computes ROWS rows (for one token 2 by default, or 1 or 4 with
+// REALIZAR_CUDA_MMVQ_ROWS; 2 for more) for NT tokens: the threads take the rows' "pieces"
+// round robin (8 or 16 quant bytes of a block: consecutive threads read consecutive bytes, so
+// a warp's loads are contiguous), load a piece once (16-byte loads where
 // the block layout is 16-byte aligned, 32- or paired 16-bit loads otherwise) and dot it with NT
 // tokens' activations; partial sums meet in shared memory. (Measured on an H200, 8B Q4_K
 // decode: this layout 203 tok/s; one warp per row with 4 pieces in flight per lane, 174.)
-// Grid: (ceil(rows / ROWS), ceil(ntok / NT)), THREADS threads.
+// Grid: (blocks of the group's matrices, ceil(ntok / NT)), THREADS threads; a block takes ROWS
+// rows of one matrix of the group (common.cuh, `Group`).
 
 #define THREADS 128
 
@@ -263,10 +264,10 @@ struct MQ6K {
 template <class T, int NT, int ROWS>
 __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __restrict__ xq,
                                      const float2* __restrict__ xds, float* __restrict__ out,
-                                     int rows, int cols, int ntok) {
+                                     int rows, int cols, int ntok, int bx) {
     __shared__ float part[THREADS / 32][ROWS * NT];
     int tid = threadIdx.x;
-    int row0 = blockIdx.x * ROWS;
+    int row0 = bx * ROWS;
     int t0 = blockIdx.y * NT;
     int nblk = cols / T::QK;
     int nsub = nblk * T::SUBS;
@@ -313,17 +314,22 @@ __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __rest
 }
 
 #define MMVQ(NAME, T, NT, ROWS)                                                                 \
-    extern "C" __global__ void mmvq_##NAME##_##NT(const u8* w, const int* xq, const float2* xds, \
-                                                  float* out, int rows, int cols, int ntok) {   \
-        mmvq<T, NT, ROWS>(w, xq, xds, out, rows, cols, ntok);                                   \
+    extern "C" __global__ void mmvq_##NAME##_##NT(Group g, const int* xq, const float2* xds,     \
+                                                  int cols, int ntok) {                         \
+        const u8* w;                                                                            \
+        float* out;                                                                             \
+        int rows, b = group_pick(g, w, out, rows);                                              \
+        mmvq<T, NT, ROWS>(w, xq, xds, out, rows, cols, ntok, b);                                \
     }
 
-// One token, ROWS rows per block (REALIZAR_CUDA_MMVQ_ROWS; the default is one row).
+// One token, ROWS rows per block (REALIZAR_CUDA_MMVQ_ROWS; the default is two rows).
 #define MMVQ_R(NAME, T, ROWS)                                                                   \
-    extern "C" __global__ void mmvq_##NAME##_1r##ROWS(const u8* w, const int* xq,               \
-                                                      const float2* xds, float* out, int rows,  \
+    extern "C" __global__ void mmvq_##NAME##_1r##ROWS(Group g, const int* xq, const float2* xds, \
                                                       int cols, int ntok) {                     \
-        mmvq<T, 1, ROWS>(w, xq, xds, out, rows, cols, ntok);                                    \
+        const u8* w;                                                                            \
+        float* out;                                                                             \
+        int rows, b = group_pick(g, w, out, rows);                                              \
+        mmvq<T, 1, ROWS>(w, xq, xds, out, rows, cols, ntok, b);                                 \
     }
 
 #define MMVQ_ALL(NAME, T)                                                                       \

@@ -189,18 +189,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("sample.cu", &["top_k_rows"]),
-    (
-        "attention.cu",
-        &[
-            "kv_store_f16",
-            "kv_store_f32",
-            "rope_store_f16",
-            "rope_store_f32",
-            "attention_f16",
-            "attention_f32",
-            "attention_merge",
-        ],
-    ),
+    ("attention.cu", crate::backend::ATTENTION_ENTRY_POINTS),
     (
         "elementwise.cu",
         &[

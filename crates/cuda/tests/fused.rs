@@ -268,3 +268,55 @@ fn matmul_after_fused_8bit_input_equals_unfused() {
     }
     assert!(ok, "a matmul after a fused 8-bit input differs");
 }
+
+#[test]
+fn matmul_many_equals_one_matmul_per_weight() {
+    // q/k/v and gate/up go to one launch (mmvq or the f32 kernels, which take up to three
+    // matrices); every output must be the one its own matmul gives, bit for bit, for every
+    // token count (mmq and cuBLAS take the larger ones one by one) and for runs of mixed types.
+    let Some(g) = gpu() else { return };
+    let mut rng = rng("matmul_many");
+    let mut ok = true;
+    let sets: [(&[GgmlType], usize); 5] = [
+        (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K], 2048),
+        (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K], 4096),
+        (&[GgmlType::Q4_1, GgmlType::Q4_1], 576),
+        (&[GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0], 2048),
+        (&[GgmlType::F16, GgmlType::F16], 256),
+    ];
+    for (types, cols) in sets {
+        let rows = [96usize, 33, 64];
+        let ws: Vec<CudaWeight> = types
+            .iter()
+            .zip(rows)
+            .map(|(&ty, r)| {
+                let data = common::quantize(ty, &normal(&mut rng, r * cols, 1.0), r, cols);
+                upload(&g, ty, r, cols, &data, WeightUse::Matrix)
+            })
+            .collect();
+        for ntok in [1usize, 2, 3, 8, 20, 40] {
+            let x = normal(&mut rng, ntok * cols, 1.0);
+            let gx = g.buf_from_host(ntok, cols, &x).unwrap();
+            let mut many: Vec<CudaBuf> = ws
+                .iter()
+                .zip(rows)
+                .map(|(_, r)| g.buf_from_host(ntok, r, &vec![f32::NAN; ntok * r]).unwrap())
+                .collect();
+            let wrefs: Vec<&CudaWeight> = ws.iter().collect();
+            let mut orefs: Vec<&mut CudaBuf> = many.iter_mut().collect();
+            g.matmul_many(&wrefs, &gx, &mut orefs).unwrap();
+            for (i, w) in ws.iter().enumerate() {
+                let r = rows[i];
+                let mut one = g.buf_from_host(ntok, r, &vec![f32::NAN; ntok * r]).unwrap();
+                g.matmul(w, &gx, &mut one).unwrap();
+                let what = format!("matmul_many {types:?} cols {cols} matrix {i} x {ntok} tok");
+                ok &= same(
+                    &what,
+                    &g.read(&many[i], ntok).unwrap(),
+                    &g.read(&one, ntok).unwrap(),
+                );
+            }
+        }
+    }
+    assert!(ok, "grouped matmuls differ from single ones");
+}

@@ -13,7 +13,7 @@ use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams,
 use realizar_model::cpu::CpuBuf;
 use realizar_model::weights::TensorView;
 use realizar_model::{Activation, CpuBackend, RopeLayout};
-use realizar_quant::{quantize_row, GgmlType};
+use realizar_quant::GgmlType;
 
 fn cpu() -> CpuBackend {
     CpuBackend::new(Arc::new(()))
@@ -31,20 +31,7 @@ fn poisoned(g: &CudaBackend, rows: usize, cols: usize) -> CudaBuf {
         .unwrap()
 }
 
-/// Quantizes `rows x cols` values row by row into `ty`'s blocks.
-fn quantize(ty: GgmlType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
-    let mut out = vec![0u8; rb * rows];
-    for r in 0..rows {
-        quantize_row(
-            ty,
-            &vals[r * cols..(r + 1) * cols],
-            &mut out[r * rb..(r + 1) * rb],
-        )
-        .unwrap();
-    }
-    out
-}
+use common::quantize;
 
 fn view<'a>(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> TensorView<'a> {
     TensorView {
@@ -533,15 +520,23 @@ struct Seq {
 
 #[test]
 fn kv_store_and_attention_match_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(mut g) = gpu() else { return };
     let c = cpu();
     let mut rng = rng("attention");
     let mut ok = true;
     let bs = 16;
     for kv_type in [KvType::F32, KvType::F16] {
-        for (n_head, n_head_kv, hd) in
-            [(8, 2, 64), (9, 3, 64), (4, 4, 128), (4, 2, 16), (2, 1, 256)]
-        {
+        for (n_head, n_head_kv, hd) in [
+            (8, 2, 64),
+            (9, 3, 64),
+            (4, 4, 128),
+            (4, 2, 16),
+            (2, 1, 256),
+            (32, 8, 128),
+            (16, 2, 32),
+            (8, 1, 256),
+            (6, 2, 96),
+        ] {
             // Three sequences: a prefill chunk from 0, a decode token deep in, a chunk in the
             // middle (2 attention splits); then one token and one decode 3000 deep (12 splits).
             for (window, lens) in [None, Some(8), Some(50)]
@@ -612,19 +607,23 @@ fn kv_store_and_attention_match_cpu() {
                 };
                 let gq = g.buf_from_host(t, qd, &q).unwrap();
                 let cq = cpu_buf(&c, t, qd, &q);
-                let mut go = poisoned(&g, t, qd);
                 let mut co = c.alloc(t, qd).unwrap();
-                g.attention(&gq, &gkv, layer, &plan, p, &mut go);
                 c.attention(&cq, &ckv, layer, &plan, p, &mut co);
                 let tol = if kv_type == KvType::F16 { 1e-2 } else { 1e-5 };
-                ok &= check(
-                    &format!(
-                        "attention {kv_type:?} {t} tok heads {n_head}/{n_head_kv} hd {hd} window {window:?}"
-                    ),
-                    &g.read(&go, t).unwrap(),
-                    co.as_slice(),
-                    tol,
-                );
+                // The grouped kernel (f16 caches of head dims 32..256) and the per-head one.
+                for gqa in [true, false] {
+                    g.set_attention_gqa(gqa);
+                    let mut go = poisoned(&g, t, qd);
+                    g.attention(&gq, &gkv, layer, &plan, p, &mut go);
+                    ok &= check(
+                        &format!(
+                            "attention {kv_type:?} gqa {gqa} {t} tok heads {n_head}/{n_head_kv} hd {hd} window {window:?}"
+                        ),
+                        &g.read(&go, t).unwrap(),
+                        co.as_slice(),
+                        tol,
+                    );
+                }
             }
         }
     }

@@ -149,6 +149,20 @@ pub trait Backend {
         x: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
+    /// outs[i][t] = W_i x[t] for several weights of one input (q, k and v; gate and up). A
+    /// backend may run them together; each output is what `matmul` would give.
+    fn matmul_many(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Buf,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<(), ModelError> {
+        same_count(ws.len(), outs.len())?;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, out)?;
+        }
+        Ok(())
+    }
     /// x[t] += b.
     fn add_bias(&self, x: &mut Self::Buf, b: &Self::Weight);
     /// Rotates every head of every row of x at that row's position.
@@ -242,6 +256,16 @@ pub trait Backend {
             .map(|row| TopK::of_row(row, k))
             .collect())
     }
+}
+
+/// Checks that `matmul_many`'s weights and outputs pair up.
+pub fn same_count(weights: usize, outputs: usize) -> Result<(), ModelError> {
+    if weights == outputs {
+        return Ok(());
+    }
+    Err(ModelError::Batch(format!(
+        "matmul of {weights} weights into {outputs} outputs"
+    )))
 }
 
 /// The largest logits of a row, for sampling without the whole row.

@@ -288,9 +288,11 @@ impl<B: Backend> Model<B> {
             let sliding = cfg.sliding_layers[il];
             // Attention block (its input norm is in s.xn: the embedding's, or the previous
             // layer's residual add fused with it).
-            b.matmul(&lw.wq, &s.xn, &mut s.q)?;
-            b.matmul(&lw.wk, &s.xn, &mut s.k)?;
-            b.matmul(&lw.wv, &s.xn, &mut s.v)?;
+            b.matmul_many(
+                &[&lw.wq, &lw.wk, &lw.wv],
+                &s.xn,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            )?;
             if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
                 b.add_bias(&mut s.q, bq);
                 b.add_bias(&mut s.k, bk);
@@ -333,8 +335,11 @@ impl<B: Backend> Model<B> {
             b.add_rms_norm(&mut s.x, res, &lw.ffn_norm, cfg.norm_eps, &mut s.xn);
 
             // MLP block.
-            b.matmul(&lw.ffn_gate, &s.xn, &mut s.gate)?;
-            b.matmul(&lw.ffn_up, &s.xn, &mut s.up)?;
+            b.matmul_many(
+                &[&lw.ffn_gate, &lw.ffn_up],
+                &s.xn,
+                &mut [&mut s.gate, &mut s.up],
+            )?;
             b.glu(&mut s.gate, &s.up, cfg.activation);
             b.matmul(&lw.ffn_down, &s.gate, &mut s.o)?;
             let res = match &lw.post_ffn_norm {

@@ -167,7 +167,7 @@ impl CudaBackend {
             tokens: ids.len(),
             seqs: plan.seqs.len(),
             wanted: want_rows.len(),
-            context: max_len.div_ceil(super::ATTN_SPLIT_KEYS),
+            context: max_len.div_ceil(super::attention::ATTN_SPLIT_KEYS),
         };
         if g.records.contains_key(&key) {
             g.mode = Mode::Replay;

@@ -23,6 +23,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use realizar_quant::GgmlType;
 
+use super::ops::matvec_kernel;
 use super::{raw, Arg, CudaBackend, CudaBuf};
 use crate::CudaError;
 
@@ -51,7 +52,7 @@ pub(super) struct Scratch {
     /// Split-K attention's partial results.
     pub(super) attn_part: Option<CudaSlice<f32>>,
     /// The mmq kernels' partial sums when the K range is split.
-    mmq_part: Option<CudaSlice<f32>>,
+    pub(super) mmq_part: Option<CudaSlice<f32>>,
     /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
     pub(super) quantized: Option<(u64, usize, usize, u64)>,
 }
@@ -158,34 +159,83 @@ pub(super) fn open_blas(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> 
     CudaBlas::new(stream.clone()).ok()
 }
 
+/// One matrix of a matmul launch: the weight's address, its rows, and the output's address.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Mat {
+    pub(super) w: u64,
+    pub(super) rows: usize,
+    pub(super) out: u64,
+}
+
+/// The matrices of one launch of the mmvq or f32 kernels; layout matches `Group` in
+/// kernels/common.cuh. Up to three matrices that multiply the same input, `blocks[i]` blocks
+/// each.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(super) struct Group {
+    w: [u64; 3],
+    out: [u64; 3],
+    rows: [i32; 3],
+    blocks: [i32; 3],
+}
+
+// SAFETY: Group is #[repr(C)] plain data (device addresses and ints) with the field order and
+// types of the CUDA struct it is passed as.
+unsafe impl DeviceRepr for Group {}
+
+/// Most matrices one launch takes.
+pub(super) const GROUP_MAX: usize = 3;
+
+impl Group {
+    /// The group of `mats` (at most `GROUP_MAX`) at `per_block` rows per block, and the blocks
+    /// of all of them (the grid's x).
+    fn new(mats: &[Mat], per_block: usize) -> (Group, usize) {
+        let mut g = Group::default();
+        let mut total = 0;
+        for (i, m) in mats.iter().take(GROUP_MAX).enumerate() {
+            let nb = m.rows.div_ceil(per_block);
+            g.w[i] = m.w;
+            g.out[i] = m.out;
+            g.rows[i] = m.rows as i32;
+            g.blocks[i] = nb as i32;
+            total += nb;
+        }
+        (g, total)
+    }
+}
+
 impl CudaBackend {
-    /// Fast paths of `matmul`; `Ok(false)` when the exact kernels must do it.
-    pub(super) fn matmul_fast(
+    /// out_i = x W_i^T for the matrices `mats` (at most `GROUP_MAX`, all of type `ty` and
+    /// `cols` wide). The mmvq and f32 kernels take them in one launch; mmq and cuBLAS one by one.
+    pub(super) fn matmul_mats(
         &self,
         ty: GgmlType,
-        w_ptr: u64,
-        rows: usize,
         cols: usize,
+        mats: &[Mat],
         x: &CudaBuf,
-        out: &CudaBuf,
-    ) -> Result<bool, CudaError> {
+    ) -> Result<(), CudaError> {
         let ntok = x.rows;
-        if self.exact {
-            return Ok(false);
+        let mmq = mmq_kernels(ty).filter(|_| !self.exact && self.mmq_takes(ntok));
+        let gemm = !self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some();
+        if mats.len() > 1 && (mmq.is_some() || gemm) {
+            for m in mats {
+                self.matmul_mats(ty, cols, std::slice::from_ref(m), x)?;
+            }
+            return Ok(());
         }
-        let mmq = mmq_kernels(ty).filter(|_| self.mmq_takes(ntok));
-        if mmq.is_none() && ntok >= self.gemm_min_tokens && self.blas.is_some() {
-            return self.gemm(ty, w_ptr, rows, cols, x, out);
+        if mmq.is_none() && gemm {
+            let m = mats[0];
+            if self.gemm(ty, m.w, m.rows, cols, x, m.out)? {
+                return Ok(());
+            }
         }
-        let Some((names, _)) = fast_kernels(ty) else {
-            return Ok(false);
-        };
+        let fast = fast_kernels(ty).filter(|_| !self.exact);
         // Narrow rows leave most of an mmvq block idle and add a quantize launch; the f32
         // kernels did better there (SmolLM2-135M, 576/1536 columns, H200: tg128 513 tok/s
         // with them, 339 with mmvq).
-        if mmq.is_none() && cols < self.mmvq_min_cols {
-            return Ok(false);
-        }
+        let Some((names, _)) = fast.filter(|_| mmq.is_some() || cols >= self.mmvq_min_cols) else {
+            return self.matvec(ty, cols, mats, x);
+        };
         let (nt, name) = match ntok {
             1 if self.mmvq_rows == 2 => (1, names[4]),
             1 if self.mmvq_rows == 4 => (1, names[5]),
@@ -194,11 +244,43 @@ impl CudaBackend {
             3 | 4 => (4, names[2]),
             _ => (8, names[3]),
         };
+        let (xq, xds) = self.quantized_input(x, cols, mats)?;
+        if let Some((names, qk)) = mmq {
+            return self.mmq(names, qk, cols, mats[0], x, xq, xds);
+        }
+        // Rows per block: REALIZAR_CUDA_MMVQ_ROWS (2 by default) for one token, 2 for more
+        // (kernels/mmvq.cu).
+        let per_block = match nt {
+            1 if matches!(self.mmvq_rows, 2 | 4) => self.mmvq_rows,
+            1 => 1,
+            _ => 2,
+        };
+        let (group, blocks) = Group::new(mats, per_block);
+        let grid = (blocks as u32, ntok.div_ceil(nt) as u32, 1);
+        let args = [
+            Arg::Group(group),
+            Arg::P(xq),
+            Arg::P(xds),
+            Arg::I(cols as i32),
+            Arg::I(ntok as i32),
+        ];
+        self.launch(name, grid, 128, &args)
+    }
+
+    /// The 8-bit copy of `x` (int8 values, then a (d, d * sum) pair per 32), quantized now
+    /// unless the copy made last is of the same input and nothing has written since: q, k and
+    /// v (and gate and up) multiply the same input.
+    fn quantized_input(
+        &self,
+        x: &CudaBuf,
+        cols: usize,
+        mats: &[Mat],
+    ) -> Result<(u64, u64), CudaError> {
+        let ntok = x.rows;
         let nblocks = ntok * cols / 32;
         let mut s = self.scratch();
         let xq = ensure(self, &mut s.xq, ntok * cols)?;
         let xds = ensure(self, &mut s.xds, 2 * nblocks)?;
-        // q, k and v (and gate and up) multiply the same input: quantize it once.
         let epoch = || self.epoch.load(std::sync::atomic::Ordering::Relaxed);
         if s.quantized != Some((x.ptr, ntok, cols, epoch())) {
             s.quantized = None;
@@ -215,82 +297,97 @@ impl CudaBackend {
             )?;
             s.quantized = Some((x.ptr, ntok, cols, epoch()));
         }
-        if out.ptr == x.ptr {
+        if mats.iter().any(|m| m.out == x.ptr) {
             s.quantized = None;
         }
-        if let Some((names, qk)) = mmq {
-            let (tt, name) = match ntok {
-                0..=8 => (8, names[0]),
-                9..=16 => (16, names[1]),
-                17..=32 => (32, names[2]),
-                _ => (64, names[3]),
-            };
-            let tiles = rows.div_ceil(MMQ_ROWS) * ntok.div_ceil(tt);
-            let (splits, kps) = mmq_splits(cols, qk, tiles, self.sm_count);
-            let dst = if splits > 1 {
-                ensure(self, &mut s.mmq_part, splits * ntok * rows)?
-            } else {
-                out.ptr
-            };
-            let grid = (
-                rows.div_ceil(MMQ_ROWS) as u32,
-                ntok.div_ceil(tt) as u32,
-                splits as u32,
-            );
-            self.launch(
-                name,
-                grid,
-                128,
-                &[
-                    Arg::P(w_ptr),
-                    Arg::P(xq),
-                    Arg::P(xds),
-                    Arg::P(dst),
-                    Arg::I(rows as i32),
-                    Arg::I(cols as i32),
-                    Arg::I(ntok as i32),
-                    Arg::I(kps as i32),
-                ],
-            )?;
-            if splits > 1 {
-                let n = ntok * rows;
-                self.launch(
-                    "mmq_reduce",
-                    (n.div_ceil(256) as u32, 1, 1),
-                    256,
-                    &[
-                        Arg::P(dst),
-                        Arg::P(out.ptr),
-                        Arg::I(n as i32),
-                        Arg::I(splits as i32),
-                    ],
-                )?;
-            }
-            return Ok(true);
-        }
-        // Rows per block: 1 for one token (2 or 4 with REALIZAR_CUDA_MMVQ_ROWS), 2 for more
-        // (kernels/mmvq.cu).
-        let per_block = match nt {
-            1 if matches!(self.mmvq_rows, 2 | 4) => self.mmvq_rows,
-            1 => 1,
-            _ => 2,
+        Ok((xq, xds))
+    }
+
+    /// One matrix on the int8 tensor-core kernels, the K range split when the grid is small.
+    #[allow(clippy::too_many_arguments)]
+    fn mmq(
+        &self,
+        names: [&'static str; 4],
+        qk: usize,
+        cols: usize,
+        m: Mat,
+        x: &CudaBuf,
+        xq: u64,
+        xds: u64,
+    ) -> Result<(), CudaError> {
+        let (ntok, rows) = (x.rows, m.rows);
+        let (tt, name) = match ntok {
+            0..=8 => (8, names[0]),
+            9..=16 => (16, names[1]),
+            17..=32 => (32, names[2]),
+            _ => (64, names[3]),
         };
-        let grid = (rows.div_ceil(per_block) as u32, ntok.div_ceil(nt) as u32, 1);
+        let tiles = rows.div_ceil(MMQ_ROWS) * ntok.div_ceil(tt);
+        let (splits, kps) = mmq_splits(cols, qk, tiles, self.sm_count);
+        let dst = if splits > 1 {
+            let mut s = self.scratch();
+            ensure(self, &mut s.mmq_part, splits * ntok * rows)?
+        } else {
+            m.out
+        };
+        let grid = (
+            rows.div_ceil(MMQ_ROWS) as u32,
+            ntok.div_ceil(tt) as u32,
+            splits as u32,
+        );
         self.launch(
             name,
             grid,
             128,
             &[
-                Arg::P(w_ptr),
+                Arg::P(m.w),
                 Arg::P(xq),
                 Arg::P(xds),
-                Arg::P(out.ptr),
+                Arg::P(dst),
                 Arg::I(rows as i32),
                 Arg::I(cols as i32),
                 Arg::I(ntok as i32),
+                Arg::I(kps as i32),
             ],
         )?;
-        Ok(true)
+        if splits > 1 {
+            let n = ntok * rows;
+            self.launch(
+                "mmq_reduce",
+                (n.div_ceil(256) as u32, 1, 1),
+                256,
+                &[
+                    Arg::P(dst),
+                    Arg::P(m.out),
+                    Arg::I(n as i32),
+                    Arg::I(splits as i32),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The f32 kernels (kernels/matvec.cu): 4 rows per block, 1 or 8 tokens per weight read.
+    fn matvec(
+        &self,
+        ty: GgmlType,
+        cols: usize,
+        mats: &[Mat],
+        x: &CudaBuf,
+    ) -> Result<(), CudaError> {
+        let ntok = x.rows;
+        let nt = if ntok == 1 { 1 } else { 8 };
+        let name = matvec_kernel(ty, nt)
+            .ok_or_else(|| CudaError::Unsupported(format!("matmul with weight type {ty}")))?;
+        let (group, blocks) = Group::new(mats, 4);
+        let grid = (blocks as u32, ntok.div_ceil(nt) as u32, 1);
+        let args = [
+            Arg::Group(group),
+            Arg::P(x.ptr),
+            Arg::I(cols as i32),
+            Arg::I(ntok as i32),
+        ];
+        self.launch(name, grid, 128, &args)
     }
 
     /// out = x W^T through cuBLAS; `Ok(false)` for weight types it does not take.
@@ -301,7 +398,7 @@ impl CudaBackend {
         rows: usize,
         cols: usize,
         x: &CudaBuf,
-        out: &CudaBuf,
+        out: u64,
     ) -> Result<bool, CudaError> {
         use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
         let ntok = x.rows;
@@ -334,7 +431,7 @@ impl CudaBackend {
             p
         };
         let Some(dq) = dequant else {
-            self.gemm_call(wt, w_ptr, rows, rows, cols, xb, ntok, out.ptr)?;
+            self.gemm_call(wt, w_ptr, rows, rows, cols, xb, ntok, out)?;
             return Ok(true);
         };
         let tile = (TILE_ELEMS / cols).clamp(1, rows);
@@ -355,7 +452,7 @@ impl CudaBackend {
                     Arg::I(cols as i32),
                 ],
             )?;
-            self.gemm_call(wt, wh, n, rows, cols, xb, ntok, out.ptr + 4 * r0 as u64)?;
+            self.gemm_call(wt, wh, n, rows, cols, xb, ntok, out + 4 * r0 as u64)?;
             r0 += n;
         }
         Ok(true)

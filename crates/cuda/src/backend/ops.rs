@@ -171,7 +171,18 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, w: &CudaWeight, x: &CudaBuf, out: &mut CudaBuf) -> Result<(), ModelError> {
         self.check()?;
-        self.do_matmul(w, x, out)
+        self.do_matmul_many(&[w], x, &[out])
+    }
+
+    fn matmul_many(
+        &self,
+        ws: &[&CudaWeight],
+        x: &CudaBuf,
+        outs: &mut [&mut CudaBuf],
+    ) -> Result<(), ModelError> {
+        self.check()?;
+        let outs: Vec<&CudaBuf> = outs.iter().map(|o| &**o).collect();
+        self.do_matmul_many(ws, x, &outs)
     }
 
     fn add_bias(&self, x: &mut CudaBuf, b: &CudaWeight) {

@@ -137,3 +137,21 @@ pub fn repo_root() -> PathBuf {
     }
     std::env::current_dir().unwrap_or(built)
 }
+
+/// Quantizes `rows x cols` values row by row into `ty`'s blocks (F32: the values' bytes).
+pub fn quantize(ty: GgmlType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    if ty == GgmlType::F32 {
+        return vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut out = vec![0u8; rb * rows];
+    for r in 0..rows {
+        realizar_quant::quantize_row(
+            ty,
+            &vals[r * cols..(r + 1) * cols],
+            &mut out[r * rb..(r + 1) * rb],
+        )
+        .unwrap();
+    }
+    out
+}

@@ -1,0 +1,260 @@
+//! Attention over the paged KV cache: the kernel choice, split-K sizing and the launch.
+//!
+//! Two kernels (kernels/attention.cu): `attn_gqa_f16_<hd>_<ng>` for an f16 cache and head dims
+//! of 32, 64, 128 or 256, one block per group of `ng` query heads that share a KV head, so each
+//! cached row is read once per group; and `attention_{f16,f32}` for everything else (one block
+//! per query head). Long contexts are cut into splits whose partials `attention_merge` combines.
+
+use cudarc::driver::DeviceRepr;
+use realizar_model::backend::{AttnParams, AttnPlan};
+
+use super::{graphs, matmul, prefix, Arg, CudaBackend, CudaBuf, CudaKv, DevKv};
+use crate::CudaError;
+
+/// The attention kernel's parameters; layout matches `AttnArgs` in kernels/attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(super) struct AttnArgs {
+    q: u64,
+    kc: u64,
+    vc: u64,
+    positions: u64,
+    seq_of: u64,
+    table_off: u64,
+    tables: u64,
+    out: u64,
+    part: u64,
+    block_size: i32,
+    kv_dim: i32,
+    n_head: i32,
+    n_head_kv: i32,
+    hd: i32,
+    window: i32,
+    scale: f32,
+}
+
+// SAFETY: AttnArgs is #[repr(C)] plain data (device addresses, ints, a float) with the same
+// field order and types as the CUDA struct it is passed as.
+unsafe impl DeviceRepr for AttnArgs {}
+
+/// Head dimensions above this are refused (the attention kernel keeps a head in registers).
+const MAX_HEAD_DIM: usize = 256;
+/// Split-K attention: about this many keys per split at least...
+pub(super) const ATTN_SPLIT_KEYS: usize = 256;
+/// ...and at most this many blocks (heads x tokens x splits) in all.
+const ATTN_MAX_BLOCKS: usize = 1024;
+
+/// How many ranges attention cuts each token's keys into, for `t` tokens of `blocks_per_token`
+/// blocks (heads, or head groups) whose longest context is `max_len` keys: enough blocks to read a long context at bandwidth.
+fn attn_splits(max_len: usize, t: usize, blocks_per_token: usize) -> usize {
+    let by_len = max_len.div_ceil(ATTN_SPLIT_KEYS);
+    let by_blocks = ATTN_MAX_BLOCKS / (t * blocks_per_token).max(1);
+    by_len.min(by_blocks).max(1)
+}
+
+impl CudaBackend {
+    pub(super) fn do_attention(
+        &self,
+        q: &CudaBuf,
+        kv: &CudaKv,
+        layer: usize,
+        plan: &AttnPlan,
+        p: AttnParams,
+        out: &CudaBuf,
+    ) -> Result<(), CudaError> {
+        let t = q.rows;
+        if t == 0 {
+            return Ok(());
+        }
+        if p.head_dim > MAX_HEAD_DIM || p.n_head_kv == 0 || !p.n_head.is_multiple_of(p.n_head_kv) {
+            return Err(CudaError::Unsupported(format!(
+                "attention with head_dim {} (max {MAX_HEAD_DIM}), {} heads, {} KV heads",
+                p.head_dim, p.n_head, p.n_head_kv
+            )));
+        }
+        // The kernel indexes the cache through these; check them here so that a bad plan is an
+        // error rather than an out-of-bounds read on the GPU.
+        let bs = plan.block_size;
+        let n_blocks = kv.n_slots / bs.max(1);
+        if bs == 0 || layer >= kv.kp.len() || q.cols != p.n_head * p.head_dim {
+            return Err(CudaError::Unsupported(format!(
+                "attention plan: block size {bs}, layer {layer} of {}, q width {}",
+                kv.kp.len(),
+                q.cols
+            )));
+        }
+        if let Some(&b) = plan
+            .seqs
+            .iter()
+            .flatten()
+            .find(|&&b| b as usize >= n_blocks)
+        {
+            return Err(CudaError::Unsupported(format!(
+                "KV block {b} outside the cache of {n_blocks} blocks"
+            )));
+        }
+        for i in 0..t {
+            let seq = plan.seq_of.get(i).and_then(|&s| plan.seqs.get(s as usize));
+            let pos = plan.positions.get(i).copied().unwrap_or(u32::MAX) as usize;
+            if seq.is_none_or(|s| pos >= s.len() * bs) {
+                return Err(CudaError::Unsupported(format!(
+                    "attention plan: token {i} at position {pos} has no KV block"
+                )));
+            }
+        }
+        let (offs, tables) = graphs::flat_tables(plan);
+        let max_len = plan.positions[..t]
+            .iter()
+            .max()
+            .map_or(1, |&p| p as usize + 1);
+        let gqa = match kv.ty {
+            DevKv::F16 if self.attn_gqa => gqa_kernel(p.head_dim, p.n_head / p.n_head_kv),
+            _ => None,
+        };
+        let (name, groups, threads) = match gqa {
+            Some((name, ng)) => (name, p.n_head / ng, 128),
+            None => (
+                match kv.ty {
+                    DevKv::F16 => "attention_f16",
+                    DevKv::F32 => "attention_f32",
+                },
+                p.n_head,
+                256,
+            ),
+        };
+        let splits = if self.attn_split {
+            attn_splits(max_len, t, groups)
+        } else {
+            1
+        };
+        let part = if splits > 1 {
+            let n = t * p.n_head * splits * (p.head_dim + 2);
+            let mut s = self.scratch();
+            matmul::ensure(self, &mut s.attn_part, n)?
+        } else {
+            0
+        };
+        let mut idx = self.indices();
+        let g = &self.gen;
+        let args = AttnArgs {
+            q: q.ptr,
+            kc: kv.kp[layer],
+            vc: kv.vp[layer],
+            positions: idx.positions.set(
+                &self.stream,
+                g,
+                prefix(&plan.positions, t, "positions")?,
+            )?,
+            seq_of: idx
+                .seq_of
+                .set(&self.stream, g, prefix(&plan.seq_of, t, "seq_of")?)?,
+            table_off: idx.table_off.set(&self.stream, g, &offs)?,
+            tables: idx.tables.set(&self.stream, g, &tables)?,
+            out: out.ptr,
+            part,
+            block_size: plan.block_size as i32,
+            kv_dim: kv.kv_dim as i32,
+            n_head: p.n_head as i32,
+            n_head_kv: p.n_head_kv as i32,
+            hd: p.head_dim as i32,
+            window: p.window.map_or(0, |w| w.max(1) as i32),
+            scale: p.scale,
+        };
+        drop(idx);
+        self.launch(
+            name,
+            (groups as u32, t as u32, splits as u32),
+            threads,
+            &[Arg::Attn(args)],
+        )?;
+        if splits > 1 {
+            self.launch(
+                "attention_merge",
+                (p.n_head as u32, t as u32, 1),
+                32,
+                &[
+                    Arg::P(part),
+                    Arg::P(out.ptr),
+                    Arg::I(p.n_head as i32),
+                    Arg::I(p.head_dim as i32),
+                    Arg::I(splits as i32),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The grouped kernel for head dim `hd` and `group` query heads per KV head, with how many of
+/// them one block takes: the largest power of two up to 8 that divides the group and keeps the
+/// block's accumulators (heads x hd) within 1024 floats.
+pub(super) fn gqa_kernel(hd: usize, group: usize) -> Option<(&'static str, usize)> {
+    let row = match hd {
+        32 => 0,
+        64 => 1,
+        128 => 2,
+        256 => 3,
+        _ => return None,
+    };
+    let ng = [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&ng| group.is_multiple_of(ng) && ng * hd <= 1024)?;
+    // ENTRY_POINTS lists them by head dim, then 1, 2, 4, 8 heads (256 stops at 4).
+    let i = GQA_FIRST + 4 * row + ng.trailing_zeros() as usize;
+    Some((ENTRY_POINTS[i], ng))
+}
+
+/// Where the grouped kernels start in `ENTRY_POINTS`.
+const GQA_FIRST: usize = 7;
+
+/// The entry points of kernels/attention.cu.
+pub(crate) const ENTRY_POINTS: &[&str] = &[
+    "kv_store_f16",
+    "kv_store_f32",
+    "rope_store_f16",
+    "rope_store_f32",
+    "attention_f16",
+    "attention_f32",
+    "attention_merge",
+    "attn_gqa_f16_32_1",
+    "attn_gqa_f16_32_2",
+    "attn_gqa_f16_32_4",
+    "attn_gqa_f16_32_8",
+    "attn_gqa_f16_64_1",
+    "attn_gqa_f16_64_2",
+    "attn_gqa_f16_64_4",
+    "attn_gqa_f16_64_8",
+    "attn_gqa_f16_128_1",
+    "attn_gqa_f16_128_2",
+    "attn_gqa_f16_128_4",
+    "attn_gqa_f16_128_8",
+    "attn_gqa_f16_256_1",
+    "attn_gqa_f16_256_2",
+    "attn_gqa_f16_256_4",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gqa_kernel_takes_the_largest_group_that_fits() {
+        assert_eq!(gqa_kernel(128, 4), Some(("attn_gqa_f16_128_4", 4)));
+        assert_eq!(gqa_kernel(128, 16), Some(("attn_gqa_f16_128_8", 8)));
+        assert_eq!(gqa_kernel(64, 3), Some(("attn_gqa_f16_64_1", 1)));
+        assert_eq!(gqa_kernel(64, 6), Some(("attn_gqa_f16_64_2", 2)));
+        assert_eq!(gqa_kernel(256, 8), Some(("attn_gqa_f16_256_4", 4)));
+        assert_eq!(gqa_kernel(32, 1), Some(("attn_gqa_f16_32_1", 1)));
+        assert_eq!(gqa_kernel(96, 4), None);
+        assert_eq!(gqa_kernel(16, 2), None);
+    }
+
+    #[test]
+    fn splits_fill_the_block_budget_for_long_contexts() {
+        assert_eq!(attn_splits(1, 1, 8), 1);
+        assert_eq!(attn_splits(16384, 1, 8), 64);
+        assert_eq!(attn_splits(16384, 1, 32), 32);
+        assert_eq!(attn_splits(600, 64, 8), 2);
+        assert_eq!(attn_splits(600, 64, 32), 1);
+    }
+}
