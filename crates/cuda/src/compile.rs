@@ -188,7 +188,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "to_half",
         ],
     ),
-    ("sample.cu", &["top_k_rows"]),
+    ("sample.cu", &["top_k_rows", "sample_rows"]),
     ("attention.cu", crate::backend::ATTENTION_ENTRY_POINTS),
     (
         "elementwise.cu",

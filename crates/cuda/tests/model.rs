@@ -52,8 +52,11 @@ fn argmax(v: &[f32]) -> usize {
 /// 1.2e-2..2.2e-2 measured on the random and real models, like the CPU's own 8-bit path)
 /// against the CPU's exact mode.
 const FAST_TOL: f64 = 5e-2;
-/// Logit gap under which a greedy flip in fast mode counts as a tie.
-const FAST_TIE: f32 = 0.1;
+/// Logit gap under which a greedy flip in fast mode counts as a tie. The 8-bit activations move
+/// single logits by a few tenths on real weights: SmolLM2-135M-Instruct (6 layers, f16 KV, H200)
+/// flipped a step whose CPU gap was 0.164 at 1.6e-2 relative error overall, as close to the
+/// exact CPU as the CPU's own 8-bit path (1.9e-2); bugs show up as errors far above FAST_TOL.
+const FAST_TIE: f32 = 0.25;
 
 /// `parity_mode` in the GPU's exact mode (f32 matmuls: `tol`, `greedy`), then in its fast mode
 /// (`FAST_TOL`, ties up to `FAST_TIE`; prefill through the GEMM path).

@@ -55,6 +55,10 @@ pub(crate) fn candidates_for(sampler: &Sampler, top_logprobs: usize, bans: bool)
 pub(crate) enum Dist {
     Full(Vec<f32>),
     Top(TopK),
+    /// The token the backend drew (`Model::forward_sample`; `u32::MAX`: nothing to draw). Only
+    /// requests without log-probabilities are drawn so, so the log-probability methods are
+    /// never asked of it.
+    Chosen(u32),
 }
 
 impl Dist {
@@ -67,6 +71,7 @@ impl Dist {
                 .iter()
                 .position(|&i| i == id)
                 .map_or(f32::NEG_INFINITY, |j| t.logits[j] - t.lse),
+            Dist::Chosen(_) => f32::NAN,
         }
     }
 
@@ -81,6 +86,7 @@ impl Dist {
                 .take(n)
                 .map(|(&i, &l)| (i, l - t.lse))
                 .collect(),
+            Dist::Chosen(_) => Vec::new(),
         }
     }
 
@@ -95,6 +101,10 @@ impl Dist {
         scratch: &mut Vec<f32>,
     ) -> Result<u32, EngineError> {
         match self {
+            Dist::Chosen(id) if *id != u32::MAX => Ok(*id),
+            Dist::Chosen(_) => Err(EngineError::Sampling(
+                "every token has probability 0".into(),
+            )),
             Dist::Full(logits) if banned.is_empty() => sampler.sample(logits, history),
             Dist::Full(logits) => {
                 scratch.clear();

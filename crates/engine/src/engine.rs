@@ -17,7 +17,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use realizar_model::{Backend, LogitsWanted, Model, SeqChunk};
+use realizar_model::{Backend, Draw, LogitsWanted, Model, SeqChunk};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::detok::Detokenizer;
@@ -25,7 +25,7 @@ use crate::dist::{candidates_for, Candidates, Dist};
 use crate::generate::FinishReason;
 use crate::kv_blocks::{KvBlocks, ReqId};
 use crate::sampler::{Sampler, SamplingParams, StopChecker, StopReason};
-use crate::scheduler::{SchedConfig, Scheduler};
+use crate::scheduler::{SchedConfig, Scheduler, StepPlan};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
@@ -41,8 +41,16 @@ pub struct EngineConfig {
     pub max_queue: usize,
     pub sched: SchedConfig,
     /// When to sample from the top candidates of each row (`Model::forward_top_k`) in steps
-    /// where every request allows it (dist.rs).
+    /// where every request allows it (dist.rs), and else to draw tokens where the logits are
+    /// (`Model::forward_sample`) where every request allows that.
     pub candidates: Candidates,
+}
+
+/// What a step reads of its wanted logit rows (`Engine::what_to_read`).
+enum Read {
+    Top(usize),
+    Drawn(Vec<Draw>),
+    Full,
 }
 
 /// One generation request.
@@ -503,6 +511,43 @@ impl<B: Backend> Loop<B> {
         self.publish();
     }
 
+    /// What a step reads of its wanted logit rows. Top candidates instead of whole rows when
+    /// every request sampling now allows it (dist.rs); otherwise tokens drawn where the logits
+    /// are when every request is greedy or plain temperature sampling without log-probabilities
+    /// (its uniform number taken from its generator now, as the host sampler would). On a GPU
+    /// both keep the vocabulary-sized rows on the device.
+    fn what_to_read(&mut self, plan: &StepPlan) -> Read {
+        let wanted = || plan.items.iter().filter(|i| i.wants_logits);
+        let mut k_step = Some(1);
+        for it in wanted() {
+            let need = self
+                .active
+                .get(&it.id)
+                .and_then(|a| candidates_for(&a.sampler, a.logprobs.unwrap_or(0), a.ignore_eos));
+            k_step = k_step.zip(need).map(|(a, b)| a.max(b));
+        }
+        let backend = &self.model.backend;
+        if let Some(k) = k_step.filter(|_| self.cfg.candidates.enabled(backend.selects_top_k())) {
+            return Read::Top(k);
+        }
+        let drawable = self.cfg.candidates.enabled(backend.samples_on_device())
+            && wanted().all(|it| {
+                self.active
+                    .get(&it.id)
+                    .is_some_and(|a| a.logprobs.is_none() && a.sampler.draws_on_device())
+            });
+        if !drawable {
+            return Read::Full;
+        }
+        let mut draws = Vec::new();
+        for it in wanted() {
+            if let Some(a) = self.active.get_mut(&it.id) {
+                draws.push(a.sampler.device_draw(a.ignore_eos));
+            }
+        }
+        Read::Drawn(draws)
+    }
+
     /// One scheduled forward pass and the sampling after it.
     fn step(&mut self) -> Result<(), EngineError> {
         let plan = self.sched.schedule();
@@ -528,6 +573,7 @@ impl<B: Backend> Loop<B> {
             }
             return Ok(());
         }
+        let read = self.what_to_read(&plan);
         let mut chunks = Vec::with_capacity(plan.items.len());
         for it in &plan.items {
             let tokens = self
@@ -548,29 +594,21 @@ impl<B: Backend> Loop<B> {
                 },
             });
         }
-        // Top candidates instead of whole rows when every request sampling now allows it
-        // (dist.rs); on a GPU that keeps the vocabulary-sized rows on the device.
-        let mut k_step = Some(1);
-        for it in plan.items.iter().filter(|i| i.wants_logits) {
-            let need = self
-                .active
-                .get(&it.id)
-                .and_then(|a| candidates_for(&a.sampler, a.logprobs.unwrap_or(0), a.ignore_eos));
-            k_step = k_step.zip(need).map(|(a, b)| a.max(b));
-        }
         let t0 = std::time::Instant::now();
-        let use_candidates = self
-            .cfg
-            .candidates
-            .enabled(self.model.backend.selects_top_k());
-        let rows: Vec<Dist> = match k_step.filter(|_| use_candidates) {
-            Some(k) => self
+        let rows: Vec<Dist> = match read {
+            Read::Top(k) => self
                 .model
                 .forward_top_k(&chunks, k)?
                 .into_iter()
                 .map(Dist::Top)
                 .collect(),
-            None => self
+            Read::Drawn(draws) => self
+                .model
+                .forward_sample(&chunks, &draws, self.tokenizer.eog_ids())?
+                .into_iter()
+                .map(Dist::Chosen)
+                .collect(),
+            Read::Full => self
                 .model
                 .forward(&chunks)?
                 .into_iter()

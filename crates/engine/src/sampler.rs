@@ -9,6 +9,7 @@
 //! Log-probabilities (`top_logprobs`, `token_logprob`) are of the unmodified distribution:
 //! `log_softmax` of the raw logits, before any penalty or filter.
 
+use realizar_model::Draw;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -198,11 +199,7 @@ impl Sampler {
     /// logits: 1 for greedy, `top_k` otherwise; `None` when the whole row is needed.
     pub(crate) fn candidates_needed(&self) -> Option<usize> {
         let p = &self.params;
-        let penalties = p.penalty_last_n > 0
-            && (p.repetition_penalty != 1.0
-                || p.presence_penalty != 0.0
-                || p.frequency_penalty != 0.0);
-        if penalties || !p.logit_bias.is_empty() {
+        if self.adjusts_logits() {
             None
         } else if p.is_greedy() {
             Some(1)
@@ -210,6 +207,38 @@ impl Sampler {
             Some(p.top_k)
         } else {
             None
+        }
+    }
+
+    /// Whether penalties or a logit bias may change logits before sampling.
+    fn adjusts_logits(&self) -> bool {
+        let p = &self.params;
+        let penalties = p.penalty_last_n > 0
+            && (p.repetition_penalty != 1.0
+                || p.presence_penalty != 0.0
+                || p.frequency_penalty != 0.0);
+        penalties || !p.logit_bias.is_empty()
+    }
+
+    /// Whether a backend can draw this request's tokens where the logits are
+    /// (`Backend::sample_rows`): greedy, or plain sampling at a temperature, with nothing that
+    /// reads or changes the other logits (top-k, top-p, min-p, penalties, logit bias).
+    pub(crate) fn draws_on_device(&self) -> bool {
+        let p = &self.params;
+        !self.adjusts_logits()
+            && (p.is_greedy() || (p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0))
+    }
+
+    /// The next token's draw for `Backend::sample_rows`, its uniform number taken from this
+    /// sampler's generator exactly as `sample` takes it (one per plain draw, none when greedy).
+    pub(crate) fn device_draw(&mut self, ban: bool) -> Draw {
+        if self.params.is_greedy() {
+            return Draw::greedy(ban);
+        }
+        Draw {
+            inv_temp: 1.0 / self.params.temperature,
+            u: self.rng.gen::<f64>(),
+            ban,
         }
     }
 

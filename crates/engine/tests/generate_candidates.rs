@@ -96,7 +96,6 @@ fn candidates_match_full_rows() {
 /// even if their batches form differently.
 #[test]
 fn engine_candidates_match_full_rows() {
-    use realizar_engine::{Engine, EngineConfig, EngineError, EngineRequest, Event, SchedConfig};
     let file = Arc::new(ModelFile::open(&realizar_testkit::default_model()).expect("open"));
     let tok = Arc::new(Tokenizer::from_gguf(file.gguf().expect("gguf")).expect("tokenizer"));
     let sampled = |seed, top_k, top_p| SamplingParams {
@@ -117,80 +116,92 @@ fn engine_candidates_match_full_rows() {
         ("The best way to learn is", sampled(9, 0, 0.9), None),
         ("List the days of the week:", penalized, Some(1)),
     ];
-    type Req<'a> = (&'a str, SamplingParams, Option<usize>);
-    let run = |candidates: bool, reqs: &[Req<'_>]| -> Vec<Vec<(u32, Option<f32>)>> {
-        let sched = SchedConfig {
-            max_seqs: 4,
-            max_step_tokens: 64,
-            prefill_chunk: 32,
-            prefix_cache: false,
-        };
-        let cfg = EngineConfig {
-            candidates: if candidates {
-                Candidates::Always
-            } else {
-                Candidates::Never
-            },
-            ctx: 1024,
-            max_queue: 8,
-            sched,
-        };
-        let f = file.clone();
-        let (engine, _join) = Engine::spawn(cfg, tok.clone(), move || {
-            let opts = LoadOptions {
-                kv_tokens: 1024,
-                max_batch_tokens: 64,
-                deterministic: true,
-                ..LoadOptions::default()
-            };
-            load_cpu_from(f, &opts).map_err(EngineError::from)
-        })
-        .expect("spawn");
-        while engine.state() != realizar_engine::EngineState::Ready {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let rxs: Vec<_> = reqs
-            .iter()
-            .map(|(p, params, lp)| {
-                engine
-                    .submit(EngineRequest {
-                        prompt: tok.encode(p, true, true).expect("encode"),
-                        params: params.clone(),
-                        max_tokens: 12,
-                        stop: Vec::new(),
-                        logprobs: *lp,
-                        ignore_eos: true,
-                    })
-                    .expect("submit")
-            })
-            .collect();
-        rxs.into_iter()
-            .map(|mut rx| {
-                let mut out = Vec::new();
-                loop {
-                    match rx.blocking_recv() {
-                        Some(Event::Token(t)) => {
-                            out.push((t.id, t.logprobs.map(|l| l.logprob)));
-                        }
-                        Some(Event::Done(_)) => break,
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
-                out
-            })
-            .collect()
-    };
     // The first two alone (every step uses candidates), then all four (steps with the last
     // two read whole rows).
     for reqs in [&reqs[..2], &reqs[..]] {
-        let full = run(false, reqs);
-        let cand = run(true, reqs);
+        let full = run_engine(&file, &tok, false, reqs);
+        let cand = run_engine(&file, &tok, true, reqs);
         compare(&full, &cand);
         println!(
             "engine: {} requests, same ids and log-probabilities",
             full.len()
         );
     }
+}
+
+/// A prompt, its sampling, and how many log-probabilities it asks for.
+type Req<'a> = (&'a str, SamplingParams, Option<usize>);
+
+/// Runs `reqs` together through a deterministic CPU engine, candidates (and drawing where the
+/// logits are) on or off; each request's (id, log-probability) per token.
+fn run_engine(
+    file: &Arc<ModelFile>,
+    tok: &Arc<Tokenizer>,
+    candidates: bool,
+    reqs: &[Req<'_>],
+) -> Vec<Vec<(u32, Option<f32>)>> {
+    use realizar_engine::{Engine, EngineConfig, EngineError, EngineRequest, Event, SchedConfig};
+
+    let sched = SchedConfig {
+        max_seqs: 4,
+        max_step_tokens: 64,
+        prefill_chunk: 32,
+        prefix_cache: false,
+    };
+    let cfg = EngineConfig {
+        candidates: if candidates {
+            Candidates::Always
+        } else {
+            Candidates::Never
+        },
+        ctx: 1024,
+        max_queue: 8,
+        sched,
+    };
+    let f = file.clone();
+    let (engine, _join) = Engine::spawn(cfg, tok.clone(), move || {
+        let opts = LoadOptions {
+            kv_tokens: 1024,
+            max_batch_tokens: 64,
+            deterministic: true,
+            ..LoadOptions::default()
+        };
+        load_cpu_from(f, &opts).map_err(EngineError::from)
+    })
+    .expect("spawn");
+    while engine.state() != realizar_engine::EngineState::Ready {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let rxs: Vec<_> = reqs
+        .iter()
+        .map(|(p, params, lp)| {
+            engine
+                .submit(EngineRequest {
+                    prompt: tok.encode(p, true, true).expect("encode"),
+                    params: params.clone(),
+                    max_tokens: 12,
+                    stop: Vec::new(),
+                    logprobs: *lp,
+                    ignore_eos: true,
+                })
+                .expect("submit")
+        })
+        .collect();
+    rxs.into_iter()
+        .map(|mut rx| {
+            let mut out = Vec::new();
+            loop {
+                match rx.blocking_recv() {
+                    Some(Event::Token(t)) => {
+                        out.push((t.id, t.logprobs.map(|l| l.logprob)));
+                    }
+                    Some(Event::Done(_)) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 fn compare(full: &[Vec<(u32, Option<f32>)>], cand: &[Vec<(u32, Option<f32>)>]) {
@@ -206,4 +217,35 @@ fn compare(full: &[Vec<(u32, Option<f32>)>], cand: &[Vec<(u32, Option<f32>)>]) {
             }
         }
     }
+}
+
+/// Greedy and plain temperature sampling without log-probabilities draw their tokens where the
+/// logits are (`Model::forward_sample`; here the host reference the GPU kernel is tested
+/// against): the same tokens as the host sampler over whole rows, with and without ignore_eos.
+#[test]
+fn engine_device_draws_match_full_rows() {
+    let file = Arc::new(ModelFile::open(&realizar_testkit::default_model()).expect("open"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.gguf().expect("gguf")).expect("tokenizer"));
+    let plain = |seed, temperature| SamplingParams {
+        temperature,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let reqs = [
+        ("Once upon a time", plain(3, 0.8), None),
+        ("Name three rivers:", SamplingParams::greedy(), None),
+        ("Write a haiku about rain.", plain(11, 1.0), None),
+        ("The best way to learn is", plain(17, 1.5), None),
+    ];
+    let full = run_engine(&file, &tok, false, &reqs);
+    let drawn = run_engine(&file, &tok, true, &reqs);
+    compare(&full, &drawn);
+    assert!(
+        full.iter().any(|r| r != &full[1]),
+        "sampled requests should differ from the greedy one"
+    );
+    println!(
+        "engine: {} requests drawn where the logits are, same ids",
+        full.len()
+    );
 }

@@ -5,6 +5,7 @@
 //! its KV cache. Buffers hold row-major f32 activations: one row per token of the batch.
 
 use crate::config::{Activation, RopeLayout};
+use crate::draw::Draw;
 use crate::weights::TensorView;
 use crate::ModelError;
 
@@ -236,6 +237,30 @@ pub trait Backend {
     /// again (the backend then runs them directly).
     fn end_step(&self, _ok: bool) -> Result<bool, ModelError> {
         Ok(true)
+    }
+    /// Whether `sample_rows` runs on the device, so that only token ids cross to the host.
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+    /// One token drawn from each of the first `draws.len()` rows of `x` as `draws` say
+    /// (crate::draw; `u32::MAX` for a row with nothing to draw), the ids in `banned` removed
+    /// from rows whose draw asks. This default reads the rows and draws on the host.
+    fn sample_rows(
+        &self,
+        x: &Self::Buf,
+        draws: &[Draw],
+        banned: &[u32],
+    ) -> Result<Vec<u32>, ModelError> {
+        let rows = draws.len();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let flat = self.read(x, rows)?;
+        Ok(flat
+            .chunks_exact(flat.len() / rows)
+            .zip(draws)
+            .map(|(row, d)| crate::draw::draw_row(row, d, banned).unwrap_or(u32::MAX))
+            .collect())
     }
     /// Whether `top_k` selects where the logits live, so that fetching candidates instead of
     /// whole rows saves a transfer. The default host selection does not: there a whole row is

@@ -6,6 +6,7 @@
 
 use crate::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, TopK};
 use crate::config::ModelConfig;
+use crate::draw::Draw;
 use crate::weights::Weights;
 use crate::ModelError;
 
@@ -137,6 +138,34 @@ impl<B: Backend> Model<B> {
         self.forward_with(batch, &|b: &B, logits: &B::Buf, n: usize| {
             b.top_k(logits, n, k)
         })
+    }
+
+    /// As `forward`, but draws one token from each wanted row where the logits are
+    /// (`Backend::sample_rows`), `draws` in the order of the wanted rows: on a GPU only the ids
+    /// cross to the host.
+    pub fn forward_sample(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        draws: &[Draw],
+        banned: &[u32],
+    ) -> Result<Vec<u32>, ModelError> {
+        let next = std::cell::Cell::new(0usize);
+        let ids = self.forward_with(batch, &|b: &B, logits: &B::Buf, n: usize| {
+            let at = next.get();
+            let these = draws.get(at..at + n).ok_or_else(|| {
+                ModelError::Batch(format!("{} draws for more wanted rows", draws.len()))
+            })?;
+            next.set(at + n);
+            b.sample_rows(logits, these, banned)
+        })?;
+        if next.get() != draws.len() {
+            return Err(ModelError::Batch(format!(
+                "{} draws for {} wanted rows",
+                draws.len(),
+                next.get()
+            )));
+        }
+        Ok(ids)
     }
 
     fn forward_with<T>(

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod config;
 pub mod cpu;
+pub mod draw;
 pub mod forward;
 pub mod names;
 pub mod weights;
@@ -16,6 +17,7 @@ use realizar_formats::{FormatError, ModelFile};
 pub use backend::{Backend, KvType, TopK};
 pub use config::{Activation, Arch, ModelConfig, RopeLayout};
 pub use cpu::CpuBackend;
+pub use draw::Draw;
 pub use forward::{LogitsWanted, Model, SeqChunk};
 pub use weights::Weights;
 

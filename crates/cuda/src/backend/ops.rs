@@ -7,11 +7,14 @@
 use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, TopK, WeightUse};
 use realizar_model::config::{Activation, RopeLayout};
 use realizar_model::weights::TensorView;
-use realizar_model::ModelError;
+use realizar_model::{Draw, ModelError};
 use realizar_quant::GgmlType;
 
 use super::{grid1, prefix, raw, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
 use crate::CudaError;
+
+/// Most banned ids `sample_rows` takes (kernels/sample.cu, `SAMPLE_MAX_BANNED`).
+const SAMPLE_MAX_BANNED: usize = 64;
 
 /// 0 = f32, 1 = f16, 2 = bf16 for the float kernels; None for block types.
 pub(super) fn float_kind(ty: GgmlType) -> Option<i32> {
@@ -395,6 +398,72 @@ impl Backend for CudaBackend {
 
     fn selects_top_k(&self) -> bool {
         true
+    }
+
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn sample_rows(
+        &self,
+        x: &CudaBuf,
+        draws: &[Draw],
+        banned: &[u32],
+    ) -> Result<Vec<u32>, ModelError> {
+        self.check()?;
+        let rows = draws.len();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if rows > x.rows || banned.len() > SAMPLE_MAX_BANNED {
+            return Err(CudaError::Unsupported(format!(
+                "sample_rows: {rows} draws of {} rows, {} banned ids (at most {SAMPLE_MAX_BANNED})",
+                x.rows,
+                banned.len()
+            ))
+            .into());
+        }
+        // Four words per row (kernels/sample.cu): inv_temp, ban, u low, u high.
+        let words: Vec<u32> = draws
+            .iter()
+            .flat_map(|d| {
+                let u = d.u.to_bits();
+                [
+                    d.inv_temp.to_bits(),
+                    u32::from(d.ban),
+                    u as u32,
+                    (u >> 32) as u32,
+                ]
+            })
+            .collect();
+        let upload = |v: &[u32]| {
+            self.stream
+                .clone_htod(v)
+                .map_err(|e| CudaError::call("cuMemcpyHtoD(sample_rows)", e))
+        };
+        let dw = upload(&words)?;
+        let bn = upload(if banned.is_empty() { &[0] } else { banned })?;
+        let ids = self
+            .stream
+            .alloc_zeros::<u32>(rows)
+            .map_err(|e| CudaError::call("cuMemAlloc(sample_rows)", e))?;
+        let args = [
+            Arg::P(x.ptr),
+            Arg::I(x.cols as i32),
+            Arg::P(raw(&dw, &self.stream)),
+            Arg::P(raw(&bn, &self.stream)),
+            Arg::I(banned.len() as i32),
+            Arg::P(raw(&ids, &self.stream)),
+        ];
+        self.launch("sample_rows", (rows as u32, 1, 1), 1024, &args)?;
+        let mut out = vec![0u32; rows];
+        self.stream
+            .memcpy_dtoh(&ids, &mut out)
+            .map_err(|e| CudaError::call("cuMemcpyDtoH(sample_rows)", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::call("cuStreamSynchronize", e))?;
+        Ok(out)
     }
 
     fn begin_step(&self, ids: &[u32], plan: &AttnPlan, want_rows: &[usize]) {
