@@ -1,7 +1,10 @@
 // The KV cache and causal grouped-query attention over it.
 //
-// Cache layout per layer: K and V each `n_slots x kv_dim`, element f16 or f32; a token's slot is
-// block * block_size + offset, and each sequence's block table maps its positions to blocks.
+// Cache layout per layer: K and V each `n_slots x kv_dim` elements of one type (KT): f32, f16,
+// fp8 (E4M3, as crates/model/src/cpu/fp8.rs: ties to even, saturating at 448) or q8_0 (int8
+// values, then at byte `sc_off` one f16 scale per 32 values, quantized as llama.cpp's run-time
+// quantizer: d = amax / 127, q = rint(x * 127 / amax)). A token's slot is block * block_size +
+// offset, and each sequence's block table maps its positions to blocks.
 // Attention: one block per (query head, token, split); its warps take keys round-robin, each
 // keeping an online softmax (running max, sum and value accumulator in f32), and merge at the
 // end. Queries are rounded to the cache's element type first, as the CPU reference does.
@@ -14,52 +17,112 @@
 #define ATT_WARPS 8
 #define MAX_HD 256
 
-template <bool F16>
-__device__ __forceinline__ float kv_ld(const u8* base, size_t i) {
-    return F16 ? h2f(((const u16*)base)[i]) : ((const float*)base)[i];
+#define KT_F32 0
+#define KT_F16 1
+#define KT_FP8 2
+#define KT_Q8 3
+
+// f32 -> E4M3: nearest, ties to even, saturated to +-448; NaN stays NaN.
+__device__ __forceinline__ u8 f2e4m3(float x) {
+    u32 bits = __float_as_uint(x);
+    u8 sign = (bits >> 24) & 0x80;
+    float a = fabsf(x);
+    if (isnan(a)) return sign | 0x7F;
+    if (a >= 448.0f) return sign | 0x7E;
+    int exp = (int)((bits >> 23) & 0xFF) - 127;
+    if (exp < -6) return sign | (u8)__float2int_rn(a * 512.0f);  // subnormal: multiples of 2^-9
+    u32 m = bits & 0x7FFFFF, mant = m >> 20, rest = m & 0xFFFFF;
+    if (rest > 0x80000 || (rest == 0x80000 && (mant & 1))) mant++;
+    u32 e = (u32)(exp + 7);
+    if (mant == 8) {
+        mant = 0;
+        e++;
+    }
+    return sign | (u8)min((e << 3) | mant, 0x7Eu);
 }
 
-template <bool F16>
-__device__ __forceinline__ void kv_st(u8* base, size_t i, float v) {
-    if (F16) {
-        ((u16*)base)[i] = f2h(v);
-    } else {
+// E4M3 -> f32, exact: the code's exponent and mantissa bits placed in an f32 (bias 127 instead of
+// 7, so scaled by 2^120; code 0 exponent lands on f32 subnormals, which scale right too).
+__device__ __forceinline__ float e4m3f(u32 b) {
+    u32 mag = b & 0x7F;
+    if (mag == 0x7F) return __int_as_float(0x7fc00000);
+    return __uint_as_float(((b & 0x80) << 24) | (mag << 20)) * 0x1p120f;
+}
+
+// Element i of a cache (q8_0: its scale at byte sc_off).
+template <int KT>
+__device__ __forceinline__ float kv_ld(const u8* base, size_t sc_off, size_t i) {
+    if (KT == KT_F32) return ((const float*)base)[i];
+    if (KT == KT_F16) return h2f(((const u16*)base)[i]);
+    if (KT == KT_FP8) return e4m3f(base[i]);
+    return (float)((const i8*)base)[i] * h2f(((const u16*)(base + sc_off))[i / 32]);
+}
+
+// Stores v as element i. q8_0 quantizes 32 values together: every lane of the warp stores
+// element i0 + lane of a 32-aligned group, so loops over a row whose width is a multiple of 32
+// with a multiple of 32 threads keep whole warps together.
+template <int KT>
+__device__ __forceinline__ void kv_st(u8* base, size_t sc_off, size_t i, float v) {
+    if (KT == KT_F32) {
         ((float*)base)[i] = v;
+    } else if (KT == KT_F16) {
+        ((u16*)base)[i] = f2h(v);
+    } else if (KT == KT_FP8) {
+        base[i] = f2e4m3(v);
+    } else {
+        float amax = warp_max(fabsf(v));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        ((i8*)base)[i] = (i8)__float2int_rn(v * id);
+        if ((threadIdx.x & 31) == 0) ((u16*)(base + sc_off))[i / 32] = f2h(amax / 127.0f);
     }
+}
+
+// What a query becomes before the scores, as the CPU rounds it: f16 for an f16 cache, llama.cpp's
+// q8_0 round trip for a q8_0 cache (x is lane's element of a 32-aligned group), else unchanged.
+template <int KT>
+__device__ __forceinline__ float round_query(float x) {
+    if (KT == KT_F16) return h2f(f2h(x));
+    if (KT == KT_Q8) {
+        float amax = warp_max(fabsf(x));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        return (float)(i8)__float2int_rn(x * id) * h2f(f2h(amax / 127.0f));
+    }
+    return x;
 }
 
 // kc[slots[t]] = k[t], vc[slots[t]] = v[t]. Grid (tokens), threads over kv_dim.
-template <bool F16>
+template <int KT>
 __device__ __forceinline__ void kv_store(u8* kc, u8* vc, const float* __restrict__ k,
                                          const float* __restrict__ v, const u32* __restrict__ slots,
-                                         int kv_dim) {
+                                         int kv_dim, size_t sc_off) {
     int t = blockIdx.x;
     size_t dst = (size_t)slots[t] * kv_dim;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        kv_st<F16>(kc, dst + i, k[(size_t)t * kv_dim + i]);
-        kv_st<F16>(vc, dst + i, v[(size_t)t * kv_dim + i]);
+        kv_st<KT>(kc, sc_off, dst + i, k[(size_t)t * kv_dim + i]);
+        kv_st<KT>(vc, sc_off, dst + i, v[(size_t)t * kv_dim + i]);
     }
 }
 
-extern "C" __global__ void kv_store_f16(u8* kc, u8* vc, const float* k, const float* v,
-                                        const u32* slots, int kv_dim) {
-    kv_store<true>(kc, vc, k, v, slots, kv_dim);
-}
-
-extern "C" __global__ void kv_store_f32(u8* kc, u8* vc, const float* k, const float* v,
-                                        const u32* slots, int kv_dim) {
-    kv_store<false>(kc, vc, k, v, slots, kv_dim);
-}
+#define KV_STORE(NAME, KT)                                                                      \
+    extern "C" __global__ void NAME(u8* kc, u8* vc, const float* k, const float* v,             \
+                                    const u32* slots, int kv_dim, size_t sc_off) {              \
+        kv_store<KT>(kc, vc, k, v, slots, kv_dim, sc_off);                                      \
+    }
+KV_STORE(kv_store_f32, KT_F32)
+KV_STORE(kv_store_f16, KT_F16)
+KV_STORE(kv_store_fp8, KT_FP8)
+KV_STORE(kv_store_q8_0, KT_Q8)
 
 // rope of every head of q and k (in place, rope_pair), then k and v written to their KV slots.
 // Grid (T, n_head + n_head_kv): block y < n_head rotates query head y; block n_head + j rotates
 // key head j and writes key and value head j to the token's slot.
-template <bool F16>
+template <int KT>
 __device__ __forceinline__ void rope_store(float* q, float* k, const float* __restrict__ v,
                                            const u32* __restrict__ positions,
                                            const u32* __restrict__ slots, u8* kc, u8* vc,
                                            int q_cols, int kv_dim, int head_dim, int rope_dim,
-                                           float theta, float scale, int layout) {
+                                           float theta, float scale, int layout,
+                                           size_t sc_off) {
     int t = blockIdx.x, half = rope_dim / 2;
     int nq = q_cols / head_dim;
     u32 pos = positions[t];
@@ -74,21 +137,23 @@ __device__ __forceinline__ void rope_store(float* q, float* k, const float* __re
     size_t dst = (size_t)slots[t] * kv_dim + off;
     const float* vr = v + (size_t)t * kv_dim + off;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        kv_st<F16>(kc, dst + i, hp[i]);
-        kv_st<F16>(vc, dst + i, vr[i]);
+        kv_st<KT>(kc, sc_off, dst + i, hp[i]);
+        kv_st<KT>(vc, sc_off, dst + i, vr[i]);
     }
 }
 
-#define ROPE_STORE(NAME, F16)                                                                   \
+#define ROPE_STORE(NAME, KT)                                                                    \
     extern "C" __global__ void NAME(float* q, float* k, const float* v, const u32* positions,    \
                                     const u32* slots, u8* kc, u8* vc, int q_cols, int kv_dim,    \
                                     int head_dim, int rope_dim, float theta, float scale,        \
-                                    int layout) {                                               \
-        rope_store<F16>(q, k, v, positions, slots, kc, vc, q_cols, kv_dim, head_dim, rope_dim,   \
-                        theta, scale, layout);                                                  \
+                                    int layout, size_t sc_off) {                                \
+        rope_store<KT>(q, k, v, positions, slots, kc, vc, q_cols, kv_dim, head_dim, rope_dim,    \
+                       theta, scale, layout, sc_off);                                           \
     }
-ROPE_STORE(rope_store_f16, true)
-ROPE_STORE(rope_store_f32, false)
+ROPE_STORE(rope_store_f32, KT_F32)
+ROPE_STORE(rope_store_f16, KT_F16)
+ROPE_STORE(rope_store_fp8, KT_FP8)
+ROPE_STORE(rope_store_q8_0, KT_Q8)
 
 struct AttnArgs {
     const float* q;         // [T, n_head * hd]
@@ -102,6 +167,7 @@ struct AttnArgs {
     float* part;            // [T, n_head, splits, hd + 2] when gridDim.z > 1
     int block_size, kv_dim, n_head, n_head_kv, hd, window;  // window 0: none
     float scale;
+    size_t sc_off;          // q8_0: the scales' byte offset in kc and vc
 };
 
 // The keys lo..=hi this block takes of a token at `pos`: those in the window, cut into gridDim.z
@@ -117,7 +183,7 @@ __device__ __forceinline__ void key_range(const AttnArgs& a, int pos, int& lo, i
     }
 }
 
-template <bool F16>
+template <int KT>
 __device__ __forceinline__ void attention(const AttnArgs& a) {
     __shared__ float s_m[ATT_WARPS], s_s[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][MAX_HD];
@@ -137,7 +203,7 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
     for (int i = 0; i < PER; i++) {
         int d = lane + 32 * i;
         float x = d < hd ? a.q[(size_t)t * qd + (size_t)h * hd + d] : 0.0f;
-        qv[i] = F16 ? h2f(f2h(x)) : x;
+        qv[i] = round_query<KT>(x);
         acc[i] = 0.0f;
     }
     float m = NEG_INF, s = 0.0f;
@@ -148,7 +214,7 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
 #pragma unroll
         for (int i = 0; i < PER; i++) {
             int d = lane + 32 * i;
-            if (d < hd) p += qv[i] * kv_ld<F16>(a.kc, base + d);
+            if (d < hd) p += qv[i] * kv_ld<KT>(a.kc, a.sc_off, base + d);
         }
         float sc = warp_sum(p) * a.scale;
         float mn = fmaxf(m, sc);
@@ -158,7 +224,7 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
 #pragma unroll
         for (int i = 0; i < PER; i++) {
             int d = lane + 32 * i;
-            if (d < hd) acc[i] = acc[i] * ms + vs * kv_ld<F16>(a.vc, base + d);
+            if (d < hd) acc[i] = acc[i] * ms + vs * kv_ld<KT>(a.vc, a.sc_off, base + d);
         }
     }
     if (lane == 0) {
@@ -201,8 +267,10 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
     }
 }
 
-extern "C" __global__ void attention_f16(AttnArgs a) { attention<true>(a); }
-extern "C" __global__ void attention_f32(AttnArgs a) { attention<false>(a); }
+extern "C" __global__ void attention_f32(AttnArgs a) { attention<KT_F32>(a); }
+extern "C" __global__ void attention_f16(AttnArgs a) { attention<KT_F16>(a); }
+extern "C" __global__ void attention_fp8(AttnArgs a) { attention<KT_FP8>(a); }
+extern "C" __global__ void attention_q8_0(AttnArgs a) { attention<KT_Q8>(a); }
 
 // Combines the `splits` partials of each (query head, token): grid (n_head, T), one warp.
 extern "C" __global__ void attention_merge(const float* __restrict__ part, float* __restrict__ out,
@@ -227,7 +295,7 @@ extern "C" __global__ void attention_merge(const float* __restrict__ part, float
     }
 }
 
-// Grouped-query attention over an f16 cache, for head dims of 32, 64, 128 or 256: one block of
+// Grouped-query attention over an f16, fp8 or q8_0 cache, for head dims of 32, 64, 128 or 256: one block of
 // GQA_WARPS warps per (NG query heads that share a KV head, token, split), so each key and value
 // row is read once for the NG heads instead of once per head. The NG queries (rounded to f16, as
 // in `attention`) sit in shared memory. A warp takes 32 keys at a time: each lane scores one key
@@ -239,18 +307,31 @@ extern "C" __global__ void attention_merge(const float* __restrict__ part, float
 // the same partials as `attention`, which attention_merge combines.
 #define GQA_WARPS 4
 
-// Eight consecutive f16 values at a 16-byte-aligned p, as floats.
-__device__ __forceinline__ void ld_halves8(const u16* p, float* f) {
-    uint4 a = *(const uint4*)p;
-    u32 w[4] = {a.x, a.y, a.z, a.w};
+// Elements e .. e + 7 of a cache (e a multiple of 8) as floats: one 16-byte load for f16, one
+// 8-byte load for the 8-bit types (and the group's scale for q8_0).
+template <int KT>
+__device__ __forceinline__ void kv_ld8(const u8* base, size_t sc_off, size_t e, float* f) {
+    if (KT == KT_F16) {
+        uint4 a = *(const uint4*)((const u16*)base + e);
+        u32 w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = h2f((u16)w[i]);
-        f[2 * i + 1] = h2f((u16)(w[i] >> 16));
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = h2f((u16)w[i]);
+            f[2 * i + 1] = h2f((u16)(w[i] >> 16));
+        }
+    } else {
+        uint2 a = *(const uint2*)(base + e);
+        u32 w[2] = {a.x, a.y};
+        float d = KT == KT_Q8 ? h2f(((const u16*)(base + sc_off))[e / 32]) : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 b = (w[i / 4] >> (8 * (i % 4))) & 0xFF;
+            f[i] = KT == KT_FP8 ? e4m3f(b) : (float)(i8)b * d;
+        }
     }
 }
 
-template <int HD, int NG>
+template <int KT, int HD, int NG>
 __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
     constexpr int LPR = HD / 8, KPI = 32 / LPR;
     __shared__ __align__(16) float s_q[NG][HD];
@@ -268,7 +349,7 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
     // Heads h0 .. h0 + NG - 1 are contiguous in the token's query row.
     for (int i = threadIdx.x; i < NG * HD; i += blockDim.x) {
         float x = a.q[(size_t)t * qd + (size_t)h0 * HD + i];
-        s_q[i / HD][i % HD] = h2f(f2h(x));
+        s_q[i / HD][i % HD] = round_query<KT>(x);
     }
     __syncthreads();
 
@@ -280,22 +361,21 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[g][i] = 0.0f;
     }
-    const u16* kc = (const u16*)a.kc + kh;
-    const u16* vc = (const u16*)a.vc + kh + (lane % LPR) * 8;
+    const size_t vh = kh + (lane % LPR) * 8;
     for (int base = lo + warp * 32; base <= hi; base += GQA_WARPS * 32) {
         // This lane's key; lanes past the end read the last key and weigh it 0.
         int j = base + lane;
         bool valid = j <= hi;
         int jc = valid ? j : hi;
         u32 slot = table[jc / a.block_size] * (u32)a.block_size + (u32)(jc % a.block_size);
-        const u16* kr = kc + (size_t)slot * a.kv_dim;
+        const size_t kr = (size_t)slot * a.kv_dim + kh;
         float s[NG];
 #pragma unroll
         for (int g = 0; g < NG; g++) s[g] = 0.0f;
 #pragma unroll
         for (int c = 0; c < HD / 8; c++) {
             float kf[8];
-            ld_halves8(kr + 8 * c, kf);
+            kv_ld8<KT>(a.kc, a.sc_off, kr + 8 * c, kf);
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 float4 q0 = *(const float4*)&s_q[g][8 * c];
@@ -322,7 +402,7 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
             int k = it * KPI + lane / LPR;
             u32 sk = __shfl_sync(FULL, slot, k);
             float vf[8];
-            ld_halves8(vc + (size_t)sk * a.kv_dim, vf);
+            kv_ld8<KT>(a.vc, a.sc_off, (size_t)sk * a.kv_dim + vh, vf);
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 float pk = __shfl_sync(FULL, p[g], k);
@@ -375,22 +455,52 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
     }
 }
 
-#define ATTN_GQA(NAME, HD, NG)                                                                  \
+#define ATTN_GQA(NAME, KT, HD, NG)                                                              \
     extern "C" __global__ void __launch_bounds__(GQA_WARPS * 32) NAME(AttnArgs a) {             \
-        attn_gqa<HD, NG>(a);                                                                    \
+        attn_gqa<KT, HD, NG>(a);                                                                \
     }
-ATTN_GQA(attn_gqa_f16_32_1, 32, 1)
-ATTN_GQA(attn_gqa_f16_32_2, 32, 2)
-ATTN_GQA(attn_gqa_f16_32_4, 32, 4)
-ATTN_GQA(attn_gqa_f16_32_8, 32, 8)
-ATTN_GQA(attn_gqa_f16_64_1, 64, 1)
-ATTN_GQA(attn_gqa_f16_64_2, 64, 2)
-ATTN_GQA(attn_gqa_f16_64_4, 64, 4)
-ATTN_GQA(attn_gqa_f16_64_8, 64, 8)
-ATTN_GQA(attn_gqa_f16_128_1, 128, 1)
-ATTN_GQA(attn_gqa_f16_128_2, 128, 2)
-ATTN_GQA(attn_gqa_f16_128_4, 128, 4)
-ATTN_GQA(attn_gqa_f16_128_8, 128, 8)
-ATTN_GQA(attn_gqa_f16_256_1, 256, 1)
-ATTN_GQA(attn_gqa_f16_256_2, 256, 2)
-ATTN_GQA(attn_gqa_f16_256_4, 256, 4)
+ATTN_GQA(attn_gqa_f16_32_1, KT_F16, 32, 1)
+ATTN_GQA(attn_gqa_f16_32_2, KT_F16, 32, 2)
+ATTN_GQA(attn_gqa_f16_32_4, KT_F16, 32, 4)
+ATTN_GQA(attn_gqa_f16_32_8, KT_F16, 32, 8)
+ATTN_GQA(attn_gqa_f16_64_1, KT_F16, 64, 1)
+ATTN_GQA(attn_gqa_f16_64_2, KT_F16, 64, 2)
+ATTN_GQA(attn_gqa_f16_64_4, KT_F16, 64, 4)
+ATTN_GQA(attn_gqa_f16_64_8, KT_F16, 64, 8)
+ATTN_GQA(attn_gqa_f16_128_1, KT_F16, 128, 1)
+ATTN_GQA(attn_gqa_f16_128_2, KT_F16, 128, 2)
+ATTN_GQA(attn_gqa_f16_128_4, KT_F16, 128, 4)
+ATTN_GQA(attn_gqa_f16_128_8, KT_F16, 128, 8)
+ATTN_GQA(attn_gqa_f16_256_1, KT_F16, 256, 1)
+ATTN_GQA(attn_gqa_f16_256_2, KT_F16, 256, 2)
+ATTN_GQA(attn_gqa_f16_256_4, KT_F16, 256, 4)
+ATTN_GQA(attn_gqa_fp8_32_1, KT_FP8, 32, 1)
+ATTN_GQA(attn_gqa_fp8_32_2, KT_FP8, 32, 2)
+ATTN_GQA(attn_gqa_fp8_32_4, KT_FP8, 32, 4)
+ATTN_GQA(attn_gqa_fp8_32_8, KT_FP8, 32, 8)
+ATTN_GQA(attn_gqa_fp8_64_1, KT_FP8, 64, 1)
+ATTN_GQA(attn_gqa_fp8_64_2, KT_FP8, 64, 2)
+ATTN_GQA(attn_gqa_fp8_64_4, KT_FP8, 64, 4)
+ATTN_GQA(attn_gqa_fp8_64_8, KT_FP8, 64, 8)
+ATTN_GQA(attn_gqa_fp8_128_1, KT_FP8, 128, 1)
+ATTN_GQA(attn_gqa_fp8_128_2, KT_FP8, 128, 2)
+ATTN_GQA(attn_gqa_fp8_128_4, KT_FP8, 128, 4)
+ATTN_GQA(attn_gqa_fp8_128_8, KT_FP8, 128, 8)
+ATTN_GQA(attn_gqa_fp8_256_1, KT_FP8, 256, 1)
+ATTN_GQA(attn_gqa_fp8_256_2, KT_FP8, 256, 2)
+ATTN_GQA(attn_gqa_fp8_256_4, KT_FP8, 256, 4)
+ATTN_GQA(attn_gqa_q8_0_32_1, KT_Q8, 32, 1)
+ATTN_GQA(attn_gqa_q8_0_32_2, KT_Q8, 32, 2)
+ATTN_GQA(attn_gqa_q8_0_32_4, KT_Q8, 32, 4)
+ATTN_GQA(attn_gqa_q8_0_32_8, KT_Q8, 32, 8)
+ATTN_GQA(attn_gqa_q8_0_64_1, KT_Q8, 64, 1)
+ATTN_GQA(attn_gqa_q8_0_64_2, KT_Q8, 64, 2)
+ATTN_GQA(attn_gqa_q8_0_64_4, KT_Q8, 64, 4)
+ATTN_GQA(attn_gqa_q8_0_64_8, KT_Q8, 64, 8)
+ATTN_GQA(attn_gqa_q8_0_128_1, KT_Q8, 128, 1)
+ATTN_GQA(attn_gqa_q8_0_128_2, KT_Q8, 128, 2)
+ATTN_GQA(attn_gqa_q8_0_128_4, KT_Q8, 128, 4)
+ATTN_GQA(attn_gqa_q8_0_128_8, KT_Q8, 128, 8)
+ATTN_GQA(attn_gqa_q8_0_256_1, KT_Q8, 256, 1)
+ATTN_GQA(attn_gqa_q8_0_256_2, KT_Q8, 256, 2)
+ATTN_GQA(attn_gqa_q8_0_256_4, KT_Q8, 256, 4)

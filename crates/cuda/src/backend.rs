@@ -98,13 +98,17 @@ pub struct CudaKv {
     kv_dim: usize,
     n_slots: usize,
     ty: DevKv,
+    /// q8_0: where the scales start in each allocation (bytes; after the int8 values).
+    sc_off: usize,
 }
 
-/// The KV-cache element types the CUDA kernels store.
+/// The KV-cache element types the CUDA kernels store (kernels/attention.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DevKv {
     F16,
     F32,
+    Fp8,
+    Q8_0,
 }
 
 /// A reused device array of u32 that remembers what it holds.

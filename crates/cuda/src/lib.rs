@@ -145,23 +145,7 @@ pub fn load_cuda_from(
     opts: &LoadOptions,
 ) -> Result<Model<CudaBackend>, ModelError> {
     let cfg = config_of(&file)?;
-    check_kv_type(opts)?;
     load_onto(CudaBackend::new(0)?, file, cfg, opts)
-}
-
-/// The KV cache types the CUDA kernels store (f16, f32), checked before anything is sized or
-/// uploaded.
-fn check_kv_type(opts: &LoadOptions) -> Result<(), ModelError> {
-    match opts.kv_type {
-        realizar_model::KvType::F16 | realizar_model::KvType::F32 => Ok(()),
-        other => Err(CudaError::Unsupported(format!(
-            "a {} KV cache is not implemented on CUDA yet (f16 and f32 are; --device cpu runs \
-             {} caches)",
-            other.name(),
-            other.name()
-        ))
-        .into()),
-    }
 }
 
 /// As `load_cuda_from`, with the KV cache sized to what is left of `fraction` of the GPU's
@@ -172,7 +156,6 @@ pub fn load_cuda_sized(
     opts: &LoadOptions,
     fraction: f64,
 ) -> Result<Model<CudaBackend>, ModelError> {
-    check_kv_type(opts)?;
     let backend = CudaBackend::new(0)?;
     let cfg = config_of(&file)?;
     let (free, total) = backend.memory_info()?;

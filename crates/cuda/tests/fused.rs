@@ -115,7 +115,7 @@ fn rope_kv_store_fused_equals_unfused() {
     let mut rng = rng("rope_kv_store");
     let mut ok = true;
     let bs = 16;
-    for kv_type in [KvType::F16, KvType::F32] {
+    for kv_type in [KvType::F16, KvType::F32, KvType::Fp8, KvType::Q8_0] {
         for (n_head, n_head_kv, hd, rope_dim, layout) in [
             (8, 2, 64, 64, RopeLayout::Normal),
             (4, 4, 128, 128, RopeLayout::Neox),

@@ -31,6 +31,7 @@ pub(super) struct AttnArgs {
     hd: i32,
     window: i32,
     scale: f32,
+    sc_off: u64,
 }
 
 // SAFETY: AttnArgs is #[repr(C)] plain data (device addresses, ints, a float) with the same
@@ -107,20 +108,10 @@ impl CudaBackend {
             .iter()
             .max()
             .map_or(1, |&p| p as usize + 1);
-        let gqa = match kv.ty {
-            DevKv::F16 if self.attn_gqa => gqa_kernel(p.head_dim, p.n_head / p.n_head_kv),
-            _ => None,
-        };
+        let gqa = gqa_kernel(kv.ty, p.head_dim, p.n_head / p.n_head_kv).filter(|_| self.attn_gqa);
         let (name, groups, threads) = match gqa {
             Some((name, ng)) => (name, p.n_head / ng, 128),
-            None => (
-                match kv.ty {
-                    DevKv::F16 => "attention_f16",
-                    DevKv::F32 => "attention_f32",
-                },
-                p.n_head,
-                256,
-            ),
+            None => (cache_kernels(kv.ty).0, p.n_head, 256),
         };
         let splits = if self.attn_split {
             attn_splits(max_len, t, groups)
@@ -159,6 +150,7 @@ impl CudaBackend {
             hd: p.head_dim as i32,
             window: p.window.map_or(0, |w| w.max(1) as i32),
             scale: p.scale,
+            sc_off: kv.sc_off as u64,
         };
         drop(idx);
         self.launch(
@@ -188,7 +180,13 @@ impl CudaBackend {
 /// The grouped kernel for head dim `hd` and `group` query heads per KV head, with how many of
 /// them one block takes: the largest power of two up to 8 that divides the group and keeps the
 /// block's accumulators (heads x hd) within 1024 floats.
-pub(super) fn gqa_kernel(hd: usize, group: usize) -> Option<(&'static str, usize)> {
+pub(super) fn gqa_kernel(ty: DevKv, hd: usize, group: usize) -> Option<(&'static str, usize)> {
+    let kind = match ty {
+        DevKv::F16 => 0,
+        DevKv::Fp8 => 1,
+        DevKv::Q8_0 => 2,
+        DevKv::F32 => return None,
+    };
     let row = match hd {
         32 => 0,
         64 => 1,
@@ -199,22 +197,40 @@ pub(super) fn gqa_kernel(hd: usize, group: usize) -> Option<(&'static str, usize
     let ng = [8usize, 4, 2, 1]
         .into_iter()
         .find(|&ng| group.is_multiple_of(ng) && ng * hd <= 1024)?;
-    // ENTRY_POINTS lists them by head dim, then 1, 2, 4, 8 heads (256 stops at 4).
-    let i = GQA_FIRST + 4 * row + ng.trailing_zeros() as usize;
+    // ENTRY_POINTS lists them by cache type (f16, fp8, q8_0), head dim, then 1, 2, 4, 8 heads
+    // (256 stops at 4): 15 per type.
+    let i = GQA_FIRST + 15 * kind + 4 * row + ng.trailing_zeros() as usize;
     Some((ENTRY_POINTS[i], ng))
 }
 
 /// Where the grouped kernels start in `ENTRY_POINTS`.
-const GQA_FIRST: usize = 7;
+const GQA_FIRST: usize = 13;
+
+/// The per-head kernel, KV store and rope + KV store of a cache type.
+pub(super) fn cache_kernels(ty: DevKv) -> (&'static str, &'static str, &'static str) {
+    let i = 3 * match ty {
+        DevKv::F32 => 0,
+        DevKv::F16 => 1,
+        DevKv::Fp8 => 2,
+        DevKv::Q8_0 => 3,
+    };
+    (ENTRY_POINTS[i + 2], ENTRY_POINTS[i], ENTRY_POINTS[i + 1])
+}
 
 /// The entry points of kernels/attention.cu.
 pub(crate) const ENTRY_POINTS: &[&str] = &[
-    "kv_store_f16",
     "kv_store_f32",
-    "rope_store_f16",
     "rope_store_f32",
-    "attention_f16",
     "attention_f32",
+    "kv_store_f16",
+    "rope_store_f16",
+    "attention_f16",
+    "kv_store_fp8",
+    "rope_store_fp8",
+    "attention_fp8",
+    "kv_store_q8_0",
+    "rope_store_q8_0",
+    "attention_q8_0",
     "attention_merge",
     "attn_gqa_f16_32_1",
     "attn_gqa_f16_32_2",
@@ -231,6 +247,36 @@ pub(crate) const ENTRY_POINTS: &[&str] = &[
     "attn_gqa_f16_256_1",
     "attn_gqa_f16_256_2",
     "attn_gqa_f16_256_4",
+    "attn_gqa_fp8_32_1",
+    "attn_gqa_fp8_32_2",
+    "attn_gqa_fp8_32_4",
+    "attn_gqa_fp8_32_8",
+    "attn_gqa_fp8_64_1",
+    "attn_gqa_fp8_64_2",
+    "attn_gqa_fp8_64_4",
+    "attn_gqa_fp8_64_8",
+    "attn_gqa_fp8_128_1",
+    "attn_gqa_fp8_128_2",
+    "attn_gqa_fp8_128_4",
+    "attn_gqa_fp8_128_8",
+    "attn_gqa_fp8_256_1",
+    "attn_gqa_fp8_256_2",
+    "attn_gqa_fp8_256_4",
+    "attn_gqa_q8_0_32_1",
+    "attn_gqa_q8_0_32_2",
+    "attn_gqa_q8_0_32_4",
+    "attn_gqa_q8_0_32_8",
+    "attn_gqa_q8_0_64_1",
+    "attn_gqa_q8_0_64_2",
+    "attn_gqa_q8_0_64_4",
+    "attn_gqa_q8_0_64_8",
+    "attn_gqa_q8_0_128_1",
+    "attn_gqa_q8_0_128_2",
+    "attn_gqa_q8_0_128_4",
+    "attn_gqa_q8_0_128_8",
+    "attn_gqa_q8_0_256_1",
+    "attn_gqa_q8_0_256_2",
+    "attn_gqa_q8_0_256_4",
 ];
 
 #[cfg(test)]
@@ -239,14 +285,40 @@ mod tests {
 
     #[test]
     fn gqa_kernel_takes_the_largest_group_that_fits() {
-        assert_eq!(gqa_kernel(128, 4), Some(("attn_gqa_f16_128_4", 4)));
-        assert_eq!(gqa_kernel(128, 16), Some(("attn_gqa_f16_128_8", 8)));
-        assert_eq!(gqa_kernel(64, 3), Some(("attn_gqa_f16_64_1", 1)));
-        assert_eq!(gqa_kernel(64, 6), Some(("attn_gqa_f16_64_2", 2)));
-        assert_eq!(gqa_kernel(256, 8), Some(("attn_gqa_f16_256_4", 4)));
-        assert_eq!(gqa_kernel(32, 1), Some(("attn_gqa_f16_32_1", 1)));
-        assert_eq!(gqa_kernel(96, 4), None);
-        assert_eq!(gqa_kernel(16, 2), None);
+        let f16 = DevKv::F16;
+        assert_eq!(gqa_kernel(f16, 128, 4), Some(("attn_gqa_f16_128_4", 4)));
+        assert_eq!(gqa_kernel(f16, 128, 16), Some(("attn_gqa_f16_128_8", 8)));
+        assert_eq!(gqa_kernel(f16, 64, 3), Some(("attn_gqa_f16_64_1", 1)));
+        assert_eq!(gqa_kernel(f16, 64, 6), Some(("attn_gqa_f16_64_2", 2)));
+        assert_eq!(gqa_kernel(f16, 256, 8), Some(("attn_gqa_f16_256_4", 4)));
+        assert_eq!(gqa_kernel(f16, 32, 1), Some(("attn_gqa_f16_32_1", 1)));
+        assert_eq!(gqa_kernel(f16, 96, 4), None);
+        assert_eq!(gqa_kernel(f16, 16, 2), None);
+        assert_eq!(
+            gqa_kernel(DevKv::Fp8, 32, 8),
+            Some(("attn_gqa_fp8_32_8", 8))
+        );
+        assert_eq!(
+            gqa_kernel(DevKv::Fp8, 256, 4),
+            Some(("attn_gqa_fp8_256_4", 4))
+        );
+        assert_eq!(
+            gqa_kernel(DevKv::Q8_0, 32, 1),
+            Some(("attn_gqa_q8_0_32_1", 1))
+        );
+        assert_eq!(
+            gqa_kernel(DevKv::Q8_0, 256, 4),
+            Some(("attn_gqa_q8_0_256_4", 4))
+        );
+        assert_eq!(gqa_kernel(DevKv::F32, 128, 4), None);
+        assert_eq!(
+            cache_kernels(DevKv::F32),
+            ("attention_f32", "kv_store_f32", "rope_store_f32")
+        );
+        assert_eq!(
+            cache_kernels(DevKv::Q8_0),
+            ("attention_q8_0", "kv_store_q8_0", "rope_store_q8_0")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use realizar_model::backend::{AttnPlan, RopeParams};
 use realizar_model::config::{Activation, RopeLayout};
 
 use super::matmul::ensure;
-use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
+use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight};
 use crate::CudaError;
 
 impl CudaBackend {
@@ -204,10 +204,7 @@ impl CudaBackend {
             let s = idx.slots.set(&self.stream, &self.gen, slots)?;
             (pos, s)
         };
-        let name = match kv.ty {
-            DevKv::F16 => "rope_store_f16",
-            DevKv::F32 => "rope_store_f32",
-        };
+        let name = super::attention::cache_kernels(kv.ty).2;
         let layout = match p.layout {
             RopeLayout::Normal => 0,
             RopeLayout::Neox => 1,
@@ -227,6 +224,7 @@ impl CudaBackend {
             Arg::F(p.theta),
             Arg::F(p.scale),
             Arg::I(layout),
+            Arg::L(kv.sc_off as i64),
         ];
         let heads = q.cols / hd + k.cols / hd;
         self.launch(name, (t as u32, heads as u32, 1), 64, &args)

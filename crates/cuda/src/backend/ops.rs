@@ -106,10 +106,12 @@ impl Backend for CudaBackend {
         let dev_ty = match ty {
             KvType::F16 => DevKv::F16,
             KvType::F32 => DevKv::F32,
-            KvType::Fp8 | KvType::Q8_0 => {
+            KvType::Fp8 => DevKv::Fp8,
+            KvType::Q8_0 if kv_dim.is_multiple_of(32) => DevKv::Q8_0,
+            KvType::Q8_0 => {
                 return Err(CudaError::Unsupported(format!(
-                    "a {} KV cache is not implemented on CUDA yet (f16 and f32 are)",
-                    ty.name()
+                    "a q8_0 KV cache needs K/V rows of a multiple of 32 values (this model's: \
+                     {kv_dim})"
                 ))
                 .into())
             }
@@ -124,6 +126,7 @@ impl Backend for CudaBackend {
             kv_dim,
             n_slots,
             ty: dev_ty,
+            sc_off: n_slots * kv_dim,
         };
         for _ in 0..n_layers {
             let k = self
@@ -263,10 +266,7 @@ impl Backend for CudaBackend {
                 )));
             }
             let s = self.indices().slots.set(&self.stream, &self.gen, slots)?;
-            let name = match kv.ty {
-                DevKv::F16 => "kv_store_f16",
-                DevKv::F32 => "kv_store_f32",
-            };
+            let name = super::attention::cache_kernels(kv.ty).1;
             let args = [
                 Arg::P(kv.kp[layer]),
                 Arg::P(kv.vp[layer]),
@@ -274,6 +274,7 @@ impl Backend for CudaBackend {
                 Arg::P(v.ptr),
                 Arg::P(s),
                 Arg::I(kv.kv_dim as i32),
+                Arg::L(kv.sc_off as i64),
             ];
             self.launch(name, (t as u32, 1, 1), 256, &args)
         })();
