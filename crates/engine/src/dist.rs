@@ -7,7 +7,9 @@
 //! other logits: greedy, or top-k sampling, without penalties or logit bias
 //! (`Sampler::candidates_needed`), and with at most `MAX_CANDIDATES` log-probabilities.
 //! Sampling from the candidates placed in a row of -inf then gives the same token, and the
-//! log-probabilities are the same up to rounding.
+//! log-probabilities are the same up to rounding. Banned ids (ignore_eos) cost one more
+//! candidate each, dropped before sampling. A third kind, `Dist::Chosen`, is a token the backend
+//! drew itself (`Model::forward_sample`).
 
 use realizar_model::TopK;
 
@@ -40,15 +42,17 @@ impl Candidates {
     }
 }
 
-/// How many candidates a request needs, or `None` when it needs whole rows.
-pub(crate) fn candidates_for(sampler: &Sampler, top_logprobs: usize, bans: bool) -> Option<usize> {
-    if bans {
-        // Banned tokens (ignore_eos) are removed from the row before sampling.
-        return None;
-    }
+/// How many candidates a request needs, or `None` when it needs whole rows. `banned` ids
+/// (ignore_eos) are removed before sampling: with that many more candidates, the ones left
+/// still hold the best `k` of the row without them.
+pub(crate) fn candidates_for(
+    sampler: &Sampler,
+    top_logprobs: usize,
+    banned: usize,
+) -> Option<usize> {
     sampler
         .candidates_needed()
-        .map(|k| k.max(top_logprobs))
+        .map(|k| (k + banned).max(top_logprobs))
         .filter(|&k| k <= MAX_CANDIDATES)
 }
 
@@ -118,14 +122,19 @@ impl Dist {
             }
             Dist::Top(t) if sampler.is_greedy() => t
                 .ids
-                .first()
+                .iter()
                 .copied()
+                .find(|i| !banned.contains(i))
                 .ok_or_else(|| EngineError::Sampling("every token has probability 0".into())),
             Dist::Top(t) => {
-                // The candidates in a row of -inf: the sampler's own top-k keeps exactly them.
+                // The allowed candidates in a row of -inf: the sampler's own top-k keeps exactly
+                // them (`candidates_for` fetched one more per banned id).
                 scratch.clear();
                 scratch.resize(vocab, f32::NEG_INFINITY);
                 for (&i, &l) in t.ids.iter().zip(&t.logits) {
+                    if banned.contains(&i) {
+                        continue;
+                    }
                     if let Some(s) = scratch.get_mut(i as usize) {
                         *s = l;
                     }

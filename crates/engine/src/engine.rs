@@ -519,11 +519,12 @@ impl<B: Backend> Loop<B> {
     fn what_to_read(&mut self, plan: &StepPlan) -> Read {
         let wanted = || plan.items.iter().filter(|i| i.wants_logits);
         let mut k_step = Some(1);
+        let n_eog = self.tokenizer.eog_ids().len();
         for it in wanted() {
-            let need = self
-                .active
-                .get(&it.id)
-                .and_then(|a| candidates_for(&a.sampler, a.logprobs.unwrap_or(0), a.ignore_eos));
+            let need = self.active.get(&it.id).and_then(|a| {
+                let banned = if a.ignore_eos { n_eog } else { 0 };
+                candidates_for(&a.sampler, a.logprobs.unwrap_or(0), banned)
+            });
             k_step = k_step.zip(need).map(|(a, b)| a.max(b));
         }
         let backend = &self.model.backend;

@@ -158,7 +158,12 @@ impl<B: Backend> Generator<B> {
         let mut stop = StopChecker::new(req.stop.clone(), stop_tokens, Some(req.max_tokens));
         let mut detok = Detokenizer::new();
         // Sampling from the top candidates alone gives the same token (see dist.rs).
-        let k = candidates_for(&sampler, req.top_logprobs, req.ignore_eos)
+        let banned = if req.ignore_eos {
+            self.tokenizer.eog_ids().len()
+        } else {
+            0
+        };
+        let k = candidates_for(&sampler, req.top_logprobs, banned)
             .filter(|_| self.candidates.enabled(self.model.backend.selects_top_k()));
         let mut sparse = Vec::new();
         let t0 = Instant::now();

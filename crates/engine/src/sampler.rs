@@ -335,6 +335,10 @@ impl Sampler {
         // Candidates after top-k, and the normalising mass top-p needs.
         let (pool_len, total) = if p.top_k > 0 && p.top_k < logits.len() {
             top_k_into(logits, p.top_k, cands);
+            // The draw walks the pool in order: a canonical one (logit, then id), not whatever
+            // order the selection left, so the same pool gives the same token from a whole row
+            // or from a few candidates (dist.rs).
+            cands.sort_unstable_by(by_logit_desc);
             let total: f64 = cands.iter().map(|c| f64::from(fast_exp(c.1 - max))).sum();
             (cands.len(), total)
         } else {
