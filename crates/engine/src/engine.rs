@@ -17,7 +17,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use realizar_model::{Backend, Draw, LogitsWanted, Model, SeqChunk};
+use realizar_model::{Backend, Draw, LogitsWanted, Model, RowOrToken, SeqChunk};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::detok::Detokenizer;
@@ -46,11 +46,11 @@ pub struct EngineConfig {
     pub candidates: Candidates,
 }
 
-/// What a step reads of its wanted logit rows (`Engine::what_to_read`).
+/// What a step reads of its wanted logit rows (`Engine::what_to_read`): the top candidates, or
+/// per wanted row a token drawn where the logits are (`Some`) or the whole row (`None`).
 enum Read {
     Top(usize),
-    Drawn(Vec<Draw>),
-    Full,
+    Rows(Vec<Option<Draw>>),
 }
 
 /// One generation request.
@@ -512,10 +512,12 @@ impl<B: Backend> Loop<B> {
     }
 
     /// What a step reads of its wanted logit rows. Top candidates instead of whole rows when
-    /// every request sampling now allows it (dist.rs); otherwise tokens drawn where the logits
-    /// are when every request is greedy or plain temperature sampling without log-probabilities
-    /// (its uniform number taken from its generator now, as the host sampler would). On a GPU
-    /// both keep the vocabulary-sized rows on the device.
+    /// every request sampling now allows it (dist.rs). Otherwise every request that is greedy or
+    /// plain temperature sampling without log-probabilities gets its token drawn where the
+    /// logits are (its uniform number taken from its generator now, as the host sampler would),
+    /// in every step, whatever else the step holds, so that its tokens do not depend on the
+    /// batch; the others get whole rows. On a GPU a step of drawn tokens keeps the
+    /// vocabulary-sized rows on the device.
     fn what_to_read(&mut self, plan: &StepPlan) -> Read {
         let wanted = || plan.items.iter().filter(|i| i.wants_logits);
         let mut k_step = Some(1);
@@ -531,22 +533,16 @@ impl<B: Backend> Loop<B> {
         if let Some(k) = k_step.filter(|_| self.cfg.candidates.enabled(backend.selects_top_k())) {
             return Read::Top(k);
         }
-        let drawable = self.cfg.candidates.enabled(backend.samples_on_device())
-            && wanted().all(|it| {
-                self.active
-                    .get(&it.id)
-                    .is_some_and(|a| a.logprobs.is_none() && a.sampler.draws_on_device())
-            });
-        if !drawable {
-            return Read::Full;
-        }
+        let on_device = self.cfg.candidates.enabled(backend.samples_on_device());
         let mut draws = Vec::new();
         for it in wanted() {
-            if let Some(a) = self.active.get_mut(&it.id) {
-                draws.push(a.sampler.device_draw(a.ignore_eos));
-            }
+            let a = self.active.get_mut(&it.id);
+            draws.push(a.and_then(|a| {
+                (on_device && a.logprobs.is_none() && a.sampler.draws_on_device())
+                    .then(|| a.sampler.device_draw(a.ignore_eos))
+            }));
         }
-        Read::Drawn(draws)
+        Read::Rows(draws)
     }
 
     /// One scheduled forward pass and the sampling after it.
@@ -603,17 +599,20 @@ impl<B: Backend> Loop<B> {
                 .into_iter()
                 .map(Dist::Top)
                 .collect(),
-            Read::Drawn(draws) => self
-                .model
-                .forward_sample(&chunks, &draws, self.tokenizer.eog_ids())?
-                .into_iter()
-                .map(Dist::Chosen)
-                .collect(),
-            Read::Full => self
+            Read::Rows(draws) if draws.iter().all(Option::is_none) => self
                 .model
                 .forward(&chunks)?
                 .into_iter()
                 .map(Dist::Full)
+                .collect(),
+            Read::Rows(draws) => self
+                .model
+                .forward_drawn(&chunks, &draws, self.tokenizer.eog_ids())?
+                .into_iter()
+                .map(|r| match r {
+                    RowOrToken::Row(row) => Dist::Full(row),
+                    RowOrToken::Token(id) => Dist::Chosen(id),
+                })
                 .collect(),
         };
         drop(chunks);

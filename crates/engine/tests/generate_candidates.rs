@@ -240,6 +240,21 @@ fn engine_device_draws_match_full_rows() {
     let full = run_engine(&file, &tok, false, &reqs);
     let drawn = run_engine(&file, &tok, true, &reqs);
     compare(&full, &drawn);
+    // A drawn request keeps being drawn in steps whose other requests need whole rows
+    // (penalties, log-probabilities), so its tokens do not depend on what shares its steps.
+    let penalized = SamplingParams {
+        repetition_penalty: 1.3,
+        penalty_last_n: 64,
+        ..plain(23, 0.9)
+    };
+    let mixed = [
+        reqs[0].clone(),
+        ("List the days of the week:", penalized, None),
+        ("Name three rivers:", SamplingParams::greedy(), Some(2)),
+    ];
+    let alone = run_engine(&file, &tok, true, &reqs[..1]);
+    let among = run_engine(&file, &tok, true, &mixed);
+    assert_eq!(alone[0], among[0], "a drawn request's tokens changed with its batch");
     assert!(
         full.iter().any(|r| r != &full[1]),
         "sampled requests should differ from the greedy one"

@@ -10,6 +10,15 @@ use crate::draw::Draw;
 use crate::weights::Weights;
 use crate::ModelError;
 
+/// A wanted row as `Model::forward_drawn` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOrToken {
+    /// The logits (`vocab` values).
+    Row(Vec<f32>),
+    /// The token drawn from them (`u32::MAX`: nothing to draw).
+    Token(u32),
+}
+
 /// How a step hands its logits buffer (`rows` wanted rows) back: all of it, or the top k.
 type ReadLogits<'a, B, T> =
     dyn Fn(&B, &<B as Backend>::Buf, usize) -> Result<Vec<T>, ModelError> + 'a;
@@ -140,23 +149,46 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// As `forward`, but draws one token from each wanted row where the logits are
-    /// (`Backend::sample_rows`), `draws` in the order of the wanted rows: on a GPU only the ids
-    /// cross to the host.
-    pub fn forward_sample(
+    /// As `forward`, but each wanted row whose draw is given comes back as the token drawn
+    /// where the logits are (`Backend::sample_rows`), the others as whole rows; `draws` in the
+    /// order of the wanted rows. With every row drawn, on a GPU only the ids cross to the host.
+    pub fn forward_drawn(
         &mut self,
         batch: &[SeqChunk<'_>],
-        draws: &[Draw],
+        draws: &[Option<Draw>],
         banned: &[u32],
-    ) -> Result<Vec<u32>, ModelError> {
+    ) -> Result<Vec<RowOrToken>, ModelError> {
+        let vocab = self.cfg.vocab_size;
         let next = std::cell::Cell::new(0usize);
-        let ids = self.forward_with(batch, &|b: &B, logits: &B::Buf, n: usize| {
+        let out = self.forward_with(batch, &|b: &B, logits: &B::Buf, n: usize| {
             let at = next.get();
             let these = draws.get(at..at + n).ok_or_else(|| {
                 ModelError::Batch(format!("{} draws for more wanted rows", draws.len()))
             })?;
             next.set(at + n);
-            b.sample_rows(logits, these, banned)
+            let ids = if these.iter().any(Option::is_some) {
+                // Rows that come back whole get a throwaway greedy draw.
+                let d: Vec<Draw> = these
+                    .iter()
+                    .map(|d| d.unwrap_or(Draw::greedy(false)))
+                    .collect();
+                b.sample_rows(logits, &d, banned)?
+            } else {
+                Vec::new()
+            };
+            let rows = if these.iter().any(Option::is_none) {
+                b.read(logits, n)?
+            } else {
+                Vec::new()
+            };
+            Ok(these
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    Some(_) => RowOrToken::Token(ids[i]),
+                    None => RowOrToken::Row(rows[i * vocab..(i + 1) * vocab].to_vec()),
+                })
+                .collect())
         })?;
         if next.get() != draws.len() {
             return Err(ModelError::Batch(format!(
@@ -165,7 +197,7 @@ impl<B: Backend> Model<B> {
                 next.get()
             )));
         }
-        Ok(ids)
+        Ok(out)
     }
 
     fn forward_with<T>(

@@ -18,7 +18,7 @@ pub use backend::{Backend, KvType, TopK};
 pub use config::{Activation, Arch, ModelConfig, RopeLayout};
 pub use cpu::CpuBackend;
 pub use draw::Draw;
-pub use forward::{LogitsWanted, Model, SeqChunk};
+pub use forward::{LogitsWanted, Model, RowOrToken, SeqChunk};
 pub use weights::Weights;
 
 /// Errors of model loading and the forward pass.

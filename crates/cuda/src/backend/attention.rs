@@ -67,9 +67,14 @@ impl CudaBackend {
         if t == 0 {
             return Ok(());
         }
-        if p.head_dim > MAX_HEAD_DIM || p.n_head_kv == 0 || !p.n_head.is_multiple_of(p.n_head_kv) {
+        if p.head_dim > MAX_HEAD_DIM
+            || p.n_head_kv == 0
+            || !p.n_head.is_multiple_of(p.n_head_kv)
+            || (kv.ty == DevKv::Q8_0 && !p.head_dim.is_multiple_of(32))
+        {
             return Err(CudaError::Unsupported(format!(
-                "attention with head_dim {} (max {MAX_HEAD_DIM}), {} heads, {} KV heads",
+                "attention with head_dim {} (max {MAX_HEAD_DIM}; a multiple of 32 for q8_0), {} \
+                 heads, {} KV heads",
                 p.head_dim, p.n_head, p.n_head_kv
             )));
         }

@@ -14,7 +14,7 @@ use realizar_model::backend::{AttnPlan, RopeParams};
 use realizar_model::config::{Activation, RopeLayout};
 
 use super::matmul::ensure;
-use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight};
+use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
 use crate::CudaError;
 
 impl CudaBackend {
@@ -172,9 +172,10 @@ impl CudaBackend {
             || v.cols != kv.kv_dim
             || !k.cols.is_multiple_of(hd)
             || layer >= kv.kp.len()
+            || (kv.ty == DevKv::Q8_0 && !hd.is_multiple_of(32))
         {
             return Err(CudaError::Unsupported(format!(
-                "rope_kv_store: head_dim {hd}, rope_dim {}, q {}x{}, k {}x{}, v {}x{}, kv_dim {}, \
+                "rope_kv_store: head_dim {hd} (a multiple of 32 for q8_0), rope_dim {}, q {}x{}, k {}x{}, v {}x{}, kv_dim {}, \
                  layer {layer} of {}",
                 p.rope_dim,
                 q.rows,

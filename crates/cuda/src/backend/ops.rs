@@ -6,6 +6,7 @@
 
 use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, TopK, WeightUse};
 use realizar_model::config::{Activation, RopeLayout};
+use realizar_model::draw::draw_row;
 use realizar_model::weights::TensorView;
 use realizar_model::{Draw, ModelError};
 use realizar_quant::GgmlType;
@@ -416,14 +417,23 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        if rows > x.rows || banned.len() > SAMPLE_MAX_BANNED {
+        if rows > x.rows {
             return Err(CudaError::Unsupported(format!(
-                "sample_rows: {rows} draws of {} rows, {} banned ids (at most {SAMPLE_MAX_BANNED})",
-                x.rows,
-                banned.len()
+                "sample_rows: {rows} draws of {} rows",
+                x.rows
             ))
             .into());
         }
+        if banned.len() > SAMPLE_MAX_BANNED && draws.iter().any(|d| d.ban) {
+            // More banned ids than the kernel holds: the rows go to the host reference.
+            let flat = self.read(x, rows)?;
+            return Ok(flat
+                .chunks_exact(x.cols)
+                .zip(draws)
+                .map(|(row, d)| draw_row(row, d, banned).unwrap_or(u32::MAX))
+                .collect());
+        }
+        let banned = &banned[..banned.len().min(SAMPLE_MAX_BANNED)];
         // Four words per row (kernels/sample.cu): inv_temp, ban, u low, u high.
         let words: Vec<u32> = draws
             .iter()
