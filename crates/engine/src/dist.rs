@@ -9,7 +9,7 @@
 //! Sampling from the candidates placed in a row of -inf then gives the same token, and the
 //! log-probabilities are the same up to rounding. Banned ids (ignore_eos) cost one more
 //! candidate each, dropped before sampling. A third kind, `Dist::Chosen`, is a token the backend
-//! drew itself (`Model::forward_sample`).
+//! drew itself (`Model::forward_drawn`).
 
 use realizar_model::TopK;
 
@@ -59,7 +59,7 @@ pub(crate) fn candidates_for(
 pub(crate) enum Dist {
     Full(Vec<f32>),
     Top(TopK),
-    /// The token the backend drew (`Model::forward_sample`; `u32::MAX`: nothing to draw). Only
+    /// The token the backend drew (`Model::forward_drawn`; `u32::MAX`: nothing to draw). Only
     /// requests without log-probabilities are drawn so, so the log-probability methods are
     /// never asked of it.
     Chosen(u32),

@@ -42,7 +42,7 @@ pub struct EngineConfig {
     pub sched: SchedConfig,
     /// When to sample from the top candidates of each row (`Model::forward_top_k`) in steps
     /// where every request allows it (dist.rs), and else to draw tokens where the logits are
-    /// (`Model::forward_sample`) where every request allows that.
+    /// (`Model::forward_drawn`) where every request allows that.
     pub candidates: Candidates,
 }
 

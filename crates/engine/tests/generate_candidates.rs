@@ -220,7 +220,7 @@ fn compare(full: &[Vec<(u32, Option<f32>)>], cand: &[Vec<(u32, Option<f32>)>]) {
 }
 
 /// Greedy and plain temperature sampling without log-probabilities draw their tokens where the
-/// logits are (`Model::forward_sample`; here the host reference the GPU kernel is tested
+/// logits are (`Model::forward_drawn`; here the host reference the GPU kernel is tested
 /// against): the same tokens as the host sampler over whole rows, with and without ignore_eos.
 #[test]
 fn engine_device_draws_match_full_rows() {
