@@ -41,8 +41,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     pub sched: SchedConfig,
     /// When to sample from the top candidates of each row (`Model::forward_top_k`) in steps
-    /// where every request allows it (dist.rs), and else to draw tokens where the logits are
-    /// (`Model::forward_drawn`) where every request allows that.
+    /// where every request allows it (dist.rs), and else to draw the tokens of the requests that
+    /// allow it where the logits are (`Model::forward_drawn`).
     pub candidates: Candidates,
 }
 
