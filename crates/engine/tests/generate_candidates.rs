@@ -254,7 +254,10 @@ fn engine_device_draws_match_full_rows() {
     ];
     let alone = run_engine(&file, &tok, true, &reqs[..1]);
     let among = run_engine(&file, &tok, true, &mixed);
-    assert_eq!(alone[0], among[0], "a drawn request's tokens changed with its batch");
+    assert_eq!(
+        alone[0], among[0],
+        "a drawn request's tokens changed with its batch"
+    );
     assert!(
         full.iter().any(|r| r != &full[1]),
         "sampled requests should differ from the greedy one"
