@@ -251,16 +251,11 @@ pub trait Backend {
         draws: &[Draw],
         banned: &[u32],
     ) -> Result<Vec<u32>, ModelError> {
-        let rows = draws.len();
-        if rows == 0 {
+        if draws.is_empty() {
             return Ok(Vec::new());
         }
-        let flat = self.read(x, rows)?;
-        Ok(flat
-            .chunks_exact(flat.len() / rows)
-            .zip(draws)
-            .map(|(row, d)| crate::draw::draw_row(row, d, banned).unwrap_or(u32::MAX))
-            .collect())
+        let flat = self.read(x, draws.len())?;
+        Ok(crate::draw::draw_rows(&flat, draws, banned))
     }
     /// Whether `top_k` selects where the logits live, so that fetching candidates instead of
     /// whole rows saves a transfer. The default host selection does not: there a whole row is

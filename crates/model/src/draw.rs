@@ -63,6 +63,18 @@ pub fn draw_row(row: &[f32], d: &Draw, banned: &[u32]) -> Option<u32> {
     Some(last)
 }
 
+/// One token per row of `flat` (rows of `flat.len() / draws.len()` logits) as `draws` say,
+/// `u32::MAX` for a row with nothing to draw: the host's `Backend::sample_rows`.
+pub fn draw_rows(flat: &[f32], draws: &[Draw], banned: &[u32]) -> Vec<u32> {
+    if draws.is_empty() {
+        return Vec::new();
+    }
+    flat.chunks_exact(flat.len() / draws.len())
+        .zip(draws)
+        .map(|(row, d)| draw_row(row, d, banned).unwrap_or(u32::MAX))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

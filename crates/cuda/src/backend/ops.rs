@@ -6,7 +6,7 @@
 
 use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, TopK, WeightUse};
 use realizar_model::config::{Activation, RopeLayout};
-use realizar_model::draw::draw_row;
+use realizar_model::draw::draw_rows;
 use realizar_model::weights::TensorView;
 use realizar_model::{Draw, ModelError};
 use realizar_quant::GgmlType;
@@ -426,12 +426,7 @@ impl Backend for CudaBackend {
         }
         if banned.len() > SAMPLE_MAX_BANNED && draws.iter().any(|d| d.ban) {
             // More banned ids than the kernel holds: the rows go to the host reference.
-            let flat = self.read(x, rows)?;
-            return Ok(flat
-                .chunks_exact(x.cols)
-                .zip(draws)
-                .map(|(row, d)| draw_row(row, d, banned).unwrap_or(u32::MAX))
-                .collect());
+            return Ok(draw_rows(&self.read(x, rows)?, draws, banned));
         }
         let banned = &banned[..banned.len().min(SAMPLE_MAX_BANNED)];
         // Four words per row (kernels/sample.cu): inv_temp, ban, u low, u high.
