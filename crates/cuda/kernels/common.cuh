@@ -67,6 +67,14 @@ __device__ __forceinline__ void rope_pair(float* hp, int i, u32 pos, int rope_di
     hp[b] = x0 * s + x1 * c;
 }
 
+// Where element i of rows of 32-element groups goes in the f16 mmq kernels' activations
+// (mmq.cu, half_mma_input): group lane q's 8 values are x[4q], x[4q+2], x[4q+1], x[4q+3], then
+// the same of x[16+4q..].
+__device__ __forceinline__ long long half_mma_pos(long long i) {
+    const int e = (int)(i & 31), r = e & 3;
+    return (i & ~31LL) + 8 * ((e >> 2) & 3) + 4 * (e >> 4) + (((r & 1) << 1) | (r >> 1));
+}
+
 // 8-bit quantization of 32 values, one per lane of a full warp, as quantize_q8_1 (mmvq.cu)
 // does it: d = amax / 127, q = rint(v / d); lane 0 writes (d, d * sum q).
 __device__ __forceinline__ void q8_warp(float v, i8* xq, float2* xds) {

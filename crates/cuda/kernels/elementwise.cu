@@ -59,16 +59,18 @@ extern "C" __global__ void glu(float* __restrict__ gate, const float* __restrict
     gate[i] = glu_act(gate[i], act) * up[i];
 }
 
-// glu, and the result's 8-bit copy (quantize_q8_1's) for the next matmul: n a multiple of 32
-// and blocks of whole warps, so a warp holds one block of 32.
+// glu, and the result's copy for the next matmul: 8-bit (quantize_q8_1's) when xq is not null,
+// f16 (half_mma_input's) when xm is not. n a multiple of 32 and blocks of whole warps, so a
+// warp holds one block of 32.
 extern "C" __global__ void glu_q8(float* __restrict__ gate, const float* __restrict__ up,
                                   long long n, int act, i8* __restrict__ xq,
-                                  float2* __restrict__ xds) {
+                                  float2* __restrict__ xds, u16* __restrict__ xm) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = glu_act(gate[i], act) * up[i];
     gate[i] = v;
-    q8_warp(v, xq + (i & ~31LL), xds + (i >> 5));
+    if (xq != nullptr) q8_warp(v, xq + (i & ~31LL), xds + (i >> 5));
+    if (xm != nullptr) xm[half_mma_pos(i)] = f2h(v);
 }
 
 // x += y.

@@ -9,24 +9,32 @@ __device__ __forceinline__ void q8_row(const float* orow, int cols, i8* xq, floa
         q8_warp(orow[b * 32 + lane], xq + r * cols + b * 32, xds + r * (cols / 32) + b);
 }
 
+// out[t][i] = v, and its f16 copy for the f16 mmq kernels (half_mma_input's) when xm is not null.
+__device__ __forceinline__ void put_out(float* orow, u16* xm, int cols, int i, float v) {
+    orow[i] = v;
+    if (xm != nullptr) xm[half_mma_pos((long long)blockIdx.x * cols + i)] = f2h(v);
+}
+
 // RMSNorm: out[t] = x[t] / rms(x[t]) * w, one block per row; and the output's 8-bit copy
-// (quantize_q8_1's) when xq is not null.
+// (quantize_q8_1's) when xq is not null, its f16 copy when xm is not.
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
-                                    float* out, int cols, float eps, i8* xq, float2* xds) {
+                                    float* out, int cols, float eps, i8* xq, float2* xds,
+                                    u16* xm) {
     const float* xr = x + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss);
     float s = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * s * w[i];
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) put_out(orow, xm, cols, i, xr[i] * s * w[i]);
     q8_row(orow, cols, xq, xds);
 }
 
-// x[t] += y[t], then out[t] = rms_norm(x[t]) (and its 8-bit copy when xq is not null). Each
-// thread reads and writes only its own elements, so out may be y.
+// x[t] += y[t], then out[t] = rms_norm(x[t]) (and its 8-bit copy when xq is not null, its f16
+// copy when xm is not). Each thread reads and writes only its own elements, so out may be y.
 extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* __restrict__ w,
-                                        float* out, int cols, float eps, i8* xq, float2* xds) {
+                                        float* out, int cols, float eps, i8* xq, float2* xds,
+                                        u16* xm) {
     float* xr = x + (size_t)blockIdx.x * cols;
     const float* yr = y + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
@@ -38,7 +46,7 @@ extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* _
     }
     ss = block_sum(ss);
     float s = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = xr[i] * s * w[i];
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) put_out(orow, xm, cols, i, xr[i] * s * w[i]);
     q8_row(orow, cols, xq, xds);
 }
 

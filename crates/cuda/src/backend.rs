@@ -33,8 +33,9 @@ mod ops;
 use attention::AttnArgs;
 pub(crate) use attention::ENTRY_POINTS as ATTENTION_ENTRY_POINTS;
 pub use graphs::GraphStats;
+pub(crate) use matmul::{MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
 
-pub use matmul::{DEFAULT_GEMM_MIN_TOKENS, DEFAULT_MMQ_TOKENS};
+pub use matmul::{DEFAULT_GEMM_MIN_TOKENS, DEFAULT_MMQ_F16_TOKENS, DEFAULT_MMQ_TOKENS};
 
 use matmul::Mat;
 pub use ops::SUPPORTED_TYPES;
@@ -217,11 +218,13 @@ fn mmq_range(min: usize, max: usize) -> (usize, usize) {
     }
 }
 
-/// `REALIZAR_CUDA_MMQ`: `0` turns the mmq kernels off, `MIN-MAX` sets their token range (as
-/// `set_mmq_tokens`); anything else keeps the default, with a warning.
-fn mmq_tokens_from_env() -> (usize, usize) {
-    let (lo, hi) = matmul::DEFAULT_MMQ_TOKENS;
-    let Ok(v) = std::env::var("REALIZAR_CUDA_MMQ") else {
+/// A token range from the environment variable `var`: `0` is none, `MIN-MAX` a range;
+/// anything else keeps `default`, with a warning. (`REALIZAR_CUDA_MMQ`: the mmq kernels, as
+/// `set_mmq_tokens`; `REALIZAR_CUDA_MMQ_F16`: those of them on f16 activations, as
+/// `set_mmq_f16_tokens`.)
+fn tokens_from_env(var: &str, default: (usize, usize)) -> (usize, usize) {
+    let (lo, hi) = default;
+    let Ok(v) = std::env::var(var) else {
         return mmq_range(lo, hi);
     };
     if v.trim() == "0" {
@@ -233,7 +236,7 @@ fn mmq_tokens_from_env() -> (usize, usize) {
     {
         Some((a, b)) => mmq_range(a, b),
         None => {
-            eprintln!("REALIZAR_CUDA_MMQ={v:?}: expected 0 or MIN-MAX; using {lo}-{hi}");
+            eprintln!("{var}={v:?}: expected 0 or MIN-MAX; using {lo}-{hi}");
             mmq_range(lo, hi)
         }
     }
@@ -262,8 +265,14 @@ pub struct CudaBackend {
     mmvq_rows: usize,
     /// Matmuls of this many tokens (inclusive range) use the tensor-core mmq kernels.
     mmq_tokens: (usize, usize),
+    /// Those of them with this many tokens use the f16 mmq kernels (f16 activations) instead
+    /// of the 8-bit ones.
+    mmq_f16_tokens: (usize, usize),
     /// The device's multiprocessors; 0 where the mmq kernels cannot run (before sm_80).
     sm_count: usize,
+    /// mmq launches split their K range until the grid has this many blocks per SM
+    /// (`REALIZAR_CUDA_MMQ_WAVE`, 4 by default).
+    mmq_wave: usize,
     blas: Option<cudarc::cublas::CudaBlas>,
     scratch: Mutex<matmul::Scratch>,
     /// Counts launches that may write activations (all but the mmvq and mmq paths' own, which
@@ -321,7 +330,11 @@ impl CudaBackend {
             exact: std::env::var_os("REALIZAR_CUDA_EXACT").is_some_and(|v| v != "0"),
             gemm_min_tokens: DEFAULT_GEMM_MIN_TOKENS,
             mmvq_min_cols: matmul::DEFAULT_MMVQ_MIN_COLS,
-            mmq_tokens: mmq_tokens_from_env(),
+            mmq_tokens: tokens_from_env("REALIZAR_CUDA_MMQ", matmul::DEFAULT_MMQ_TOKENS),
+            mmq_f16_tokens: tokens_from_env(
+                "REALIZAR_CUDA_MMQ_F16",
+                matmul::DEFAULT_MMQ_F16_TOKENS,
+            ),
             fused: std::env::var_os("REALIZAR_CUDA_FUSE").is_none_or(|v| v != "0"),
             mmvq_rows: std::env::var("REALIZAR_CUDA_MMVQ_ROWS")
                 .ok()
@@ -329,6 +342,11 @@ impl CudaBackend {
                 .filter(|n| matches!(n, 1 | 2 | 4))
                 .unwrap_or(2),
             sm_count,
+            mmq_wave: std::env::var("REALIZAR_CUDA_MMQ_WAVE")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|&n| (1..=32).contains(&n))
+                .unwrap_or(4),
             blas: matmul::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
             epoch: AtomicU64::new(0),
@@ -362,6 +380,14 @@ impl CudaBackend {
     pub fn set_mmq_tokens(&mut self, min: usize, max: usize) {
         self.mmq_tokens = mmq_range(min, max);
         // Recorded steps ran the old choice of kernels.
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Matmuls that the mmq kernels take with `min..=max` tokens use their f16 variants (f16
+    /// activations, dequantization once per weight group); the others the 8-bit ones.
+    /// `set_mmq_f16_tokens(0, 0)` keeps every mmq matmul on 8 bits.
+    pub fn set_mmq_f16_tokens(&mut self, min: usize, max: usize) {
+        self.mmq_f16_tokens = mmq_range(min, max);
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -499,6 +525,18 @@ impl CudaBackend {
         block: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
+        self.launch_smem(name, grid, block, 0, args)
+    }
+
+    /// `launch` with `smem` bytes of dynamic shared memory.
+    fn launch_smem(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
         let f = self.kernels.get(name)?;
         if !name.starts_with("mmvq_") && !name.starts_with("mmq_") {
             self.epoch.fetch_add(1, Ordering::Relaxed);
@@ -521,7 +559,7 @@ impl CudaBackend {
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         // SAFETY: every launch site passes the argument list of the kernel's C signature (same
         // order and types); device addresses come from live allocations of this context whose

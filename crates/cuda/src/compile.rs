@@ -12,6 +12,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 use sha2::{Digest, Sha256};
@@ -136,44 +137,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "mmvq_q6_k_1r4",
         ],
     ),
-    (
-        "mmq.cu",
-        &[
-            "mmq_q4_0_8",
-            "mmq_q4_0_16",
-            "mmq_q4_0_32",
-            "mmq_q4_0_64",
-            "mmq_q4_1_8",
-            "mmq_q4_1_16",
-            "mmq_q4_1_32",
-            "mmq_q4_1_64",
-            "mmq_q5_0_8",
-            "mmq_q5_0_16",
-            "mmq_q5_0_32",
-            "mmq_q5_0_64",
-            "mmq_q5_1_8",
-            "mmq_q5_1_16",
-            "mmq_q5_1_32",
-            "mmq_q5_1_64",
-            "mmq_q8_0_8",
-            "mmq_q8_0_16",
-            "mmq_q8_0_32",
-            "mmq_q8_0_64",
-            "mmq_q4_k_8",
-            "mmq_q4_k_16",
-            "mmq_q4_k_32",
-            "mmq_q4_k_64",
-            "mmq_q5_k_8",
-            "mmq_q5_k_16",
-            "mmq_q5_k_32",
-            "mmq_q5_k_64",
-            "mmq_q6_k_8",
-            "mmq_q6_k_16",
-            "mmq_q6_k_32",
-            "mmq_q6_k_64",
-            "mmq_reduce",
-        ],
-    ),
+    ("mmq.cu", crate::backend::MMQ_ENTRY_POINTS),
     (
         "gemm.cu",
         &[
@@ -270,6 +234,14 @@ impl Kernels {
                 let f = module
                     .load_function(name)
                     .map_err(|e| CudaError::kernel(name, e))?;
+                if name.starts_with("mmq_f16_") {
+                    // More dynamic shared memory than the default 48 KiB.
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        crate::backend::MMQ_F16_SMEM_MAX as i32,
+                    )
+                    .map_err(|e| CudaError::kernel(name, e))?;
+                }
                 funcs.insert(name, f);
             }
         }
@@ -408,6 +380,11 @@ mod tests {
                         || n.strip_prefix("mmq_")
                             .and_then(|r| r.rsplit_once('_'))
                             .is_some_and(|(ty, _)| src.text.contains(&format!("MMQ_ALL({ty},")))
+                        || n.strip_prefix("mmq_f16_")
+                            .and_then(|r| r.rsplit_once('_'))
+                            .is_some_and(|(ty, _)| {
+                                src.text.contains(&format!("MMQ_F16_ALL({ty},"))
+                            })
                         || src.text.contains("DEQUANT_F16(")
                         || src.text.contains("EMBED_Q"),
                     "{n} not in {}",

@@ -17,7 +17,7 @@ use realizar_model::{config_of, LoadOptions, Model, ModelConfig, ModelError, Wei
 
 pub use backend::{
     CudaBackend, CudaBuf, CudaKv, CudaWeight, GraphStats, DEFAULT_GEMM_MIN_TOKENS,
-    DEFAULT_MMQ_TOKENS, SUPPORTED_TYPES,
+    DEFAULT_MMQ_F16_TOKENS, DEFAULT_MMQ_TOKENS, SUPPORTED_TYPES,
 };
 pub use sizing::{kv_tokens_for_budget, Needs};
 

@@ -146,16 +146,7 @@ fn matmul_every_type_matches_cpu() {
                 let got = g.read(&go, ntok).unwrap();
                 if ty.block_size() > 1 && g.has_mmq() {
                     g.set_mmq_tokens(1, usize::MAX);
-                    let mut gq = poisoned(&g, ntok, rows);
-                    g.matmul(&gw, &gx, &mut gq).unwrap();
-                    let got_q = g.read(&gq, ntok).unwrap();
-                    let want = reference_matmul(ty, &wq, rows, cols, &q8_1_round(&x));
-                    ok &= check(
-                        &format!("{what} mmq vs q8_1 reference"),
-                        &got_q,
-                        &want,
-                        1e-4,
-                    );
+                    ok &= check_mmq(&mut g, &gw, &gx, ty, &wq, rows, cols, &x, &what);
                 }
                 let (lo, hi) = realizar_cuda::DEFAULT_MMQ_TOKENS;
                 g.set_mmq_tokens(lo, hi);
@@ -185,19 +176,7 @@ fn matmul_every_type_matches_cpu() {
                     let mut go = poisoned(&g, ntok, rows);
                     g.matmul(&gw, &gx, &mut go).unwrap();
                     let got = g.read(&go, ntok).unwrap();
-                    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
-                    let mut wd = vec![0.0f32; rows * cols];
-                    for r in 0..rows {
-                        realizar_quant::dequantize_row(
-                            ty,
-                            &wq[r * rb..(r + 1) * rb],
-                            &mut wd[r * cols..][..cols],
-                        )
-                        .unwrap();
-                    }
-                    let wh = quantize(GgmlType::F32, &half_round(ty, &wd), rows, cols);
-                    let want =
-                        reference_matmul(GgmlType::F32, &wh, rows, cols, &half_round(ty, &x));
+                    let want = half_reference(ty, &wq, rows, cols, &x);
                     ok &= check(
                         &format!("{what} GEMM vs rounded reference"),
                         &got,
@@ -250,15 +229,86 @@ fn mmq_splits_and_token_tiles_match_reference() {
         for ntok in [5, 8, 16, 33, 64, 100] {
             let x = normal(&mut rng, ntok * cols, 1.0);
             let gx = g.buf_from_host(ntok, cols, &x).unwrap();
-            let mut go = poisoned(&g, ntok, rows);
-            g.matmul(&gw, &gx, &mut go).unwrap();
-            let got = g.read(&go, ntok).unwrap();
-            let want = reference_matmul(ty, &wq, rows, cols, &q8_1_round(&x));
             let what = format!("mmq {ty} {rows}x{cols} x {ntok} tok");
-            ok &= check(&what, &got, &want, 1e-4);
+            ok &= check_mmq(&mut g, &gw, &gx, ty, &wq, rows, cols, &x, &what);
         }
     }
     assert!(ok, "some mmq results differ from the reference");
+}
+
+/// The mmq kernels on 8-bit activations against the q8_1-rounded reference, and on f16
+/// activations against the f16-rounded one (weights dequantized, then rounded to f16: the
+/// kernel's s * q + m rounds once, from f16 s and m, so it may differ by an ulp) and against
+/// exact arithmetic (measured: at most 8.6e-4 where there are 64 outputs or more). Leaves the
+/// f16 kernels on their default token range.
+#[allow(clippy::too_many_arguments)]
+fn check_mmq(
+    g: &mut CudaBackend,
+    gw: &realizar_cuda::CudaWeight,
+    gx: &CudaBuf,
+    ty: GgmlType,
+    wq: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    what: &str,
+) -> bool {
+    let ntok = x.len() / cols;
+    let mut ok = true;
+    let run = |g: &mut CudaBackend, f16: bool| {
+        let (lo, hi) = if f16 { (1, usize::MAX) } else { (0, 0) };
+        g.set_mmq_f16_tokens(lo, hi);
+        let mut go = poisoned(g, ntok, rows);
+        g.matmul(gw, gx, &mut go).unwrap();
+        g.read(&go, ntok).unwrap()
+    };
+    let got = run(g, false);
+    let want = reference_matmul(ty, wq, rows, cols, &q8_1_round(x));
+    ok &= check(
+        &format!("{what} mmq 8-bit vs q8_1 reference"),
+        &got,
+        &want,
+        1e-4,
+    );
+    let got = run(g, true);
+    let want = half_reference(ty, wq, rows, cols, x);
+    let exact = reference_matmul(ty, wq, rows, cols, x);
+    if rows * ntok >= 64 {
+        ok &= check(
+            &format!("{what} mmq f16 vs f16 reference"),
+            &got,
+            &want,
+            2e-3,
+        );
+        ok &= check(&format!("{what} mmq f16 vs exact"), &got, &exact, 3e-3);
+    } else {
+        // A handful of dot products: one near zero makes the relative measure meaningless
+        // (seen: 1 x 256 Q6_K, 1.0e-2), so these only must be close and are printed.
+        ok &= check(
+            &format!("{what} mmq f16 vs exact (loose)"),
+            &got,
+            &exact,
+            0.1,
+        );
+        let e = common::rel_err(&got, &want);
+        println!("INFO {what} mmq f16 vs f16 reference: rel_err {e:.3e}");
+    }
+    let (lo, hi) = realizar_cuda::DEFAULT_MMQ_F16_TOKENS;
+    g.set_mmq_f16_tokens(lo, hi);
+    ok
+}
+
+/// `reference_matmul` on weights and activations rounded to f16 (bf16 for BF16 weights), as
+/// the GEMM path and the f16 mmq kernels feed the tensor cores.
+fn half_reference(ty: GgmlType, wq: &[u8], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut wd = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        realizar_quant::dequantize_row(ty, &wq[r * rb..(r + 1) * rb], &mut wd[r * cols..][..cols])
+            .unwrap();
+    }
+    let wh = quantize(GgmlType::F32, &half_round(ty, &wd), rows, cols);
+    reference_matmul(GgmlType::F32, &wh, rows, cols, &half_round(ty, x))
 }
 
 #[test]

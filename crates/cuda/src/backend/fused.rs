@@ -3,10 +3,11 @@
 //!
 //! - `add_rms_norm`: the residual add and the next sub-block's input norm in one kernel.
 //! - `rope_kv_store`: rope of q and k and the KV-cache write in one kernel.
-//! - The 8-bit copy of a matmul input (what `quantize_q8_1` would write) produced by the kernel
-//!   that writes the input, when the next matmul will use it (mmvq or mmq): rms_norm,
-//!   add_rms_norm and glu. The copy is recorded in the matmul scratch as if `quantize_q8_1` had
-//!   just run, so the matmul skips its quantize launch; the bytes are the same.
+//! - The 8-bit copy of a matmul input (what `quantize_q8_1` would write), or its f16 copy for
+//!   the f16 mmq kernels (what `half_mma_input` would write), produced by the kernel that writes
+//!   the input, when the next matmul will use it: rms_norm, add_rms_norm and glu. The copy is
+//!   recorded in the matmul scratch as if the conversion had just run, so the matmul skips its
+//!   launch; the bytes are the same.
 //!
 //! `set_fused(false)` runs the unfused kernels instead (the tests compare both).
 
@@ -17,6 +18,15 @@ use super::matmul::ensure;
 use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
 use crate::CudaError;
 
+/// Device addresses of a matmul input's copies that the kernel writing the input also writes
+/// (0: not this one): the 8-bit values and scales, or the f16 copy.
+#[derive(Clone, Copy, Default)]
+struct ActSlot {
+    xq: u64,
+    xds: u64,
+    xm: u64,
+}
+
 impl CudaBackend {
     /// Fused kernels on or off (on by default; `REALIZAR_CUDA_FUSE=0` turns them off).
     pub fn set_fused(&mut self, on: bool) {
@@ -25,28 +35,41 @@ impl CudaBackend {
         self.gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Where a kernel writing `rows x cols` matmul input may also write its 8-bit copy:
-    /// `(xq, xds)` device addresses, or `(0, 0)` when the next matmul will not use one (exact
-    /// mode, the f32 kernels of narrow rows, the cuBLAS path) or fusion is off.
-    fn q8_slot(&self, rows: usize, cols: usize) -> Result<(u64, u64), CudaError> {
-        let quantized_path = (rows < self.gemm_min_tokens || self.blas.is_none())
-            && cols >= self.mmvq_min_cols
-            || self.mmq_takes(rows);
-        if !self.fused || self.exact || rows == 0 || !cols.is_multiple_of(32) || !quantized_path {
-            return Ok((0, 0));
+    /// Where a kernel writing `rows x cols` matmul input may also write the copy the next
+    /// matmul will read: 8-bit (mmvq and the 8-bit mmq kernels) or f16 (the f16 mmq kernels);
+    /// none in exact mode, for the f32 kernels of narrow rows, the cuBLAS path, or with fusion
+    /// off.
+    fn act_slot(&self, rows: usize, cols: usize) -> Result<ActSlot, CudaError> {
+        let none = ActSlot::default();
+        if !self.fused || self.exact || rows == 0 || !cols.is_multiple_of(32) {
+            return Ok(none);
         }
         let mut s = self.scratch();
+        if self.mmq_takes(rows) && self.mmq_f16_takes(rows) {
+            let xm = ensure(self, &mut s.xm, rows * cols)?;
+            s.halved = None;
+            return Ok(ActSlot { xm, ..none });
+        }
+        let quantized_path = self.mmq_takes(rows)
+            || (rows < self.gemm_min_tokens || self.blas.is_none()) && cols >= self.mmvq_min_cols;
+        if !quantized_path {
+            return Ok(none);
+        }
         let xq = ensure(self, &mut s.xq, rows * cols)?;
         let xds = ensure(self, &mut s.xds, 2 * rows * cols / 32)?;
         s.quantized = None;
-        Ok((xq, xds))
+        Ok(ActSlot { xq, xds, xm: 0 })
     }
 
-    /// Records that the launch just made wrote the 8-bit copy of `ptr`'s `rows x cols`.
-    fn q8_written(&self, slot: (u64, u64), ptr: u64, rows: usize, cols: usize) {
-        if slot.0 != 0 {
-            let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
-            self.scratch().quantized = Some((ptr, rows, cols, epoch));
+    /// Records that the launch just made wrote the copies in `slot` of `ptr`'s `rows x cols`.
+    fn act_written(&self, slot: ActSlot, ptr: u64, rows: usize, cols: usize) {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let mut s = self.scratch();
+        if slot.xq != 0 {
+            s.quantized = Some((ptr, rows, cols, epoch));
+        }
+        if slot.xm != 0 {
+            s.halved = Some((ptr, rows, cols, epoch));
         }
     }
 
@@ -68,16 +91,17 @@ impl CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let slot = self.q8_slot(rows, cols)?;
+        let slot = self.act_slot(rows, cols)?;
         args.extend([
             Arg::P(out.ptr),
             Arg::I(cols as i32),
             Arg::F(eps),
-            Arg::P(slot.0),
-            Arg::P(slot.1),
+            Arg::P(slot.xq),
+            Arg::P(slot.xds),
+            Arg::P(slot.xm),
         ]);
         self.launch(name, (rows as u32, 1, 1), Self::norm_threads(cols), &args)?;
-        self.q8_written(slot, out.ptr, rows, cols);
+        self.act_written(slot, out.ptr, rows, cols);
         Ok(())
     }
 
@@ -129,21 +153,21 @@ impl CudaBackend {
             Activation::Silu => 0,
             Activation::GeluTanh => 1,
         };
-        let slot = self.q8_slot(gate.rows, gate.cols)?;
+        let slot = self.act_slot(gate.rows, gate.cols)?;
         let mut args = vec![
             Arg::P(gate.ptr),
             Arg::P(up.ptr),
             Arg::L(n as i64),
             Arg::I(a),
         ];
-        let name = if slot.0 != 0 {
-            args.extend([Arg::P(slot.0), Arg::P(slot.1)]);
+        let name = if slot.xq != 0 || slot.xm != 0 {
+            args.extend([Arg::P(slot.xq), Arg::P(slot.xds), Arg::P(slot.xm)]);
             "glu_q8"
         } else {
             "glu"
         };
         self.launch(name, grid1(n, 256), 256, &args)?;
-        self.q8_written(slot, gate.ptr, gate.rows, gate.cols);
+        self.act_written(slot, gate.ptr, gate.rows, gate.cols);
         Ok(())
     }
 

@@ -39,6 +39,9 @@ pub const DEFAULT_GEMM_MIN_TOKENS: usize = 32;
 /// Token counts whose matmuls take the mmq kernels (on sm_80 and later), by default.
 pub const DEFAULT_MMQ_TOKENS: (usize, usize) = (5, 64);
 
+/// Token counts whose mmq matmuls use f16 activations, by default.
+pub const DEFAULT_MMQ_F16_TOKENS: (usize, usize) = (5, 64);
+
 /// Device scratch of the fast paths, grown on demand and reused.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -55,6 +58,16 @@ pub(super) struct Scratch {
     pub(super) mmq_part: Option<CudaSlice<f32>>,
     /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
     pub(super) quantized: Option<(u64, usize, usize, u64)>,
+    /// The f16 mmq kernels' activations (`half_mma_input`), and what they hold (as `quantized`).
+    pub(super) xm: Option<CudaSlice<u16>>,
+    pub(super) halved: Option<(u64, usize, usize, u64)>,
+}
+
+/// The activations of an mmq launch: 8-bit (values, then (d, d * sum) pairs) or f16.
+#[derive(Clone, Copy)]
+enum MmqInput {
+    Q8(u64, u64),
+    F16(u64),
 }
 
 /// A device array of at least `n` elements in `slot` (reallocated when too small).
@@ -106,30 +119,97 @@ fn fast_kernels(ty: GgmlType) -> Option<([&'static str; 6], &'static str)> {
 }
 
 macro_rules! mmq_names {
-    ($t:literal) => {
+    ($p:literal, $t:literal) => {
         [
-            concat!("mmq_", $t, "_8"),
-            concat!("mmq_", $t, "_16"),
-            concat!("mmq_", $t, "_32"),
-            concat!("mmq_", $t, "_64"),
+            concat!($p, $t, "_8"),
+            concat!($p, $t, "_16"),
+            concat!($p, $t, "_32"),
+            concat!($p, $t, "_64"),
         ]
     };
 }
 
-/// The mmq kernels (8, 16, 32, 64 tokens per block) of a block type, and its block's elements.
-fn mmq_kernels(ty: GgmlType) -> Option<([&'static str; 4], usize)> {
-    Some(match ty {
-        GgmlType::Q4_0 => (mmq_names!("q4_0"), 32),
-        GgmlType::Q4_1 => (mmq_names!("q4_1"), 32),
-        GgmlType::Q5_0 => (mmq_names!("q5_0"), 32),
-        GgmlType::Q5_1 => (mmq_names!("q5_1"), 32),
-        GgmlType::Q8_0 => (mmq_names!("q8_0"), 32),
-        GgmlType::Q4K => (mmq_names!("q4_k"), 256),
-        GgmlType::Q5K => (mmq_names!("q5_k"), 256),
-        GgmlType::Q6K => (mmq_names!("q6_k"), 256),
-        _ => return None,
-    })
+/// The mmq kernels of one block type: 8-bit and f16 activations, 8, 16, 32, 64 tokens per
+/// block.
+#[derive(Clone, Copy)]
+pub(super) struct MmqKernels {
+    q8: [&'static str; 4],
+    f16: [&'static str; 4],
+    /// Elements per block of the type.
+    qk: usize,
 }
+
+macro_rules! mmq_kernels_of {
+    ($t:literal, $qk:expr) => {
+        MmqKernels {
+            q8: mmq_names!("mmq_", $t),
+            f16: mmq_names!("mmq_f16_", $t),
+            qk: $qk,
+        }
+    };
+}
+
+/// Every block type the mmq kernels take.
+const MMQ_TYPES: [MmqKernels; 8] = [
+    mmq_kernels_of!("q4_0", 32),
+    mmq_kernels_of!("q4_1", 32),
+    mmq_kernels_of!("q5_0", 32),
+    mmq_kernels_of!("q5_1", 32),
+    mmq_kernels_of!("q8_0", 32),
+    mmq_kernels_of!("q4_k", 256),
+    mmq_kernels_of!("q5_k", 256),
+    mmq_kernels_of!("q6_k", 256),
+];
+
+/// The mmq kernels of a block type.
+fn mmq_kernels(ty: GgmlType) -> Option<MmqKernels> {
+    let i = match ty {
+        GgmlType::Q4_0 => 0,
+        GgmlType::Q4_1 => 1,
+        GgmlType::Q5_0 => 2,
+        GgmlType::Q5_1 => 3,
+        GgmlType::Q8_0 => 4,
+        GgmlType::Q4K => 5,
+        GgmlType::Q5K => 6,
+        GgmlType::Q6K => 7,
+        _ => return None,
+    };
+    Some(MMQ_TYPES[i])
+}
+
+macro_rules! mmq_entry_points {
+    ($($t:literal),*) => {
+        &[
+            $(
+                concat!("mmq_", $t, "_8"),
+                concat!("mmq_", $t, "_16"),
+                concat!("mmq_", $t, "_32"),
+                concat!("mmq_", $t, "_64"),
+                concat!("mmq_f16_", $t, "_8"),
+                concat!("mmq_f16_", $t, "_16"),
+                concat!("mmq_f16_", $t, "_32"),
+                concat!("mmq_f16_", $t, "_64"),
+            )*
+            "half_mma_input",
+            "mmq_reduce",
+        ]
+    };
+}
+
+/// The entry points of kernels/mmq.cu.
+pub(crate) const MMQ_ENTRY_POINTS: &[&str] =
+    mmq_entry_points!("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k");
+
+/// Dynamic shared memory of an f16 mmq kernel: two buffers of `tt` token rows of a K chunk
+/// (kernels/mmq.cu, `mmq_f16`: 4 blocks of 32-element types, 1 of K-quants, 2 bytes an element,
+/// 64 bytes of padding a row).
+pub(crate) fn mmq_f16_smem(qk: usize, tt: usize) -> usize {
+    let chunk = if qk == 32 { 4 * 32 } else { qk };
+    2 * tt * (2 * chunk + 64)
+}
+
+/// The most dynamic shared memory an f16 mmq kernel asks for.
+pub(crate) const MMQ_F16_SMEM_MAX: usize = 2 * 64 * (2 * 256 + 64);
 
 /// Rows per mmq block (kernels/mmq.cu, `MMQ_ROWS`).
 const MMQ_ROWS: usize = 64;
@@ -138,12 +218,12 @@ const MMQ_ROWS: usize = 64;
 const MMQ_MIN_SPLIT_COLS: usize = 512;
 
 /// How an mmq launch splits its K range: (splits, type blocks per split), so that the grid has
-/// about four blocks per SM where the rows and tokens alone give fewer. (H200, 8B Q4_K_M, 16
-/// tokens: with at most two blocks per SM a 4096 x 4096 product took 16.5 us at 12% achieved
-/// occupancy, latency-bound.)
-fn mmq_splits(cols: usize, qk: usize, tile_blocks: usize, sms: usize) -> (usize, usize) {
+/// about `blocks` blocks (`mmq_wave` per SM) where the rows and tokens alone give fewer. (H200,
+/// 8B Q4_K_M, 16 tokens: with at most two blocks per SM a 4096 x 4096 product took 16.5 us at
+/// 12% achieved occupancy, latency-bound.)
+fn mmq_splits(cols: usize, qk: usize, tile_blocks: usize, blocks: usize) -> (usize, usize) {
     let nblk = cols / qk;
-    let want = (4 * sms).div_ceil(tile_blocks.max(1));
+    let want = blocks.div_ceil(tile_blocks.max(1));
     let most = (cols / MMQ_MIN_SPLIT_COLS).max(1);
     let splits = want.min(most).max(1);
     let kps = nblk.div_ceil(splits);
@@ -244,10 +324,16 @@ impl CudaBackend {
             3 | 4 => (4, names[2]),
             _ => (8, names[3]),
         };
-        let (xq, xds) = self.quantized_input(x, cols, mats)?;
-        if let Some((names, qk)) = mmq {
-            return self.mmq(names, qk, cols, mats[0], x, xq, xds);
+        if let Some(k) = mmq {
+            let input = if self.mmq_f16_takes(ntok) {
+                MmqInput::F16(self.half_input(x, cols, mats)?)
+            } else {
+                let (xq, xds) = self.quantized_input(x, cols, mats)?;
+                MmqInput::Q8(xq, xds)
+            };
+            return self.mmq(k, cols, mats[0], x, input);
         }
+        let (xq, xds) = self.quantized_input(x, cols, mats)?;
         // Rows per block: REALIZAR_CUDA_MMVQ_ROWS (2 by default) for one token, 2 for more
         // (kernels/mmvq.cu).
         let per_block = match nt {
@@ -303,19 +389,49 @@ impl CudaBackend {
         Ok((xq, xds))
     }
 
-    /// One matrix on the int8 tensor-core kernels, the K range split when the grid is small.
-    #[allow(clippy::too_many_arguments)]
+    /// The f16 copy of `x` that the f16 mmq kernels read (each 32-element group in their
+    /// order), converted now unless the copy made last is of the same input and nothing has
+    /// written since (as `quantized_input`).
+    fn half_input(&self, x: &CudaBuf, cols: usize, mats: &[Mat]) -> Result<u64, CudaError> {
+        let n = x.rows * cols;
+        let mut s = self.scratch();
+        let xm = ensure(self, &mut s.xm, n)?;
+        let epoch = || self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        if s.halved != Some((x.ptr, x.rows, cols, epoch())) {
+            let slots = n / 8;
+            self.launch(
+                "half_mma_input",
+                (slots.div_ceil(256) as u32, 1, 1),
+                256,
+                &[Arg::P(x.ptr), Arg::P(xm), Arg::L(slots as i64)],
+            )?;
+            s.halved = Some((x.ptr, x.rows, cols, epoch()));
+        }
+        if mats.iter().any(|m| m.out == x.ptr) {
+            s.halved = None;
+        }
+        Ok(xm)
+    }
+
+    /// Whether the f16 mmq kernels take matmuls of `ntok` tokens (when mmq takes them).
+    pub(super) fn mmq_f16_takes(&self, ntok: usize) -> bool {
+        self.mmq_f16_tokens.0 <= ntok && ntok <= self.mmq_f16_tokens.1
+    }
+
+    /// One matrix on the tensor-core kernels, the K range split when the grid is small.
     fn mmq(
         &self,
-        names: [&'static str; 4],
-        qk: usize,
+        k: MmqKernels,
         cols: usize,
         m: Mat,
         x: &CudaBuf,
-        xq: u64,
-        xds: u64,
+        input: MmqInput,
     ) -> Result<(), CudaError> {
-        let (ntok, rows) = (x.rows, m.rows);
+        let (ntok, rows, qk) = (x.rows, m.rows, k.qk);
+        let names = match input {
+            MmqInput::Q8(..) => k.q8,
+            MmqInput::F16(_) => k.f16,
+        };
         let (tt, name) = match ntok {
             0..=8 => (8, names[0]),
             9..=16 => (16, names[1]),
@@ -323,33 +439,40 @@ impl CudaBackend {
             _ => (64, names[3]),
         };
         let tiles = rows.div_ceil(MMQ_ROWS) * ntok.div_ceil(tt);
-        let (splits, kps) = mmq_splits(cols, qk, tiles, self.sm_count);
-        let dst = if splits > 1 {
+        let (splits, kps) = mmq_splits(cols, qk, tiles, self.mmq_wave * self.sm_count);
+        let part = if splits > 1 {
             let mut s = self.scratch();
             ensure(self, &mut s.mmq_part, splits * ntok * rows)?
         } else {
-            m.out
+            0
         };
         let grid = (
             rows.div_ceil(MMQ_ROWS) as u32,
             ntok.div_ceil(tt) as u32,
             splits as u32,
         );
-        self.launch(
-            name,
-            grid,
-            128,
-            &[
-                Arg::P(m.w),
-                Arg::P(xq),
-                Arg::P(xds),
-                Arg::P(dst),
-                Arg::I(rows as i32),
-                Arg::I(cols as i32),
-                Arg::I(ntok as i32),
-                Arg::I(kps as i32),
-            ],
-        )?;
+        let shape = [
+            Arg::P(m.out),
+            Arg::P(part),
+            Arg::I(rows as i32),
+            Arg::I(cols as i32),
+            Arg::I(ntok as i32),
+            Arg::I(kps as i32),
+        ];
+        match input {
+            MmqInput::Q8(xq, xds) => {
+                let args: Vec<Arg> = [Arg::P(m.w), Arg::P(xq), Arg::P(xds)]
+                    .into_iter()
+                    .chain(shape)
+                    .collect();
+                self.launch(name, grid, 128, &args)?;
+            }
+            MmqInput::F16(xm) => {
+                let args: Vec<Arg> = [Arg::P(m.w), Arg::P(xm)].into_iter().chain(shape).collect();
+                let smem = mmq_f16_smem(qk, tt) as u32;
+                self.launch_smem(name, grid, 128, smem, &args)?;
+            }
+        }
         if splits > 1 {
             let n = ntok * rows;
             self.launch(
@@ -357,7 +480,7 @@ impl CudaBackend {
                 (n.div_ceil(256) as u32, 1, 1),
                 256,
                 &[
-                    Arg::P(dst),
+                    Arg::P(part),
                     Arg::P(m.out),
                     Arg::I(n as i32),
                     Arg::I(splits as i32),
