@@ -5,6 +5,9 @@
 #
 #   scripts/serve-vs-engine.sh [C] [DEVICE] [MAX_TOKENS]      (defaults: 64 cpu 64)
 #
+# The last line gives the server's output tokens/s against both S_TG and the engine's output
+# tokens/s over prefill and decode (the work the server's wall time also holds).
+#
 # The load generator (scripts/loadgen.py, standard library only) sends C streams of requests
 # with `ignore_eos`; each worker sends 2 requests back to back, so the server runs C sequences
 # at a time for most of the run. Needs the default model (or MODEL=path) and a free port 8099.
@@ -20,7 +23,11 @@ MODEL_ARGS=()
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg), device $DEVICE"
 echo "## engine: realizar bench --parallel $C -p 16 -n $MAXTOK"
-"$R" bench ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --parallel "$C" -p 16 -n "$MAXTOK" | grep -E '^\|'
+table=$("$R" bench ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --parallel "$C" -p 16 -n "$MAXTOK" | grep -E '^\|')
+echo "$table"
+# Two engine figures: S_TG (decode only), and the same work the server does (prefill of every
+# prompt, then decode): output tokens / (T_PP + T_TG).
+read -r s_tg same_work < <(echo "$table" | awk -F'|' '$4+0 > 0 { printf "%s %.2f\n", $9+0, $4 * $3 / $10 }')
 
 echo "## server: realizar serve --max-batch $C, loadgen --concurrency $C --max-tokens $MAXTOK"
 "$R" serve ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --port 8099 --max-batch "$C" >/tmp/serve-vs-engine.log 2>&1 &
@@ -33,5 +40,14 @@ for _ in $(seq 600); do
   sleep 0.5
 done
 [ $up = 1 ] || { echo "the server did not answer /health in 300 s"; exit 1; }
-python3 scripts/loadgen.py --url http://127.0.0.1:8099 --concurrency "$C" --max-tokens "$MAXTOK" \
-  --requests-per-worker 2 --json
+out=$(python3 scripts/loadgen.py --url http://127.0.0.1:8099 --concurrency "$C" \
+  --max-tokens "$MAXTOK" --requests-per-worker 2 --json)
+echo "$out"
+echo "$out" | python3 -c '
+import json, sys
+s_tg, same = float(sys.argv[1]), float(sys.argv[2])
+r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+tok = r["output_tok_s"]
+print(f"## server {tok:.2f} output tok/s: {tok / s_tg:.3f} of the engine S_TG {s_tg:.2f} (decode "
+      f"only), {tok / same:.3f} of the engine doing the same work {same:.2f} (prefill + decode)")
+' "$s_tg" "$same_work"

@@ -208,8 +208,9 @@ fn rope_kv_store_fused_equals_unfused() {
     assert!(ok, "fused rope_kv_store differs");
 }
 
-/// rms_norm, add_rms_norm and glu write the next matmul's 8-bit input themselves; the matmul's
-/// result is the same bits as with its own quantize launch.
+/// rms_norm, add_rms_norm and glu write the next matmul's 8-bit input (or, for the f16 mmq
+/// kernels, its f16 input) themselves; the matmul's result is the same bits as with its own
+/// conversion launch. 16 and 40 tokens run on the f16 mmq kernels, then again on the 8-bit ones.
 #[test]
 fn matmul_after_fused_8bit_input_equals_unfused() {
     let Some(mut g) = gpu() else { return };
@@ -234,7 +235,20 @@ fn matmul_after_fused_8bit_input_equals_unfused() {
         &nb,
         WeightUse::Vector { offset: 0.0 },
     );
-    for ntok in [1, 3, 16, 40] {
+    let (f16_lo, f16_hi) = realizar_cuda::DEFAULT_MMQ_F16_TOKENS;
+    for (ntok, f16) in [
+        (1, true),
+        (3, true),
+        (16, true),
+        (40, true),
+        (16, false),
+        (40, false),
+    ] {
+        if f16 {
+            g.set_mmq_f16_tokens(f16_lo, f16_hi);
+        } else {
+            g.set_mmq_f16_tokens(0, 0);
+        }
         let x = normal(&mut rng, ntok * cols, 1.0);
         let y = normal(&mut rng, ntok * cols, 1.0);
         let run = |g: &CudaBackend, which: usize| -> Vec<f32> {
@@ -260,12 +274,13 @@ fn matmul_after_fused_8bit_input_equals_unfused() {
         for (which, name) in ["rms_norm", "add_rms_norm", "glu"].into_iter().enumerate() {
             let (a, b) = both(&mut g, |g| run(g, which));
             ok &= same(
-                &format!("{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok"),
+                &format!("{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok (f16 mmq: {f16})"),
                 &a,
                 &b,
             );
         }
     }
+    g.set_mmq_f16_tokens(f16_lo, f16_hi);
     assert!(ok, "a matmul after a fused 8-bit input differs");
 }
 

@@ -4,11 +4,13 @@
 //!   bits in blocks of 32 (`quantize_q8_1`), then integer dot products (dp4a) against the
 //!   weights' own blocks, 1/2/4/8 tokens per weight read (kernels/mmvq.cu). This is the numerics
 //!   of llama.cpp's CUDA decode path: the 8-bit activation rounding moves logits by ~1e-3.
-//! - **mmq** (batches of `mmq_tokens` tokens, sm_80 and later): the same 8-bit activations
-//!   multiplied on int8 tensor cores (`mma.sync`), 64 rows x up to 64 tokens per block, each
-//!   weight read once per 64 tokens; the K range is split over several blocks when the grid would
-//!   not fill the GPU, their partial sums added by a second kernel in a fixed order
-//!   (kernels/mmq.cu).
+//! - **mmq** (batches of `mmq_tokens` tokens, sm_80 and later): tensor cores (`mma.sync`), 64
+//!   rows x up to 64 tokens per block, each weight read once per 64 tokens; the K range is split
+//!   over several blocks when the grid would not fill the GPU, their partial sums added by a
+//!   second kernel in a fixed order (kernels/mmq.cu). By default (`mmq_f16_tokens`) on f16
+//!   activations (`half_mma_input`), each weight group dequantized once in registers to f16 and
+//!   multiplied with every token tile (f32 accumulation); otherwise int8 products of the 8-bit
+//!   activations, scaled in f32 per group and tile (llama.cpp's mmq numerics).
 //! - **GEMM** (prefill, `gemm_min_tokens` tokens or more where mmq does not take them, when
 //!   cuBLAS loads): weight rows
 //!   dequantized to f16 in tiles, activations rounded to f16 (bf16 for BF16 weights), and a
