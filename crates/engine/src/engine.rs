@@ -140,6 +140,11 @@ pub struct EngineStats {
     pub prefix_cache_hit_tokens: u64,
     pub generated_tokens: u64,
     pub cancelled: u64,
+    /// Nanoseconds of the steps that ran a forward pass, whole (scheduling, the pass, sampling
+    /// and handing tokens to the requests), and of their forward passes alone: the difference
+    /// is the engine's host work per step.
+    pub step_ns: u64,
+    pub forward_ns: u64,
 }
 
 #[derive(Default)]
@@ -157,6 +162,8 @@ struct Shared {
     prefix_hits: AtomicU64,
     generated_tokens: AtomicU64,
     cancelled: AtomicU64,
+    step_ns: AtomicU64,
+    forward_ns: AtomicU64,
 }
 
 impl Shared {
@@ -341,6 +348,8 @@ impl EngineHandle {
             prefix_cache_hit_tokens: s.prefix_hits.load(Ordering::Relaxed),
             generated_tokens: s.generated_tokens.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
+            step_ns: s.step_ns.load(Ordering::Relaxed),
+            forward_ns: s.forward_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -547,6 +556,7 @@ impl<B: Backend> Loop<B> {
 
     /// One scheduled forward pass and the sampling after it.
     fn step(&mut self) -> Result<(), EngineError> {
+        let t_step = std::time::Instant::now();
         let plan = self.sched.schedule();
         let prefix = self.sched.prefix_cache_stats();
         let s = &self.shared;
@@ -616,7 +626,8 @@ impl<B: Backend> Loop<B> {
                 .collect(),
         };
         drop(chunks);
-        let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let forward = t0.elapsed();
+        let forward_ms = forward.as_secs_f64() * 1e3;
         self.sched.commit(&plan);
         self.shared.steps.fetch_add(1, Ordering::Relaxed);
         // Everything but one-token steps past the prompt (decodes) is prefill; a prompt whose
@@ -642,11 +653,17 @@ impl<B: Backend> Loop<B> {
             };
             self.emit(it.id, &dist);
         }
+        let whole = t_step.elapsed();
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.step_ns.fetch_add(ns(whole), Ordering::Relaxed);
+        self.shared
+            .forward_ns
+            .fetch_add(ns(forward), Ordering::Relaxed);
         tracing::debug!(
-            "step: {} sequences, {} tokens, forward {forward_ms:.1} ms, total {:.1} ms",
+            "step: {} sequences, {} tokens, forward {forward_ms:.1} ms, whole step {:.1} ms",
             plan.items.len(),
             plan.n_tokens(),
-            t0.elapsed().as_secs_f64() * 1e3
+            whole.as_secs_f64() * 1e3
         );
         Ok(())
     }

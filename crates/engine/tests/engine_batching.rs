@@ -121,7 +121,11 @@ fn batched(file: &Arc<ModelFile>, tok: &Arc<Tokenizer>, kv_tokens: usize) -> (Ve
         assert!(t0.elapsed().as_secs() < 10, "{:?}", engine.stats());
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    (all, engine.stats().preemptions)
+    // The step-time counters moved, and a step's forward pass is part of the step.
+    let st = engine.stats();
+    assert!(st.steps > 0 && st.forward_ns > 0, "{st:?}");
+    assert!(st.step_ns >= st.forward_ns, "{st:?}");
+    (all, st.preemptions)
 }
 
 fn same(expected: &[Vec<(u32, f32)>], got: &[Vec<u32>], what: &str) {

@@ -206,6 +206,25 @@ impl Metrics {
             "Forward passes the engine ran.",
             e.steps,
         );
+        let seconds = |o: &mut String, name: &str, help: &str, ns: u64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                ns as f64 / 1e9
+            );
+        };
+        seconds(
+            o,
+            "realizar_engine_step_seconds_total",
+            "Time of the engine steps that ran a forward pass, whole: scheduling, the forward pass, sampling, handing tokens on.",
+            e.step_ns,
+        );
+        seconds(
+            o,
+            "realizar_engine_forward_seconds_total",
+            "Time of those steps' forward passes alone (the rest of a step is host work).",
+            e.forward_ns,
+        );
         counter(
             o,
             "realizar_preemptions_total",
@@ -263,6 +282,8 @@ mod tests {
             preemptions: 3,
             prefix_cache_queried_tokens: 200,
             prefix_cache_hit_tokens: 48,
+            step_ns: 2_500_000_000,
+            forward_ns: 2_000_000_000,
             ..EngineStats::default()
         };
         let text = m.render(&e, EngineState::Ready);
@@ -281,5 +302,13 @@ mod tests {
         assert!(text.contains("realizar_prefix_cache_queried_tokens_total 200"));
         assert!(text.contains("realizar_prefix_cache_hit_tokens_total 48"));
         assert!(text.contains("# TYPE realizar_prefix_cache_hit_tokens_total counter"));
+        assert!(
+            text.contains("realizar_engine_step_seconds_total 2.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("realizar_engine_forward_seconds_total 2\n"),
+            "{text}"
+        );
     }
 }
