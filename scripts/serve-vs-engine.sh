@@ -27,7 +27,8 @@ table=$("$R" bench ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --para
 echo "$table"
 # Two engine figures: S_TG (decode only), and the same work the server does (prefill of every
 # prompt, then decode): output tokens / (T_PP + T_TG).
-read -r s_tg same_work < <(echo "$table" | awk -F'|' '$4+0 > 0 { printf "%s %.2f\n", $9+0, $4 * $3 / $10 }')
+read -r s_tg same_work < <(echo "$table" | awk -F'|' '$4+0 > 0 && $10+0 > 0 { printf "%s %.2f\n", $9+0, $4 * $3 / $10 }')
+[ -n "${s_tg:-}" ] || { echo "no result row in the bench output"; exit 1; }
 
 echo "## server: realizar serve --max-batch $C, loadgen --concurrency $C --max-tokens $MAXTOK"
 "$R" serve ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"} --device "$DEVICE" --port 8099 --max-batch "$C" >/tmp/serve-vs-engine.log 2>&1 &
@@ -40,9 +41,25 @@ for _ in $(seq 600); do
   sleep 0.5
 done
 [ $up = 1 ] || { echo "the server did not answer /health in 300 s"; exit 1; }
+metrics() { curl -sf http://127.0.0.1:8099/metrics | grep -E '^realizar_engine_(steps|step_seconds|forward_seconds)_total '; }
+m0=$(metrics)
 out=$(python3 scripts/loadgen.py --url http://127.0.0.1:8099 --concurrency "$C" \
   --max-tokens "$MAXTOK" --requests-per-worker 2 --json)
+m1=$(metrics)
 echo "$out"
+# The engine's own split of a step during the run: forward pass against host work.
+printf '%s\n---\n%s\n' "$m0" "$m1" | python3 -c '
+import sys
+a, b = sys.stdin.read().split("---")
+v = lambda t: {l.split()[0]: float(l.split()[1]) for l in t.strip().splitlines()}
+a, b = v(a), v(b)
+d = {k: b[k] - a[k] for k in b}
+n = d["realizar_engine_steps_total"]
+if n > 0:
+    f = d["realizar_engine_forward_seconds_total"] * 1e3 / n
+    w = d["realizar_engine_step_seconds_total"] * 1e3 / n
+    print(f"## server steps: {n:.0f}, {w:.2f} ms a step, of which forward {f:.2f} ms, host {w - f:.2f} ms")
+'
 echo "$out" | python3 -c '
 import json, sys
 s_tg, same = float(sys.argv[1]), float(sys.argv[2])

@@ -242,6 +242,21 @@ fn tokens_from_env(var: &str, default: (usize, usize)) -> (usize, usize) {
     }
 }
 
+/// `REALIZAR_CUDA_MMQ_WAVE`: blocks per SM the mmq K split aims at (1-32; 4 by default, with a
+/// warning for anything else).
+fn mmq_wave_from_env() -> usize {
+    let Ok(v) = std::env::var("REALIZAR_CUDA_MMQ_WAVE") else {
+        return 4;
+    };
+    match v.trim().parse() {
+        Ok(n) if (1..=32).contains(&n) => n,
+        _ => {
+            eprintln!("REALIZAR_CUDA_MMQ_WAVE={v:?}: expected 1 to 32; using 4");
+            4
+        }
+    }
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -276,9 +291,9 @@ pub struct CudaBackend {
     blas: Option<cudarc::cublas::CudaBlas>,
     scratch: Mutex<matmul::Scratch>,
     /// Counts launches that may write activations (all but the mmvq and mmq paths' own, which
-    /// write only the matmul's output: the 8-bit record names the matmul's input, and an output
-    /// that is its input clears the record), so that a matmul can reuse the 8-bit copy of an
-    /// input that nothing has written since.
+    /// write only the matmul's output: the 8-bit and f16 records name the matmul's input, and an
+    /// output that is its input clears them), so that a matmul can reuse the 8-bit or f16 copy
+    /// of an input that nothing has written since. Allocations count too.
     epoch: AtomicU64,
     /// Bumped whenever an index array or scratch buffer moves (graphs.rs).
     gen: AtomicU64,
@@ -342,11 +357,7 @@ impl CudaBackend {
                 .filter(|n| matches!(n, 1 | 2 | 4))
                 .unwrap_or(2),
             sm_count,
-            mmq_wave: std::env::var("REALIZAR_CUDA_MMQ_WAVE")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|&n| (1..=32).contains(&n))
-                .unwrap_or(4),
+            mmq_wave: mmq_wave_from_env(),
             blas: matmul::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
             epoch: AtomicU64::new(0),

@@ -234,8 +234,10 @@ impl Kernels {
                 let f = module
                     .load_function(name)
                     .map_err(|e| CudaError::kernel(name, e))?;
-                if name.starts_with("mmq_f16_") {
-                    // More dynamic shared memory than the default 48 KiB.
+                if name.starts_with("mmq_f16_") && major >= 8 {
+                    // More dynamic shared memory than the default 48 KiB (every sm_80+ device
+                    // allows at least 99 KiB; the mmq kernels run only there, and older devices
+                    // would refuse the attribute).
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         crate::backend::MMQ_F16_SMEM_MAX as i32,

@@ -78,8 +78,8 @@ impl CudaBackend {
         (cols / 4).div_ceil(32).clamp(1, 32) as u32 * 32
     }
 
-    /// Launches a one-block-per-row norm kernel `name(prefix.., out, cols, eps, xq, xds)`, with
-    /// the output's 8-bit copy where the next matmul will use it.
+    /// Launches a one-block-per-row norm kernel `name(prefix.., out, cols, eps, xq, xds, xm)`,
+    /// with the output's 8-bit or f16 copy where the next matmul will use it.
     fn launch_norm(
         &self,
         name: &'static str,

@@ -10,7 +10,8 @@
 //!   second kernel in a fixed order (kernels/mmq.cu). By default (`mmq_f16_tokens`) on f16
 //!   activations (`half_mma_input`), each weight group dequantized once in registers to f16 and
 //!   multiplied with every token tile (f32 accumulation); otherwise int8 products of the 8-bit
-//!   activations, scaled in f32 per group and tile (llama.cpp's mmq numerics).
+//!   activations, scaled in f32 per group and tile (llama.cpp's mmq numerics). Like the GEMM
+//!   path's, f16 activations or weights beyond 65,504 become infinite.
 //! - **GEMM** (prefill, `gemm_min_tokens` tokens or more where mmq does not take them, when
 //!   cuBLAS loads): weight rows
 //!   dequantized to f16 in tiles, activations rounded to f16 (bf16 for BF16 weights), and a
@@ -203,15 +204,15 @@ pub(crate) const MMQ_ENTRY_POINTS: &[&str] =
     mmq_entry_points!("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k");
 
 /// Dynamic shared memory of an f16 mmq kernel: two buffers of `tt` token rows of a K chunk
-/// (kernels/mmq.cu, `mmq_f16`: 4 blocks of 32-element types, 1 of K-quants, 2 bytes an element,
-/// 64 bytes of padding a row).
-pub(crate) fn mmq_f16_smem(qk: usize, tt: usize) -> usize {
+/// (kernels/mmq.cu, `mmq_f16`: STRIDE = 2 * CH + 64 bytes a row, CH = QK * BPC elements, BPC 4
+/// for the 32-element types and 1 for the K-quants, as their structs there say).
+pub(crate) const fn mmq_f16_smem(qk: usize, tt: usize) -> usize {
     let chunk = if qk == 32 { 4 * 32 } else { qk };
     2 * tt * (2 * chunk + 64)
 }
 
-/// The most dynamic shared memory an f16 mmq kernel asks for.
-pub(crate) const MMQ_F16_SMEM_MAX: usize = 2 * 64 * (2 * 256 + 64);
+/// The most dynamic shared memory an f16 mmq kernel asks for (64 tokens of a K-quant chunk).
+pub(crate) const MMQ_F16_SMEM_MAX: usize = mmq_f16_smem(256, 64);
 
 /// Rows per mmq block (kernels/mmq.cu, `MMQ_ROWS`).
 const MMQ_ROWS: usize = 64;
@@ -461,16 +462,14 @@ impl CudaBackend {
             Arg::I(ntok as i32),
             Arg::I(kps as i32),
         ];
+        let [a, b, c, d, e, f] = shape;
         match input {
             MmqInput::Q8(xq, xds) => {
-                let args: Vec<Arg> = [Arg::P(m.w), Arg::P(xq), Arg::P(xds)]
-                    .into_iter()
-                    .chain(shape)
-                    .collect();
+                let args = [Arg::P(m.w), Arg::P(xq), Arg::P(xds), a, b, c, d, e, f];
                 self.launch(name, grid, 128, &args)?;
             }
             MmqInput::F16(xm) => {
-                let args: Vec<Arg> = [Arg::P(m.w), Arg::P(xm)].into_iter().chain(shape).collect();
+                let args = [Arg::P(m.w), Arg::P(xm), a, b, c, d, e, f];
                 let smem = mmq_f16_smem(qk, tt) as u32;
                 self.launch_smem(name, grid, 128, smem, &args)?;
             }
