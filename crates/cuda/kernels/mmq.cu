@@ -400,11 +400,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ w, const i8* __restri
     MmqWeights<T> wt(w, rows, cols, kps);
     const int b_end = wt.b_end;
 
-    float acc[NT][4];
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[t][i] = 0.0f;
+    float acc[NT][4] = {};
     // The activations of the chunk that starts at block bs into buffer sb, asynchronously
     // (zeros past the last token and past the row's end).
     auto stage = [&](int sb, int bs) {
@@ -689,11 +685,7 @@ __device__ __forceinline__ void mmq_f16(const u8* __restrict__ w, const u8* __re
     MmqWeights<T> wt(w, rows, cols, kps);
     const int b_end = wt.b_end;
 
-    float acc[NT][4];
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[t][i] = 0.0f;
+    float acc[NT][4] = {};
     // The activations of the chunk that starts at block bs into buffer sb, asynchronously
     // (zeros past the last token and past the row's end).
     auto stage = [&](int sb, int bs) {

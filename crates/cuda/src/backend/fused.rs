@@ -63,13 +63,13 @@ impl CudaBackend {
 
     /// Records that the launch just made wrote the copies in `slot` of `ptr`'s `rows x cols`.
     fn act_written(&self, slot: ActSlot, ptr: u64, rows: usize, cols: usize) {
-        let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let record = self.input_record(ptr, rows, cols);
         let mut s = self.scratch();
         if slot.xq != 0 {
-            s.quantized = Some((ptr, rows, cols, epoch));
+            s.quantized = Some(record);
         }
         if slot.xm != 0 {
-            s.halved = Some((ptr, rows, cols, epoch));
+            s.halved = Some(record);
         }
     }
 

@@ -59,12 +59,16 @@ pub(super) struct Scratch {
     pub(super) attn_part: Option<CudaSlice<f32>>,
     /// The mmq kernels' partial sums when the K range is split.
     pub(super) mmq_part: Option<CudaSlice<f32>>,
-    /// What `xq`/`xds` hold: (input address, rows, cols, epoch just after quantizing it).
-    pub(super) quantized: Option<(u64, usize, usize, u64)>,
-    /// The f16 mmq kernels' activations (`half_mma_input`), and what they hold (as `quantized`).
+    /// What `xq`/`xds` hold.
+    pub(super) quantized: Option<InputRecord>,
+    /// The f16 mmq kernels' activations (`half_mma_input`), and what they hold.
     pub(super) xm: Option<CudaSlice<u16>>,
-    pub(super) halved: Option<(u64, usize, usize, u64)>,
+    pub(super) halved: Option<InputRecord>,
 }
+
+/// Which matmul input a converted copy holds: (input address, rows, cols, epoch just after the
+/// conversion). It is current while the epoch has not moved.
+pub(super) type InputRecord = (u64, usize, usize, u64);
 
 /// The activations of an mmq launch: 8-bit (values, then (d, d * sum) pairs) or f16.
 #[derive(Clone, Copy)]
@@ -370,9 +374,7 @@ impl CudaBackend {
         let mut s = self.scratch();
         let xq = ensure(self, &mut s.xq, ntok * cols)?;
         let xds = ensure(self, &mut s.xds, 2 * nblocks)?;
-        let epoch = || self.epoch.load(std::sync::atomic::Ordering::Relaxed);
-        if s.quantized != Some((x.ptr, ntok, cols, epoch())) {
-            s.quantized = None;
+        self.convert_once(&mut s.quantized, x, cols, mats, || {
             self.launch(
                 "quantize_q8_1",
                 (nblocks.div_ceil(8) as u32, 1, 1),
@@ -383,13 +385,37 @@ impl CudaBackend {
                     Arg::P(xds),
                     Arg::I(nblocks as i32),
                 ],
-            )?;
-            s.quantized = Some((x.ptr, ntok, cols, epoch()));
+            )
+        })?;
+        Ok((xq, xds))
+    }
+
+    /// The record of `ptr`'s `rows x cols` as the activations are now.
+    pub(super) fn input_record(&self, ptr: u64, rows: usize, cols: usize) -> InputRecord {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        (ptr, rows, cols, epoch)
+    }
+
+    /// Runs `convert` (a launch writing a copy of `x` that the matmul of `mats` reads) unless
+    /// `record` says the copy already holds `x` as it is now; then records it, or forgets it
+    /// when one of the matrices writes over `x`.
+    fn convert_once(
+        &self,
+        record: &mut Option<InputRecord>,
+        x: &CudaBuf,
+        cols: usize,
+        mats: &[Mat],
+        convert: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        if *record != Some(self.input_record(x.ptr, x.rows, cols)) {
+            *record = None;
+            convert()?;
+            *record = Some(self.input_record(x.ptr, x.rows, cols));
         }
         if mats.iter().any(|m| m.out == x.ptr) {
-            s.quantized = None;
+            *record = None;
         }
-        Ok((xq, xds))
+        Ok(())
     }
 
     /// The f16 copy of `x` that the f16 mmq kernels read (each 32-element group in their
@@ -399,20 +425,15 @@ impl CudaBackend {
         let n = x.rows * cols;
         let mut s = self.scratch();
         let xm = ensure(self, &mut s.xm, n)?;
-        let epoch = || self.epoch.load(std::sync::atomic::Ordering::Relaxed);
-        if s.halved != Some((x.ptr, x.rows, cols, epoch())) {
-            let slots = n / 8;
+        let slots = n / 8;
+        self.convert_once(&mut s.halved, x, cols, mats, || {
             self.launch(
                 "half_mma_input",
                 (slots.div_ceil(256) as u32, 1, 1),
                 256,
                 &[Arg::P(x.ptr), Arg::P(xm), Arg::L(slots as i64)],
-            )?;
-            s.halved = Some((x.ptr, x.rows, cols, epoch()));
-        }
-        if mats.iter().any(|m| m.out == x.ptr) {
-            s.halved = None;
-        }
+            )
+        })?;
         Ok(xm)
     }
 
