@@ -165,7 +165,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }),
         load::Device::Cuda => Engine::spawn(cfg, tokenizer, move || {
             let t0 = std::time::Instant::now();
-            let model = match gpu_memory {
+            let mut model = match gpu_memory {
                 Some(f) => realizar_cuda::load_cuda_sized(file, &opts, f),
                 None => realizar_cuda::load_cuda_from(file, &opts),
             }
@@ -178,6 +178,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 )));
             }
             log_loaded(&load_path, "cuda", t0, &model);
+            // cuBLAS loads its kernels at their first launch, and buffers grow on first use:
+            // run those costs now, not in the first requests' time to first token (measured on
+            // an H200, 8B cut to 8 layers: a first prefill of 64 16-token prompts 111 ms,
+            // later ones 18-21 ms).
+            let t1 = std::time::Instant::now();
+            let n = model.warm_up().map_err(EngineError::from)?;
+            tracing::info!("warmed up in {} ms ({n} tokens)", t1.elapsed().as_millis());
             Ok(model)
         }),
     };

@@ -124,6 +124,38 @@ impl<B: Backend> Model<B> {
         self.n_blocks
     }
 
+    /// Runs the step shapes that serving meets, once, on a throwaway sequence, so that the
+    /// backend's first-use costs fall before the first request instead of into its latency: a
+    /// GPU library loading its kernels at their first launch (cuBLAS picks kernels by the token
+    /// count), scratch buffers growing. Steps of `max_tokens` tokens (or as many as the cache
+    /// holds), then halves of that down to 64, then one decode step. The KV blocks written
+    /// hold nothing a sequence reads later: a sequence reads only positions it has written.
+    /// Returns the tokens run.
+    pub fn warm_up(&mut self) -> Result<usize, ModelError> {
+        let cap = (self.n_blocks * self.block_size).saturating_sub(1);
+        let vocab = self.cfg.vocab_size.max(1);
+        let mut n = self.max_tokens.min(cap);
+        let mut done = 0;
+        while n > 0 {
+            let tokens: Vec<u32> = (0..n + 1).map(|i| (i % vocab) as u32).collect();
+            let table: Vec<u32> = (0..(n + 1).div_ceil(self.block_size) as u32).collect();
+            let chunk = |tokens, start_pos| SeqChunk {
+                tokens,
+                start_pos,
+                block_table: &table,
+                logits: LogitsWanted::Last,
+            };
+            self.forward(&[chunk(&tokens[..n], 0)])?;
+            done += n;
+            if n <= 64 {
+                self.forward(&[chunk(&tokens[n..], n)])?;
+                return Ok(done + 1);
+            }
+            n = (n / 2).max(64);
+        }
+        Ok(done)
+    }
+
     /// Runs a batch and returns the logits wanted, in batch order: one `vocab`-long row per
     /// token with logits. Chunks longer than the step size are processed in several steps.
     pub fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
