@@ -106,6 +106,7 @@ __device__ __forceinline__ void kv_store(u8* kc, u8* vc, const float* __restrict
 #define KV_STORE(NAME, KT)                                                                      \
     extern "C" __global__ void NAME(u8* kc, u8* vc, const float* k, const float* v,             \
                                     const u32* slots, int kv_dim, size_t sc_off) {              \
+        pdl_entry();                                                                            \
         kv_store<KT>(kc, vc, k, v, slots, kv_dim, sc_off);                                      \
     }
 KV_STORE(kv_store_f32, KT_F32)
@@ -147,6 +148,7 @@ __device__ __forceinline__ void rope_store(float* q, float* k, const float* __re
                                     const u32* slots, u8* kc, u8* vc, int q_cols, int kv_dim,    \
                                     int head_dim, int rope_dim, float theta, float scale,        \
                                     int layout, size_t sc_off) {                                \
+        pdl_entry();                                                                            \
         rope_store<KT>(q, k, v, positions, slots, kc, vc, q_cols, kv_dim, head_dim, rope_dim,    \
                        theta, scale, layout, sc_off);                                           \
     }
@@ -267,14 +269,15 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
     }
 }
 
-extern "C" __global__ void attention_f32(AttnArgs a) { attention<KT_F32>(a); }
-extern "C" __global__ void attention_f16(AttnArgs a) { attention<KT_F16>(a); }
-extern "C" __global__ void attention_fp8(AttnArgs a) { attention<KT_FP8>(a); }
-extern "C" __global__ void attention_q8_0(AttnArgs a) { attention<KT_Q8>(a); }
+extern "C" __global__ void attention_f32(AttnArgs a) { pdl_entry(); attention<KT_F32>(a); }
+extern "C" __global__ void attention_f16(AttnArgs a) { pdl_entry(); attention<KT_F16>(a); }
+extern "C" __global__ void attention_fp8(AttnArgs a) { pdl_entry(); attention<KT_FP8>(a); }
+extern "C" __global__ void attention_q8_0(AttnArgs a) { pdl_entry(); attention<KT_Q8>(a); }
 
 // Combines the `splits` partials of each (query head, token): grid (n_head, T), one warp.
 extern "C" __global__ void attention_merge(const float* __restrict__ part, float* __restrict__ out,
                                            int n_head, int hd, int splits) {
+    pdl_entry();
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
     const float* p = part + ((size_t)t * n_head + h) * splits * (hd + 2);
     float gm = NEG_INF;
@@ -457,6 +460,7 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
 
 #define ATTN_GQA(NAME, KT, HD, NG)                                                              \
     extern "C" __global__ void __launch_bounds__(GQA_WARPS * 32) NAME(AttnArgs a) {             \
+        pdl_entry();                                                                            \
         attn_gqa<KT, HD, NG>(a);                                                                \
     }
 ATTN_GQA(attn_gqa_f16_32_1, KT_F16, 32, 1)

@@ -8,6 +8,19 @@ typedef unsigned int u32;
 
 #define NEG_INF __int_as_float(0xff800000)
 
+// The first statement of every kernel (compile.rs checks it). On sm_90 the host launches
+// kernels with programmatic dependent launch (backend/launch.rs): a kernel may be scheduled
+// while the one ahead of it in the stream still runs, and waits here until that one has
+// completed and its writes are visible, so it reads and writes nothing early; then it lets the
+// next kernel be scheduled, so that kernel's launch overlaps this one's run instead of
+// following its end.
+__device__ __forceinline__ void pdl_entry() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // f16 <-> f32 through PTX conversions (round to nearest even), so that no cuda_fp16.h is needed.
 __device__ __forceinline__ float h2f(u16 h) {
     float f;

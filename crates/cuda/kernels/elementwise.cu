@@ -19,6 +19,7 @@ __device__ __forceinline__ void embed_q(const u8* __restrict__ table, const u32*
 #define EMBED_Q(NAME, T)                                                                        \
     extern "C" __global__ void embed_##NAME(const u8* table, const u32* ids, int cols,          \
                                             float scale, float* out) {                          \
+        pdl_entry();                                                                            \
         embed_q<T>(table, ids, cols, scale, out);                                               \
     }
 
@@ -34,6 +35,7 @@ EMBED_Q(q6_k, Q6K)
 // Float tables: kind 0 = f32, 1 = f16, 2 = bf16.
 extern "C" __global__ void embed_float(const u8* __restrict__ table, const u32* __restrict__ ids,
                                        int cols, float scale, float* __restrict__ out, int kind) {
+    pdl_entry();
     int t = blockIdx.x;
     int esize = kind == 0 ? 4 : 2;
     const u8* row = table + (size_t)ids[t] * cols * esize;
@@ -54,6 +56,7 @@ __device__ __forceinline__ float glu_act(float g, int act) {
 // gate = act(gate) * up.
 extern "C" __global__ void glu(float* __restrict__ gate, const float* __restrict__ up, long long n,
                                int act) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     gate[i] = glu_act(gate[i], act) * up[i];
@@ -65,6 +68,7 @@ extern "C" __global__ void glu(float* __restrict__ gate, const float* __restrict
 extern "C" __global__ void glu_q8(float* __restrict__ gate, const float* __restrict__ up,
                                   long long n, int act, i8* __restrict__ xq,
                                   float2* __restrict__ xds, u16* __restrict__ xm) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = glu_act(gate[i], act) * up[i];
@@ -75,6 +79,7 @@ extern "C" __global__ void glu_q8(float* __restrict__ gate, const float* __restr
 
 // x += y.
 extern "C" __global__ void add(float* __restrict__ x, const float* __restrict__ y, long long n) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
@@ -82,12 +87,14 @@ extern "C" __global__ void add(float* __restrict__ x, const float* __restrict__ 
 // x[t][c] += b[c].
 extern "C" __global__ void add_bias(float* __restrict__ x, const float* __restrict__ b,
                                     long long n, int cols) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += b[i % cols];
 }
 
 // x = cap * tanh(x / cap).
 extern "C" __global__ void softcap(float* __restrict__ x, long long n, float cap) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = cap * tanhf(x[i] / cap);
 }
@@ -95,6 +102,7 @@ extern "C" __global__ void softcap(float* __restrict__ x, long long n, float cap
 // out[i] = x[rows[i]]: grid (n_out_rows), threads over columns.
 extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows,
                                        int cols, float* __restrict__ out) {
+    pdl_entry();
     const float* src = x + (size_t)rows[blockIdx.x] * cols;
     float* dst = out + (size_t)blockIdx.x * cols;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];

@@ -34,6 +34,7 @@ __device__ __forceinline__ void dequant_f16(const u8* __restrict__ w, u16* __res
 #define DEQUANT_F16(NAME, T)                                                                    \
     extern "C" __global__ void dequant_f16_##NAME(const u8* w, u16* out, int row0, int rows,     \
                                                   int cols) {                                   \
+        pdl_entry();                                                                            \
         dequant_f16<T>(w, out, row0, rows, cols);                                               \
     }
 
@@ -49,6 +50,7 @@ DEQUANT_F16(q6_k, Q6K)
 // y = x rounded to f16 (kind 1) or bf16 (kind 2), n elements.
 extern "C" __global__ void to_half(const float* __restrict__ x, u16* __restrict__ y, long long n,
                                    int kind) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = kind == 1 ? f2h(x[i]) : f2bf(x[i]);
 }

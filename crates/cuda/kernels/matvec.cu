@@ -115,6 +115,7 @@ __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* 
 
 #define MATVEC_ONE(NAME, CALL)                                                                  \
     extern "C" __global__ void NAME(Group g, const float* x, int cols, int ntok) {              \
+        pdl_entry();                                                                            \
         const u8* w;                                                                            \
         float* out;                                                                             \
         int rows, b = group_pick(g, w, out, rows);                                              \

@@ -489,6 +489,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ w, const i8* __restri
     extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS)                                \
         mmq_##NAME##_##TT(const u8* w, const i8* xq, const float2* xds, float* out, float* part, \
                           int rows, int cols, int ntok, int kps) {                              \
+        pdl_entry();                                                                            \
         mmq<T, TT>(w, xq, xds, out, part, rows, cols, ntok, kps);                               \
     }
 
@@ -525,6 +526,7 @@ MMQ_ALL(q6_k, FQ6K)
 // 16-byte slot.
 extern "C" __global__ void half_mma_input(const float* __restrict__ x, uint4* __restrict__ xh,
                                           long long nslots) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= nslots) return;
     const float* p = x + (i >> 2) * 32 + 4 * (i & 3);
@@ -744,6 +746,7 @@ __device__ __forceinline__ void mmq_f16(const u8* __restrict__ w, const u8* __re
     extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS)                                \
         mmq_f16_##NAME##_##TT(const u8* w, const u8* xh, float* out, float* part, int rows,      \
                               int cols, int ntok, int kps) {                                    \
+        pdl_entry();                                                                            \
         mmq_f16<T, TT>(w, xh, out, part, rows, cols, ntok, kps);                                \
     }
 
@@ -762,6 +765,7 @@ MMQ_F16_ALL(q6_k, FQ6K)
 // out[i] = sum over z of part[z * n + i], in split order.
 extern "C" __global__ void mmq_reduce(const float* __restrict__ part, float* __restrict__ out,
                                       int n, int splits) {
+    pdl_entry();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = 0.0f;

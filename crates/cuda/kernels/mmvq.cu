@@ -39,6 +39,7 @@ __device__ __forceinline__ int spread4(u32 b) {
 
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __restrict__ xq,
                                          float2* __restrict__ xds, int nblocks) {
+    pdl_entry();
     int lane = threadIdx.x & 31;
     int blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= nblocks) return;
@@ -316,6 +317,7 @@ __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __rest
 #define MMVQ(NAME, T, NT, ROWS)                                                                 \
     extern "C" __global__ void mmvq_##NAME##_##NT(Group g, const int* xq, const float2* xds,     \
                                                   int cols, int ntok) {                         \
+        pdl_entry();                                                                            \
         const u8* w;                                                                            \
         float* out;                                                                             \
         int rows, b = group_pick(g, w, out, rows);                                              \
@@ -326,6 +328,7 @@ __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __rest
 #define MMVQ_R(NAME, T, ROWS)                                                                   \
     extern "C" __global__ void mmvq_##NAME##_1r##ROWS(Group g, const int* xq, const float2* xds, \
                                                       int cols, int ntok) {                     \
+        pdl_entry();                                                                            \
         const u8* w;                                                                            \
         float* out;                                                                             \
         int rows, b = group_pick(g, w, out, rows);                                              \

@@ -20,6 +20,7 @@ __device__ __forceinline__ void put_out(float* orow, u16* xm, int cols, int i, f
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
                                     float* out, int cols, float eps, i8* xq, float2* xds,
                                     u16* xm) {
+    pdl_entry();
     const float* xr = x + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
     float ss = 0.0f;
@@ -35,6 +36,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
 extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* __restrict__ w,
                                         float* out, int cols, float eps, i8* xq, float2* xds,
                                         u16* xm) {
+    pdl_entry();
     float* xr = x + (size_t)blockIdx.x * cols;
     const float* yr = y + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
@@ -54,6 +56,7 @@ extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* _
 // One warp per head; grid covers n_heads_total = rows * cols / head_dim warps.
 extern "C" __global__ void rms_norm_heads(float* __restrict__ x, const float* __restrict__ w,
                                           int n_heads_total, int head_dim, float eps) {
+    pdl_entry();
     int head = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (head >= n_heads_total) return;

@@ -3,6 +3,7 @@
 extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ positions,
                                 int rows, int cols, int head_dim, int rope_dim, float theta,
                                 float scale, int layout) {
+    pdl_entry();
     int half = rope_dim / 2;
     int heads = cols / head_dim;
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -31,6 +31,7 @@ __device__ __forceinline__ void warp_best(float* v, int* i) {
 extern "C" __global__ void top_k_rows(const float* __restrict__ x, int cols, int k,
                                       u32* __restrict__ ids, float* __restrict__ vals,
                                       float* __restrict__ lse) {
+    pdl_entry();
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ float bcast_v;
@@ -109,6 +110,7 @@ extern "C" __global__ void sample_rows(const float* __restrict__ x, int cols,
                                        const u32* __restrict__ draws,
                                        const u32* __restrict__ banned, int nbanned,
                                        u32* __restrict__ out) {
+    pdl_entry();
     __shared__ float sv[32];
     __shared__ int si[32], sl[32];
     __shared__ double sm[32];

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use realizar_model::backend::WeightUse;
 use realizar_model::weights::TensorView;
 use realizar_model::ModelError;
@@ -27,6 +27,7 @@ use crate::CudaError;
 mod attention;
 mod fused;
 mod graphs;
+mod launch;
 mod matmul;
 mod ops;
 
@@ -288,6 +289,11 @@ pub struct CudaBackend {
     /// mmq launches split their K range until the grid has this many blocks per SM
     /// (`REALIZAR_CUDA_MMQ_WAVE`, 4 by default).
     mmq_wave: usize,
+    /// The device has programmatic dependent launch (sm_90 and later).
+    has_pdl: bool,
+    /// Kernels are launched with programmatic dependent launch (`pdl_entry` in common.cuh;
+    /// `REALIZAR_CUDA_PDL=0` turns it off; needs `has_pdl`).
+    pdl: bool,
     blas: Option<cudarc::cublas::CudaBlas>,
     scratch: Mutex<matmul::Scratch>,
     /// Counts launches that may write activations (all but the mmvq and mmq paths' own, which
@@ -334,6 +340,7 @@ impl CudaBackend {
             .map_err(|e| CudaError::call("cuStreamCreate", e))?;
         let kernels = Kernels::load(&ctx)?;
         let sm_count = mmq_sm_count(&ctx);
+        let has_pdl = matches!(ctx.compute_capability(), Ok((major, _)) if major >= 9);
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaBackend {
             ctx,
@@ -358,6 +365,8 @@ impl CudaBackend {
                 .unwrap_or(2),
             sm_count,
             mmq_wave: mmq_wave_from_env(),
+            has_pdl,
+            pdl: has_pdl && std::env::var_os("REALIZAR_CUDA_PDL").is_none_or(|v| v != "0"),
             blas: matmul::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
             epoch: AtomicU64::new(0),
@@ -400,6 +409,17 @@ impl CudaBackend {
     pub fn set_mmq_f16_tokens(&mut self, min: usize, max: usize) {
         self.mmq_f16_tokens = mmq_range(min, max);
         self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether kernels are launched with programmatic dependent launch: each kernel's launch
+    /// overlaps the run of the one before it, which it waits for before touching memory (on by
+    /// default where the device has it, sm_90 and later; the results are the same bits).
+    /// Returns whether it is on.
+    pub fn set_pdl(&mut self, on: bool) -> bool {
+        self.pdl = on && self.has_pdl;
+        // Recorded steps hold the old launches.
+        self.gen.fetch_add(1, Ordering::Relaxed);
+        self.pdl
     }
 
     /// Decode matmuls on rows at least `n` wide use the 8-bit mmvq kernels (narrower ones the
@@ -527,61 +547,6 @@ impl CudaBackend {
 
     fn indices(&self) -> std::sync::MutexGuard<'_, Indices> {
         self.idx.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn launch(
-        &self,
-        name: &'static str,
-        grid: (u32, u32, u32),
-        block: u32,
-        args: &[Arg],
-    ) -> Result<(), CudaError> {
-        self.launch_smem(name, grid, block, 0, args)
-    }
-
-    /// `launch` with `smem` bytes of dynamic shared memory.
-    fn launch_smem(
-        &self,
-        name: &'static str,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        args: &[Arg],
-    ) -> Result<(), CudaError> {
-        let f = self.kernels.get(name)?;
-        if !name.starts_with("mmvq_") && !name.starts_with("mmq_") {
-            self.epoch.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.replaying.load(Ordering::Relaxed) {
-            // `end_step` launches the record of this step instead.
-            return Ok(());
-        }
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::P(v) => b.arg(v),
-                Arg::I(v) => b.arg(v),
-                Arg::L(v) => b.arg(v),
-                Arg::F(v) => b.arg(v),
-                Arg::Attn(v) => b.arg(v),
-                Arg::Group(v) => b.arg(v),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: every launch site passes the argument list of the kernel's C signature (same
-        // order and types); device addresses come from live allocations of this context whose
-        // sizes the callers check against the shapes they pass.
-        unsafe { b.launch(cfg) }.map_err(|e| CudaError::kernel(name, e))?;
-        if self.sync_each {
-            self.stream
-                .synchronize()
-                .map_err(|e| CudaError::kernel(name, e))?;
-        }
-        Ok(())
     }
 
     fn alloc_buf(&self, rows: usize, cols: usize) -> Result<CudaBuf, CudaError> {

@@ -396,6 +396,33 @@ mod tests {
         }
     }
 
+    /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them all
+    /// with programmatic dependent launch on sm_90, which lets a kernel start before the one
+    /// ahead of it has finished; one without the wait would read unfinished results.
+    #[test]
+    fn every_kernel_waits_for_the_one_before() {
+        let mut kernels = 0;
+        for src in SOURCES {
+            let text = src.text;
+            for (at, _) in text.match_indices("__global__") {
+                let rest = &text[at..];
+                let body = rest
+                    .find(") {")
+                    .map(|p| &rest[p + 3..])
+                    .unwrap_or_else(|| panic!("{}: no body after __global__", src.file));
+                let first = body.trim_start_matches(|c: char| c.is_whitespace() || c == '\\');
+                assert!(
+                    first.starts_with("pdl_entry();"),
+                    "{}: a kernel does not start with pdl_entry(): {}",
+                    src.file,
+                    &rest[..rest.len().min(120)]
+                );
+                kernels += 1;
+            }
+        }
+        assert!(kernels >= 30, "found only {kernels} kernels");
+    }
+
     #[test]
     fn compile_error_shows_nvrtc_log() {
         // SAFETY: only checks whether the library can be opened.

@@ -5,7 +5,8 @@
 //! long prefill in between (which grows scratch buffers and so invalidates every record). Runs on
 //! the tiny fixtures of every architecture (qwen2's biases, qwen3's QK-norm, gemma3's sliding
 //! windows), with the 8-bit mmvq kernels forced onto their narrow rows and with the default
-//! kernels. Skips, saying so, without a CUDA device.
+//! kernels. The recorded model launches with programmatic dependent launch where the device has
+//! it (sm_90) and the other without. Skips, saying so, without a CUDA device.
 
 mod common;
 
@@ -88,6 +89,11 @@ fn script(path: &Path, mmvq_everywhere: bool, label: &str) {
     let mut b = load_cuda_from(file, &opts).unwrap();
     a.backend.set_graphs(true);
     b.backend.set_graphs(false);
+    // The replayed model also launches with programmatic dependent launch (sm_90), the other
+    // one launch after the other's end: the same bits either way.
+    let pdl = a.backend.set_pdl(true);
+    b.backend.set_pdl(false);
+    println!("{label}: programmatic dependent launch {pdl}");
     if mmvq_everywhere {
         a.backend.set_mmvq_min_cols(0);
         b.backend.set_mmvq_min_cols(0);
