@@ -167,12 +167,17 @@ pub fn bench<B: Backend>(
             .map(|_| (0..p).map(|_| next_token()).collect())
             .collect()
     };
-    // Warm-up: as many whole prompts as fill one prefill call (one when a prompt fills it), and
-    // one decode step: the timed runs' prefill call shape, whose first use would otherwise be
+    // Warm-up: enough whole prompts to fill one prefill call (at most the largest B), and one
+    // decode step: the timed runs' full prefill call shape, whose first use would otherwise be
     // timed (cuBLAS loads kernels at their first launch; an H200, 8B cut to 8 layers, 64
     // 16-token prompts: 111 ms for the first prefill, 18-21 ms after it).
     let most = list.iter().copied().max().unwrap_or(1);
-    run_batch(model, &prompts((step / p.max(1)).clamp(1, most)), 1, step)?;
+    run_batch(
+        model,
+        &prompts(step.div_ceil(p.max(1)).clamp(1, most)),
+        1,
+        step,
+    )?;
     for &b in list {
         let r = run_batch(model, &prompts(b), n, step)?;
         let n_kv = b * (p + n);

@@ -396,25 +396,58 @@ mod tests {
         }
     }
 
-    /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them all
-    /// with programmatic dependent launch on sm_90, which lets a kernel start before the one
-    /// ahead of it has finished; one without the wait would read unfinished results.
+    /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them with
+    /// programmatic dependent launch on sm_90, which lets a kernel start before the one ahead
+    /// of it has finished; one without the wait would read unfinished results. The body is
+    /// found after the parameter list's matching parenthesis, wherever the brace is.
+    fn skip_blank(t: &str) -> &str {
+        t.trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+    }
+
+    /// The text after the parenthesized group that starts at the first `(` of `t`.
+    fn after_parens(t: &str) -> Option<&str> {
+        let open = t.find('(')?;
+        let mut depth = 0;
+        for (i, c) in t[open..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(&t[open + i + 1..]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them with
+    /// programmatic dependent launch on sm_90, which lets a kernel start before the one ahead
+    /// of it has finished; one without the wait would read unfinished results. The body is
+    /// found after the parameter list's matching parenthesis (past `__launch_bounds__(..)`),
+    /// wherever the brace is.
     #[test]
     fn every_kernel_waits_for_the_one_before() {
         let mut kernels = 0;
-        for src in SOURCES {
-            let text = src.text;
+        for (file, text) in SOURCES
+            .iter()
+            .map(|s| (s.file, s.text))
+            .chain([("common.cuh", COMMON), ("dequant.cuh", DEQUANT)])
+        {
             for (at, _) in text.match_indices("__global__") {
                 let rest = &text[at..];
-                let body = rest
-                    .find(") {")
-                    .map(|p| &rest[p + 3..])
-                    .unwrap_or_else(|| panic!("{}: no body after __global__", src.file));
-                let first = body.trim_start_matches(|c: char| c.is_whitespace() || c == '\\');
+                let mut sig = skip_blank(&rest["__global__".len()..]);
+                sig = skip_blank(sig.strip_prefix("void").unwrap_or(sig));
+                if sig.starts_with("__launch_bounds__") {
+                    sig = after_parens(sig).unwrap_or("");
+                }
+                let body = after_parens(sig).map(skip_blank).unwrap_or("");
+                let first = body.strip_prefix('{').map(skip_blank).unwrap_or("");
                 assert!(
                     first.starts_with("pdl_entry();"),
-                    "{}: a kernel does not start with pdl_entry(): {}",
-                    src.file,
+                    "{file}: a kernel does not start with pdl_entry(): {}",
                     &rest[..rest.len().min(120)]
                 );
                 kernels += 1;

@@ -124,13 +124,14 @@ impl<B: Backend> Model<B> {
         self.n_blocks
     }
 
-    /// Runs the step shapes that serving meets, once, on a throwaway sequence, so that the
-    /// backend's first-use costs fall before the first request instead of into its latency: a
-    /// GPU library loading its kernels at their first launch (cuBLAS picks kernels by the token
-    /// count), scratch buffers growing. Steps of `max_tokens` tokens (or as many as the cache
-    /// holds), then halves of that down to 64, then one decode step. The KV blocks written
-    /// hold nothing a sequence reads later: a sequence reads only positions it has written.
-    /// Returns the tokens run.
+    /// Runs a few step shapes once on a throwaway sequence, so that the backend's first-use
+    /// costs of those shapes fall before the first request instead of into its latency (a GPU
+    /// library loading its kernels at their first launch: cuBLAS picks kernels by the token
+    /// count; scratch buffers growing): prompt steps of `max_tokens` tokens (or as many as the
+    /// cache holds), then of halves of that down to 64, then one decode step whose token is
+    /// drawn where the logits are (`forward_drawn`, as serving draws). Other step sizes still
+    /// pay their own first use. The KV blocks written hold nothing a sequence reads later: a
+    /// sequence reads only positions it has written. Returns the tokens run.
     pub fn warm_up(&mut self) -> Result<usize, ModelError> {
         let cap = (self.n_blocks * self.block_size).saturating_sub(1);
         let vocab = self.cfg.vocab_size.max(1);
@@ -148,7 +149,7 @@ impl<B: Backend> Model<B> {
             self.forward(&[chunk(&tokens[..n], 0)])?;
             done += n;
             if n <= 64 {
-                self.forward(&[chunk(&tokens[n..], n)])?;
+                self.forward_drawn(&[chunk(&tokens[n..], n)], &[Some(Draw::greedy(false))], &[])?;
                 return Ok(done + 1);
             }
             n = (n / 2).max(64);

@@ -8,6 +8,11 @@ use cudarc::driver::sys;
 use super::{Arg, CudaBackend};
 use crate::CudaError;
 
+// The struct arguments are passed by address, as the kernels' C structs: their sizes must
+// stay those of the CUDA side (kernels/attention.cu `AttnArgs`, common.cuh `Group`).
+const _: () = assert!(std::mem::size_of::<super::AttnArgs>() == 112);
+const _: () = assert!(std::mem::size_of::<super::matmul::Group>() == 72);
+
 impl CudaBackend {
     pub(super) fn launch(
         &self,
@@ -58,7 +63,8 @@ impl CudaBackend {
             pad: [0; 4],
             value,
         };
-        // Not for the mmq kernels (batched decode) and their reduction: launched early, they
+        // Not for the mmq kernels (5-64-token matmuls: batched decode, short prefill chunks)
+        // and their reduction: launched early, they
         // cost more than they saved (H200, 8B Q4_K_M, 64 sequences: S_TG 5,187-5,190 with
         // them, 5,576-5,708 without them, 5,553-5,689 with no programmatic launch at all).
         let programmatic = self.pdl && !name.starts_with("mmq_");
@@ -79,10 +85,10 @@ impl CudaBackend {
             .map_err(|e| CudaError::kernel(name, e))?;
         // SAFETY: every launch site passes the argument list of the kernel's C signature (same
         // order and types); device addresses come from live allocations of this context whose
-        // sizes the callers check against the shapes they pass. `params` and `attr` outlive the
-        // call, and `f` is a function of this context's loaded modules. With the programmatic
-        // attribute, every kernel waits for the one before it (`pdl_entry`, checked in
-        // compile.rs's tests).
+        // sizes the callers check against the shapes they pass; struct arguments are the C
+        // structs (sizes asserted above). `params` and `attr` outlive the call, and `f` is a
+        // function of this context's loaded modules. With the programmatic attribute, every
+        // kernel waits for the one before it (`pdl_entry`, checked in compile.rs's tests).
         unsafe {
             sys::cuLaunchKernelEx(
                 &cfg,
