@@ -6,7 +6,8 @@
 //! the tiny fixtures of every architecture (qwen2's biases, qwen3's QK-norm, gemma3's sliding
 //! windows), with the 8-bit mmvq kernels forced onto their narrow rows and with the default
 //! kernels. The recorded model launches with programmatic dependent launch where the device has
-//! it (sm_90) and the other without. Skips, saying so, without a CUDA device.
+//! it (sm_90) and the other without. Also: a model after `Model::warm_up` against a fresh one.
+//! Skips, saying so, without a CUDA device.
 
 mod common;
 
@@ -54,7 +55,10 @@ fn step_both(
     assert_eq!(la.len(), lb.len());
     for (i, (x, y)) in la.iter().zip(&lb).enumerate() {
         let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{what}: logits of chunk {i} differ with graphs");
+        assert!(
+            same,
+            "{what}: logits of chunk {i} differ between the two models"
+        );
     }
     la
 }
@@ -174,4 +178,56 @@ fn replayed_steps_equal_direct_steps() {
         script(&q, false, &format!("tiny-{arch} Q4_1"));
         script(&q, true, &format!("tiny-{arch} Q4_1, mmvq"));
     }
+}
+
+/// `Model::warm_up` (run by `serve --device cuda`) leaves nothing that changes a request's
+/// logits: a warmed model and a fresh one give the same bits over a prompt, decode steps that
+/// are recorded and replayed, and a longer prefill, on the KV blocks the warm-up wrote.
+#[test]
+fn warmed_up_model_equals_a_fresh_one() {
+    let Some(_g) = gpu() else { return };
+    let root = common::repo_root().join("tests/fixtures/tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let p = root.join("llama").join("model-f32.gguf");
+    let q = dir.path().join("llama-q4_1.gguf");
+    requantize(&p, GgmlType::Q4_1, &q);
+    let file = Arc::new(ModelFile::open(&q).unwrap());
+    let opts = LoadOptions {
+        kv_tokens: 1024,
+        block_size: BLOCK,
+        max_batch_tokens: 128,
+        ..LoadOptions::default()
+    };
+    let mut a = load_cuda_from(file.clone(), &opts).unwrap();
+    let mut b = load_cuda_from(file, &opts).unwrap();
+    // 128, 64 prompt tokens and one decode step.
+    assert_eq!(a.warm_up().unwrap(), 128 + 64 + 1);
+    let vocab = a.cfg.vocab_size as u32;
+    let mut r = rng("warm-up");
+    // The blocks the warm-up wrote (0, 1, ...) come first in the table.
+    let mut seqs = vec![Seq {
+        tokens: (0..9).map(|_| r.gen_range(0..vocab)).collect(),
+        table: (0..32).collect(),
+    }];
+    let l = step_both(&mut a, &mut b, &seqs, &[(0, 9)], "prompt after the warm-up");
+    seqs[0].tokens.push(argmax(&l[0]));
+    decode(
+        &mut a,
+        &mut b,
+        &mut seqs,
+        &[0],
+        20,
+        "decode after the warm-up",
+    );
+    seqs[0]
+        .tokens
+        .extend((0..90).map(|_| r.gen_range(0..vocab)));
+    step_both(
+        &mut a,
+        &mut b,
+        &seqs,
+        &[(0, 90)],
+        "prefill after the warm-up",
+    );
+    println!("PASS warm-up: bit-identical to a fresh model over 22 steps");
 }
