@@ -396,10 +396,7 @@ mod tests {
         }
     }
 
-    /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them with
-    /// programmatic dependent launch on sm_90, which lets a kernel start before the one ahead
-    /// of it has finished; one without the wait would read unfinished results. The body is
-    /// found after the parameter list's matching parenthesis, wherever the brace is.
+    /// `t` without its leading blanks and macro line continuations.
     fn skip_blank(t: &str) -> &str {
         t.trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
     }

@@ -64,9 +64,9 @@ impl CudaBackend {
             value,
         };
         // Not for the mmq kernels (5-64-token matmuls: batched decode, short prefill chunks)
-        // and their reduction: launched early, they
-        // cost more than they saved (H200, 8B Q4_K_M, 64 sequences: S_TG 5,187-5,190 with
-        // them, 5,576-5,708 without them, 5,553-5,689 with no programmatic launch at all).
+        // and their reduction: launched early, they cost more than they saved (H200, 8B
+        // Q4_K_M, 64 sequences: S_TG 5,187-5,190 with them, 5,576-5,708 without them,
+        // 5,553-5,689 with no programmatic launch at all).
         let programmatic = self.pdl && !name.starts_with("mmq_");
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
