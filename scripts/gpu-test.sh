@@ -32,6 +32,9 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])' \
         | while read -r name exe; do cp "$exe" "$DEV/bin/$name"; done
+    # Without symbols the binaries are a third smaller (the CLI 15 -> 11 MB, the tests 18 -> 13
+    # MB), which matters against the device call's 64 MiB carry.
+    if command -v strip >/dev/null; then strip "$DEV"/bin/* "$DEV/cli/realizar"; fi
     local model="${REALIZAR_DEFAULT_MODEL:-$HOME/.cache/realizar/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
     local layers="${TRUNC_LAYERS:-6}"
     local out="$PWD/$DEV/models/smollm2-135m-q4_1-${layers}layers.gguf"
