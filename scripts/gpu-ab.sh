@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# A/B speed comparison of a kernel or backend change on the device, in one call: the committed
+# tree (A) against the same tree with a patch applied (B), alternating runs so that drift
+# between runs shows as spread, not as a difference. Two halves, as scripts/gpu-test.sh:
+#
+#   scripts/gpu-ab.sh build PATCH   # here: release binaries of HEAD and HEAD + PATCH (applied to
+#                                   # the working tree, built, then reversed), stripped, to
+#                                   # .device/ab/a and .device/ab/b
+#   scripts/gpu-ab.sh run           # on the device (carry [".device/ab"]); env:
+#                                   # SHAPE (llama-3.1-8b), TYPE (Q4_K_M), LAYERS (all), ROUNDS (2),
+#                                   # BENCH (bench arguments; default "-p 512 -n 128 --parallel 16,64")
+#
+# Environment switches work the same way without a patch: `build` with no PATCH makes B equal
+# to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for B's runs only.
+set -u
+cd "$(dirname "$0")/.."
+DEV=.device/ab
+
+build() {
+    set -e
+    echo /.device/ | { grep -qxF -f - .git/info/exclude 2>/dev/null || echo /.device/ >> .git/info/exclude; }
+    mkdir -p "$DEV/a" "$DEV/b"
+    local bin="${CARGO_TARGET_DIR:-target}/release/realizar"
+    cargo build --release -p realizar
+    cp "$bin" "$DEV/a/realizar"
+    if [ -n "${1:-}" ]; then
+        AB_PATCH="$1"
+        git apply --check "$AB_PATCH"
+        git apply "$AB_PATCH"
+        # Reverse the patch whatever the build does.
+        trap 'git apply -R "$AB_PATCH"' EXIT
+        cargo build --release -p realizar
+        cp "$bin" "$DEV/b/realizar"
+    else
+        cp "$bin" "$DEV/b/realizar"
+    fi
+    if command -v strip >/dev/null; then strip "$DEV/a/realizar" "$DEV/b/realizar"; fi
+    du -sh "$DEV"/a/realizar "$DEV"/b/realizar
+}
+
+run() {
+    . scripts/device-env.sh
+    local f="/tmp/ab-${SHAPE:-llama-3.1-8b}-${TYPE:-Q4_K_M}-${LAYERS:-all}.gguf"
+    local layers=()
+    [ -n "${LAYERS:-}" ] && layers=(--layers "$LAYERS")
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    [ -f "$f" ] || "$DEV/a/realizar" synth --shape "${SHAPE:-llama-3.1-8b}" --type "${TYPE:-Q4_K_M}" \
+        "${layers[@]}" -o "$f" >/dev/null
+    local args
+    read -r -a args <<<"${BENCH:--p 512 -n 128 --parallel 16,64}"
+    for i in $(seq "${ROUNDS:-2}"); do
+        for side in a b; do
+            local envs=()
+            [ $side = b ] && [ -n "${AB_ENV_B:-}" ] && read -r -a envs <<<"$AB_ENV_B"
+            echo "=== round $i, $side ${envs[*]:-}"
+            env "${envs[@]}" "$DEV/$side/realizar" bench -m "$f" --device cuda "${args[@]}" 2>&1 \
+                | grep -E "^\| *[0-9]|^\| *(llama|qwen|gemma)|rror"
+        done
+    done
+}
+
+case "${1:-}" in
+build) shift; build "$@" ;;
+run) run ;;
+*) echo "usage: $0 build [PATCH] | run" >&2; exit 2 ;;
+esac
