@@ -166,6 +166,9 @@ struct Indices {
     table_off: DevIdx,
     tables: DevIdx,
     gather: DevIdx,
+    /// `sample_rows`' draws (four words a row) and banned ids.
+    draws: DevIdx,
+    banned: DevIdx,
 }
 
 /// One kernel argument.

@@ -55,6 +55,8 @@ pub(super) struct Scratch {
     /// Outputs of `top_k_rows`: ids, then values and log-sum-exps.
     pub(super) top_ids: Option<CudaSlice<u32>>,
     pub(super) top_vals: Option<CudaSlice<f32>>,
+    /// `sample_rows`' drawn ids.
+    pub(super) drawn: Option<CudaSlice<u32>>,
     /// Split-K attention's partial results.
     pub(super) attn_part: Option<CudaSlice<f32>>,
     /// The mmq kernels' partial sums when the K range is split.

@@ -442,30 +442,35 @@ impl Backend for CudaBackend {
                 ]
             })
             .collect();
-        let upload = |v: &[u32]| {
-            self.stream
-                .clone_htod(v)
-                .map_err(|e| CudaError::call("cuMemcpyHtoD(sample_rows)", e))
+        let (dw, bn) = {
+            let mut idx = self.indices();
+            let dw = idx.draws.set(&self.stream, &self.gen, &words)?;
+            let bn = idx.banned.set(
+                &self.stream,
+                &self.gen,
+                if banned.is_empty() { &[0] } else { banned },
+            )?;
+            (dw, bn)
         };
-        let dw = upload(&words)?;
-        let bn = upload(if banned.is_empty() { &[0] } else { banned })?;
-        let ids = self
-            .stream
-            .alloc_zeros::<u32>(rows)
-            .map_err(|e| CudaError::call("cuMemAlloc(sample_rows)", e))?;
+        let mut s = self.scratch();
+        let ids = super::matmul::ensure(self, &mut s.drawn, rows)?;
         let args = [
             Arg::P(x.ptr),
             Arg::I(x.cols as i32),
-            Arg::P(raw(&dw, &self.stream)),
-            Arg::P(raw(&bn, &self.stream)),
+            Arg::P(dw),
+            Arg::P(bn),
             Arg::I(banned.len() as i32),
-            Arg::P(raw(&ids, &self.stream)),
+            Arg::P(ids),
         ];
         self.launch("sample_rows", (rows as u32, 1, 1), 1024, &args)?;
+        let Some(mem) = s.drawn.as_ref() else {
+            return Err(CudaError::Unsupported("sample_rows scratch missing".into()).into());
+        };
         let mut out = vec![0u32; rows];
         self.stream
-            .memcpy_dtoh(&ids, &mut out)
+            .memcpy_dtoh(&mem.slice(0..rows), &mut out)
             .map_err(|e| CudaError::call("cuMemcpyDtoH(sample_rows)", e))?;
+        drop(s);
         self.stream
             .synchronize()
             .map_err(|e| CudaError::call("cuStreamSynchronize", e))?;
