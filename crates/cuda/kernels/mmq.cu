@@ -431,7 +431,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ w, const i8* __restri
         // every warp is done with the other buffer: the next chunk's copies go there now.
         cp_async_wait_all();
         __syncthreads();
-        if (b0 + T::BPC < b_end) stage(buf ^ 1, b0 + T::BPC);
+        if (more) stage(buf ^ 1, b0 + T::BPC);
 #pragma unroll
         for (int k = 0; k < T::BPC; k++) {
             if (b0 + k >= b_end) break;

@@ -137,7 +137,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "mmvq_q6_k_1r4",
         ],
     ),
-    ("mmq.cu", crate::backend::MMQ_ENTRY_POINTS),
+    ("mmq.cu", &crate::backend::MMQ_ENTRY_POINTS),
     (
         "gemm.cu",
         &[

@@ -81,7 +81,8 @@ fn decode(
     }
 }
 
-fn script(path: &Path, mmvq_everywhere: bool, label: &str) {
+/// Two CUDA models of the file at `path` (1024 KV tokens, steps of up to 128 tokens).
+fn two_models(path: &Path) -> (Model<CudaBackend>, Model<CudaBackend>) {
     let file = Arc::new(ModelFile::open(path).unwrap());
     let opts = LoadOptions {
         kv_tokens: 1024,
@@ -89,8 +90,13 @@ fn script(path: &Path, mmvq_everywhere: bool, label: &str) {
         max_batch_tokens: 128,
         ..LoadOptions::default()
     };
-    let mut a = load_cuda_from(file.clone(), &opts).unwrap();
-    let mut b = load_cuda_from(file, &opts).unwrap();
+    let a = load_cuda_from(file.clone(), &opts).unwrap();
+    let b = load_cuda_from(file, &opts).unwrap();
+    (a, b)
+}
+
+fn script(path: &Path, mmvq_everywhere: bool, label: &str) {
+    let (mut a, mut b) = two_models(path);
     a.backend.set_graphs(true);
     b.backend.set_graphs(false);
     // The replayed model also launches with programmatic dependent launch (sm_90), the other
@@ -191,15 +197,7 @@ fn warmed_up_model_equals_a_fresh_one() {
     let p = root.join("llama").join("model-f32.gguf");
     let q = dir.path().join("llama-q4_1.gguf");
     requantize(&p, GgmlType::Q4_1, &q);
-    let file = Arc::new(ModelFile::open(&q).unwrap());
-    let opts = LoadOptions {
-        kv_tokens: 1024,
-        block_size: BLOCK,
-        max_batch_tokens: 128,
-        ..LoadOptions::default()
-    };
-    let mut a = load_cuda_from(file.clone(), &opts).unwrap();
-    let mut b = load_cuda_from(file, &opts).unwrap();
+    let (mut a, mut b) = two_models(&q);
     // 128, 64 prompt tokens and one decode step.
     assert_eq!(a.warm_up().unwrap(), 128 + 64 + 1);
     let vocab = a.cfg.vocab_size as u32;

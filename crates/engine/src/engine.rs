@@ -609,12 +609,6 @@ impl<B: Backend> Loop<B> {
                 .into_iter()
                 .map(Dist::Top)
                 .collect(),
-            Read::Rows(draws) if draws.iter().all(Option::is_none) => self
-                .model
-                .forward(&chunks)?
-                .into_iter()
-                .map(Dist::Full)
-                .collect(),
             Read::Rows(draws) => self
                 .model
                 .forward_drawn(&chunks, &draws, self.tokenizer.eog_ids())?

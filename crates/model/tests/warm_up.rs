@@ -2,26 +2,31 @@
 //! decode step), and a sequence computed afterwards on the very KV blocks it wrote gets the
 //! logits of a fresh model: nothing of the warm-up is read.
 
-use realizar_model::{load_cpu, LoadOptions, LogitsWanted, SeqChunk};
+use realizar_model::{load_cpu, CpuBackend, LoadOptions, LogitsWanted, Model, SeqChunk};
 use realizar_testkit::tiny_fixture;
+
+/// The tiny llama fixture on the CPU with a cache of `kv_tokens` and steps of `max_tokens`.
+fn tiny(kv_tokens: usize, max_tokens: usize) -> Model<CpuBackend> {
+    let path = tiny_fixture("llama").join("model-f32.gguf");
+    let opts = LoadOptions {
+        kv_tokens,
+        max_batch_tokens: max_tokens,
+        ..LoadOptions::default()
+    };
+    load_cpu(&path, &opts).unwrap().1
+}
 
 #[test]
 fn warm_up_leaves_nothing_a_sequence_reads() {
-    let path = tiny_fixture("llama").join("model-f32.gguf");
-    let opts = LoadOptions {
-        kv_tokens: 512,
-        max_batch_tokens: 200,
-        ..LoadOptions::default()
-    };
-    let (_f, mut fresh) = load_cpu(&path, &opts).unwrap();
-    let (_g, mut warmed) = load_cpu(&path, &opts).unwrap();
+    let mut fresh = tiny(512, 200);
+    let mut warmed = tiny(512, 200);
     // 200, 100 and 64 prompt tokens, then one decode token.
     assert_eq!(warmed.warm_up().unwrap(), 200 + 100 + 64 + 1);
 
     let vocab = fresh.cfg.vocab_size as u32;
     let table: Vec<u32> = (0..fresh.n_blocks() as u32).collect();
     let prompt: Vec<u32> = (0..40u32).map(|i| (i * 11 + 5) % vocab).collect();
-    let run = |m: &mut realizar_model::Model<_>| {
+    let run = |m: &mut Model<CpuBackend>| {
         let mut rows = m
             .forward(&[SeqChunk {
                 tokens: &prompt,
@@ -55,13 +60,7 @@ fn warm_up_leaves_nothing_a_sequence_reads() {
 
 #[test]
 fn warm_up_fits_a_small_cache() {
-    let path = tiny_fixture("llama").join("model-f32.gguf");
-    let opts = LoadOptions {
-        kv_tokens: 48,
-        max_batch_tokens: 512,
-        ..LoadOptions::default()
-    };
-    let (_f, mut m) = load_cpu(&path, &opts).unwrap();
+    let mut m = tiny(48, 512);
     let cap = m.n_blocks() * m.block_size();
     // As many prompt tokens as the cache holds but one, then the decode token.
     assert_eq!(m.warm_up().unwrap(), cap);

@@ -186,28 +186,23 @@ fn mmq_kernels(ty: GgmlType) -> Option<MmqKernels> {
     Some(MMQ_TYPES[i])
 }
 
-macro_rules! mmq_entry_points {
-    ($($t:literal),*) => {
-        &[
-            $(
-                concat!("mmq_", $t, "_8"),
-                concat!("mmq_", $t, "_16"),
-                concat!("mmq_", $t, "_32"),
-                concat!("mmq_", $t, "_64"),
-                concat!("mmq_f16_", $t, "_8"),
-                concat!("mmq_f16_", $t, "_16"),
-                concat!("mmq_f16_", $t, "_32"),
-                concat!("mmq_f16_", $t, "_64"),
-            )*
-            "half_mma_input",
-            "mmq_reduce",
-        ]
-    };
-}
-
-/// The entry points of kernels/mmq.cu.
-pub(crate) const MMQ_ENTRY_POINTS: &[&str] =
-    mmq_entry_points!("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k");
+/// The entry points of kernels/mmq.cu: every type's kernels (`MMQ_TYPES`), then the two
+/// helpers.
+pub(crate) const MMQ_ENTRY_POINTS: [&str; 8 * MMQ_TYPES.len() + 2] = {
+    let mut names = ["half_mma_input"; 8 * MMQ_TYPES.len() + 2];
+    let mut i = 0;
+    while i < MMQ_TYPES.len() {
+        let mut j = 0;
+        while j < 4 {
+            names[8 * i + j] = MMQ_TYPES[i].q8[j];
+            names[8 * i + 4 + j] = MMQ_TYPES[i].f16[j];
+            j += 1;
+        }
+        i += 1;
+    }
+    names[8 * MMQ_TYPES.len() + 1] = "mmq_reduce";
+    names
+};
 
 /// Dynamic shared memory of an f16 mmq kernel: two buffers of `tt` token rows of a K chunk
 /// (kernels/mmq.cu, `mmq_f16`: STRIDE = 2 * CH + 64 bytes a row, CH = QK * BPC elements, BPC 4
