@@ -3,9 +3,9 @@
 # tree (A) against the same tree with a patch applied (B), alternating runs so that drift
 # between runs shows as spread, not as a difference. Two halves, as scripts/gpu-test.sh:
 #
-#   scripts/gpu-ab.sh build PATCH   # here: release binaries of HEAD and HEAD + PATCH (applied to
-#                                   # the working tree, built, then reversed), stripped, to
-#                                   # .device/ab/a and .device/ab/b
+#   scripts/gpu-ab.sh build PATCH.. # here: release binaries of HEAD and of HEAD + each PATCH
+#                                   # (applied to the working tree, built, then reversed),
+#                                   # stripped, to .device/ab/a, .device/ab/b, .device/ab/c, ...
 #   scripts/gpu-ab.sh run           # on the device (carry [".device/ab"]); env:
 #                                   # SHAPE (llama-3.1-8b), TYPE (Q4_K_M), LAYERS (all), ROUNDS (2),
 #                                   # BENCH (bench arguments; default "-p 512 -n 128 --parallel 16,64")
@@ -19,23 +19,32 @@ DEV=.device/ab
 build() {
     set -e
     echo /.device/ | { grep -qxF -f - .git/info/exclude 2>/dev/null || echo /.device/ >> .git/info/exclude; }
-    mkdir -p "$DEV/a" "$DEV/b"
+    rm -rf "$DEV" && mkdir -p "$DEV/a"
     local bin="${CARGO_TARGET_DIR:-target}/release/realizar"
     cargo build --release -p realizar
     cp "$bin" "$DEV/a/realizar"
-    if [ -n "${1:-}" ]; then
-        AB_PATCH="$1"
-        git apply --check "$AB_PATCH"
-        git apply "$AB_PATCH"
-        # Reverse the patch whatever the build does.
-        trap 'git apply -R "$AB_PATCH"' EXIT
-        cargo build --release -p realizar
-        cp "$bin" "$DEV/b/realizar"
-    else
-        cp "$bin" "$DEV/b/realizar"
-    fi
-    if command -v strip >/dev/null; then strip "$DEV/a/realizar" "$DEV/b/realizar"; fi
-    du -sh "$DEV"/a/realizar "$DEV"/b/realizar
+    [ $# -gt 0 ] || set -- ""
+    local sides=(b c d e f) i=0
+    for AB_PATCH in "$@"; do
+        local side=${sides[$i]}
+        i=$((i + 1))
+        mkdir -p "$DEV/$side"
+        if [ -n "$AB_PATCH" ]; then
+            git apply --check "$AB_PATCH"
+            git apply "$AB_PATCH"
+            # Reverse the patch whatever the build does.
+            trap 'git apply -R "$AB_PATCH"' EXIT
+            cargo build --release -p realizar
+            git apply -R "$AB_PATCH"
+            trap - EXIT
+            cp "$bin" "$DEV/$side/realizar"
+            echo "$side: $AB_PATCH" >> "$DEV/sides.txt"
+        else
+            cp "$bin" "$DEV/$side/realizar"
+        fi
+    done
+    if command -v strip >/dev/null; then strip "$DEV"/*/realizar; fi
+    du -sh "$DEV"/*/realizar
 }
 
 run() {
@@ -44,12 +53,15 @@ run() {
     local layers=()
     [ -n "${LAYERS:-}" ] && layers=(--layers "$LAYERS")
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    cat "$DEV/sides.txt" 2>/dev/null
     [ -f "$f" ] || "$DEV/a/realizar" synth --shape "${SHAPE:-llama-3.1-8b}" --type "${TYPE:-Q4_K_M}" \
         "${layers[@]}" -o "$f" >/dev/null
     local args
     read -r -a args <<<"${BENCH:--p 512 -n 128 --parallel 16,64}"
     for i in $(seq "${ROUNDS:-2}"); do
-        for side in a b; do
+        for d in "$DEV"/*/; do
+            local side
+            side=$(basename "$d")
             local envs=()
             [ $side = b ] && [ -n "${AB_ENV_B:-}" ] && read -r -a envs <<<"$AB_ENV_B"
             echo "=== round $i, $side ${envs[*]:-}"
@@ -62,5 +74,5 @@ run() {
 case "${1:-}" in
 build) shift; build "$@" ;;
 run) run ;;
-*) echo "usage: $0 build [PATCH] | run" >&2; exit 2 ;;
+*) echo "usage: $0 build [PATCH...] | run" >&2; exit 2 ;;
 esac
