@@ -15,25 +15,70 @@ __device__ __forceinline__ void put_out(float* orow, u16* xm, int cols, int i, f
     if (xm != nullptr) xm[half_mma_pos((long long)blockIdx.x * cols + i)] = f2h(v);
 }
 
+// Elements a thread keeps in registers: element k * blockDim.x + threadIdx.x for k < NORM_REGS,
+// so a row of up to NORM_REGS * blockDim.x (8192 at 1024 threads) is read from memory once and
+// its 8-bit copy made without going back to memory: for each k a warp holds 32 consecutive
+// elements, one 8-bit block. Longer rows take the loops of norm_rest.
+#define NORM_REGS 8
+
+// out = v * s * w for the row held in registers (v, and w's elements in wv), with its f16 and
+// 8-bit copies; ss is the row's sum of squares. xq is only set when cols is a multiple of 32,
+// so the test on i is the same for a whole warp wherever q8_warp's shuffles run.
+__device__ __forceinline__ void norm_regs_out(const float (&v)[NORM_REGS],
+                                              const float (&wv)[NORM_REGS], float ss, float* orow,
+                                              int cols, float eps, i8* xq, float2* xds, u16* xm) {
+    float s = rsqrtf(ss / (float)cols + eps);
+    size_t r = blockIdx.x;
+#pragma unroll
+    for (int k = 0; k < NORM_REGS; k++) {
+        int i = k * blockDim.x + threadIdx.x;
+        if (i < cols) {
+            float o = v[k] * s * wv[k];
+            put_out(orow, xm, cols, i, o);
+            if (xq != nullptr)
+                q8_warp(o, xq + r * cols + (i & ~31), xds + r * (cols / 32) + (i >> 5));
+        }
+    }
+}
+
+// The second half of both norms for rows longer than the registers hold: out = x * s * w read
+// back from memory, then the 8-bit copy read back from out.
+__device__ __forceinline__ void norm_rest(const float* xr, const float* __restrict__ w, float ss,
+                                          float* orow, int cols, float eps, i8* xq, float2* xds,
+                                          u16* xm) {
+    float s = rsqrtf(ss / (float)cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) put_out(orow, xm, cols, i, xr[i] * s * w[i]);
+    q8_row(orow, cols, xq, xds);
+}
+
 // RMSNorm: out[t] = x[t] / rms(x[t]) * w, one block per row; and the output's 8-bit copy
 // (quantize_q8_1's) when xq is not null, its f16 copy when xm is not.
-extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* __restrict__ x, const float* __restrict__ w,
                                     float* out, int cols, float eps, i8* xq, float2* xds,
                                     u16* xm) {
     pdl_entry();
     const float* xr = x + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
     float ss = 0.0f;
+    if (cols <= NORM_REGS * (int)blockDim.x) {
+        float v[NORM_REGS], wv[NORM_REGS];
+#pragma unroll
+        for (int k = 0; k < NORM_REGS; k++) {
+            int i = k * blockDim.x + threadIdx.x;
+            v[k] = i < cols ? xr[i] : 0.0f;
+            wv[k] = i < cols ? w[i] : 0.0f;
+            ss += v[k] * v[k];
+        }
+        norm_regs_out(v, wv, block_sum(ss), orow, cols, eps, xq, xds, xm);
+        return;
+    }
     for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss);
-    float s = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) put_out(orow, xm, cols, i, xr[i] * s * w[i]);
-    q8_row(orow, cols, xq, xds);
+    norm_rest(xr, w, block_sum(ss), orow, cols, eps, xq, xds, xm);
 }
 
 // x[t] += y[t], then out[t] = rms_norm(x[t]) (and its 8-bit copy when xq is not null, its f16
 // copy when xm is not). Each thread reads and writes only its own elements, so out may be y.
-extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* __restrict__ w,
+extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const float* y, const float* __restrict__ w,
                                         float* out, int cols, float eps, i8* xq, float2* xds,
                                         u16* xm) {
     pdl_entry();
@@ -41,15 +86,33 @@ extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* _
     const float* yr = y + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
     float ss = 0.0f;
+    if (cols <= NORM_REGS * (int)blockDim.x) {
+        float v[NORM_REGS], wv[NORM_REGS];
+#pragma unroll
+        for (int k = 0; k < NORM_REGS; k++) {
+            int i = k * blockDim.x + threadIdx.x;
+            v[k] = 0.0f;
+            wv[k] = 0.0f;
+            if (i < cols) {
+                v[k] = xr[i] + yr[i];
+                wv[k] = w[i];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < NORM_REGS; k++) {
+            int i = k * blockDim.x + threadIdx.x;
+            if (i < cols) xr[i] = v[k];
+            ss += v[k] * v[k];
+        }
+        norm_regs_out(v, wv, block_sum(ss), orow, cols, eps, xq, xds, xm);
+        return;
+    }
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         float v = xr[i] + yr[i];
         xr[i] = v;
         ss += v * v;
     }
-    ss = block_sum(ss);
-    float s = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) put_out(orow, xm, cols, i, xr[i] * s * w[i]);
-    q8_row(orow, cols, xq, xds);
+    norm_rest(xr, w, block_sum(ss), orow, cols, eps, xq, xds, xm);
 }
 
 // In place, every head_dim slice of every row normalized with the shared weight w.
