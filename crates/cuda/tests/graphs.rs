@@ -158,7 +158,8 @@ fn script(path: &Path, mmvq_everywhere: bool, label: &str) {
     seqs[1]
         .tokens
         .extend((0..100).map(|_| r.gen_range(0..vocab)));
-    let l = step_both(&mut a, &mut b, &seqs, &[(1, 100)], "long prefill");
+    // 101: with the last greedy token of the batch steps, which was not fed yet.
+    let l = step_both(&mut a, &mut b, &seqs, &[(1, 101)], "long prefill");
     grow(&mut seqs, 1, &l[0]);
     decode(&mut a, &mut b, &mut seqs, &[1, 0], 10, "after the prefill");
     let st = a.backend.graph_stats();
@@ -220,11 +221,12 @@ fn warmed_up_model_equals_a_fresh_one() {
     seqs[0]
         .tokens
         .extend((0..90).map(|_| r.gen_range(0..vocab)));
+    // 91: the last greedy token of the decode steps was not fed yet.
     step_both(
         &mut a,
         &mut b,
         &seqs,
-        &[(0, 90)],
+        &[(0, 91)],
         "prefill after the warm-up",
     );
     println!("PASS warm-up: bit-identical to a fresh model over 22 steps");
