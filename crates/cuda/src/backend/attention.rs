@@ -113,16 +113,30 @@ impl CudaBackend {
             .iter()
             .max()
             .map_or(1, |&p| p as usize + 1);
-        let gqa = gqa_kernel(kv.ty, p.head_dim, p.n_head / p.n_head_kv).filter(|_| self.attn_gqa);
+        let splits_of = |groups: usize| {
+            if self.attn_split {
+                attn_splits(max_len, t, groups)
+            } else {
+                1
+            }
+        };
+        let group = p.n_head / p.n_head_kv;
+        let mut gqa = gqa_kernel(kv.ty, p.head_dim, group, 8).filter(|_| self.attn_gqa);
+        // Too few blocks to fill the GPU (one token at a short context: 8 blocks for 8B's 8 KV
+        // heads): fewer query heads per block spread the work over more SMs. Each head's
+        // arithmetic is the same whatever the number of heads in a block.
+        while let Some((_, ng)) = gqa {
+            let groups = p.n_head / ng;
+            if ng == 1 || t * groups * splits_of(groups) >= self.sm_count {
+                break;
+            }
+            gqa = gqa_kernel(kv.ty, p.head_dim, group, ng / 2);
+        }
         let (name, groups, threads) = match gqa {
             Some((name, ng)) => (name, p.n_head / ng, 128),
             None => (cache_kernels(kv.ty).0, p.n_head, 256),
         };
-        let splits = if self.attn_split {
-            attn_splits(max_len, t, groups)
-        } else {
-            1
-        };
+        let splits = splits_of(groups);
         let part = if splits > 1 {
             let n = t * p.n_head * splits * (p.head_dim + 2);
             let mut s = self.scratch();
@@ -185,7 +199,14 @@ impl CudaBackend {
 /// The grouped kernel for head dim `hd` and `group` query heads per KV head, with how many of
 /// them one block takes: the largest power of two up to 8 that divides the group and keeps the
 /// block's accumulators (heads x hd) within 1024 floats.
-pub(super) fn gqa_kernel(ty: DevKv, hd: usize, group: usize) -> Option<(&'static str, usize)> {
+/// The grouped kernel for `group` query heads per KV head: the most heads per block (up to
+/// `most`) that divide the group.
+pub(super) fn gqa_kernel(
+    ty: DevKv,
+    hd: usize,
+    group: usize,
+    most: usize,
+) -> Option<(&'static str, usize)> {
     let kind = match ty {
         DevKv::F16 => 0,
         DevKv::Fp8 => 1,
@@ -201,7 +222,7 @@ pub(super) fn gqa_kernel(ty: DevKv, hd: usize, group: usize) -> Option<(&'static
     };
     let ng = [8usize, 4, 2, 1]
         .into_iter()
-        .find(|&ng| group.is_multiple_of(ng) && ng * hd <= 1024)?;
+        .find(|&ng| ng <= most && group.is_multiple_of(ng) && ng * hd <= 1024)?;
     // ENTRY_POINTS lists them by cache type (f16, fp8, q8_0), head dim, then 1, 2, 4, 8 heads
     // (256 stops at 4): 15 per type.
     let i = GQA_FIRST + 15 * kind + 4 * row + ng.trailing_zeros() as usize;
@@ -291,31 +312,33 @@ mod tests {
     #[test]
     fn gqa_kernel_takes_the_largest_group_that_fits() {
         let f16 = DevKv::F16;
-        assert_eq!(gqa_kernel(f16, 128, 4), Some(("attn_gqa_f16_128_4", 4)));
-        assert_eq!(gqa_kernel(f16, 128, 16), Some(("attn_gqa_f16_128_8", 8)));
-        assert_eq!(gqa_kernel(f16, 64, 3), Some(("attn_gqa_f16_64_1", 1)));
-        assert_eq!(gqa_kernel(f16, 64, 6), Some(("attn_gqa_f16_64_2", 2)));
-        assert_eq!(gqa_kernel(f16, 256, 8), Some(("attn_gqa_f16_256_4", 4)));
-        assert_eq!(gqa_kernel(f16, 32, 1), Some(("attn_gqa_f16_32_1", 1)));
-        assert_eq!(gqa_kernel(f16, 96, 4), None);
-        assert_eq!(gqa_kernel(f16, 16, 2), None);
+        assert_eq!(gqa_kernel(f16, 128, 4, 8), Some(("attn_gqa_f16_128_4", 4)));
+        assert_eq!(gqa_kernel(f16, 128, 16, 8), Some(("attn_gqa_f16_128_8", 8)));
+        assert_eq!(gqa_kernel(f16, 64, 3, 8), Some(("attn_gqa_f16_64_1", 1)));
+        assert_eq!(gqa_kernel(f16, 64, 6, 8), Some(("attn_gqa_f16_64_2", 2)));
+        assert_eq!(gqa_kernel(f16, 256, 8, 8), Some(("attn_gqa_f16_256_4", 4)));
+        assert_eq!(gqa_kernel(f16, 32, 1, 8), Some(("attn_gqa_f16_32_1", 1)));
+        assert_eq!(gqa_kernel(f16, 128, 4, 2), Some(("attn_gqa_f16_128_2", 2)));
+        assert_eq!(gqa_kernel(f16, 128, 8, 1), Some(("attn_gqa_f16_128_1", 1)));
+        assert_eq!(gqa_kernel(f16, 96, 4, 8), None);
+        assert_eq!(gqa_kernel(f16, 16, 2, 8), None);
         assert_eq!(
-            gqa_kernel(DevKv::Fp8, 32, 8),
+            gqa_kernel(DevKv::Fp8, 32, 8, 8),
             Some(("attn_gqa_fp8_32_8", 8))
         );
         assert_eq!(
-            gqa_kernel(DevKv::Fp8, 256, 4),
+            gqa_kernel(DevKv::Fp8, 256, 4, 8),
             Some(("attn_gqa_fp8_256_4", 4))
         );
         assert_eq!(
-            gqa_kernel(DevKv::Q8_0, 32, 1),
+            gqa_kernel(DevKv::Q8_0, 32, 1, 8),
             Some(("attn_gqa_q8_0_32_1", 1))
         );
         assert_eq!(
-            gqa_kernel(DevKv::Q8_0, 256, 4),
+            gqa_kernel(DevKv::Q8_0, 256, 4, 8),
             Some(("attn_gqa_q8_0_256_4", 4))
         );
-        assert_eq!(gqa_kernel(DevKv::F32, 128, 4), None);
+        assert_eq!(gqa_kernel(DevKv::F32, 128, 4, 8), None);
         assert_eq!(
             cache_kernels(DevKv::F32),
             ("attention_f32", "kv_store_f32", "rope_store_f32")
