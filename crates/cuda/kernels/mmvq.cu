@@ -162,6 +162,37 @@ struct MQ8_0 {
     }
 };
 
+// Scale and minimum of chunk k (0..7) of a K-quant block, as scale_min_k4, from the 12 scale
+// bytes held in three 32-bit words (bytes 4..7, 8..11, 12..15 of the block): shifts by a
+// run-time amount, where indexing a register array at run time would go through local memory.
+__device__ __forceinline__ void k_scale_min(u32 w1, u32 w2, u32 w3, int k, float* sc, float* mn) {
+    int sh = 8 * (k & 3);
+    u32 a = (w1 >> sh) & 0xFFu, b = (w2 >> sh) & 0xFFu, c = (w3 >> sh) & 0xFFu;
+    if (k < 4) {
+        *sc = (float)(a & 63u);
+        *mn = (float)(b & 63u);
+    } else {
+        *sc = (float)((c & 15u) | ((a >> 6) << 4));
+        *mn = (float)((c >> 4) | ((b >> 6) << 4));
+    }
+}
+
+// d * scale and dmin * minimum of chunks c and c + 1 of a Q4_K/Q5_K block from its 16-byte
+// header (d, dmin, 12 scale bytes) in one load: the blocks are 144 and 176 bytes, so the header
+// is 16-byte aligned, and the lanes that read pieces of one block read the same 16 bytes.
+__device__ __forceinline__ void k_scales(const u8* b, int c, float& d0, float& m0, float& d1,
+                                         float& m1) {
+    int4 h = *(const int4*)b;
+    float d = h2f((u16)((u32)h.x & 0xFFFFu)), dmin = h2f((u16)((u32)h.x >> 16));
+    float sc, mn;
+    k_scale_min((u32)h.y, (u32)h.z, (u32)h.w, c, &sc, &mn);
+    d0 = d * sc;
+    m0 = dmin * mn;
+    k_scale_min((u32)h.y, (u32)h.z, (u32)h.w, c + 1, &sc, &mn);
+    d1 = d * sc;
+    m1 = dmin * mn;
+}
+
 // Q4_K piece s (0..7): quant bytes 16s..16s+15, i.e. elements 16h..16h+15 (h = s % 2) of
 // chunks 2j (low nibbles) and 2j + 1 (high nibbles), j = s / 2.
 struct MQ4K {
@@ -169,15 +200,7 @@ struct MQ4K {
     int4 q;
     float d0, m0, d1, m1;
     __device__ __forceinline__ void load(const u8* b, int s) {
-        int j = s >> 1;
-        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
-        float sc, mn;
-        scale_min_k4(2 * j, b + 4, &sc, &mn);
-        d0 = d * sc;
-        m0 = dmin * mn;
-        scale_min_k4(2 * j + 1, b + 4, &sc, &mn);
-        d1 = d * sc;
-        m1 = dmin * mn;
+        k_scales(b, 2 * (s >> 1), d0, m0, d1, m1);
         q = *(const int4*)(b + 16 + 16 * s);
     }
     __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
@@ -199,14 +222,7 @@ struct MQ5K {
     float d0, m0, d1, m1;
     __device__ __forceinline__ void load(const u8* b, int s) {
         int j = s >> 1, h = s & 1;
-        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2));
-        float sc, mn;
-        scale_min_k4(2 * j, b + 4, &sc, &mn);
-        d0 = d * sc;
-        m0 = dmin * mn;
-        scale_min_k4(2 * j + 1, b + 4, &sc, &mn);
-        d1 = d * sc;
-        m1 = dmin * mn;
+        k_scales(b, 2 * j, d0, m0, d1, m1);
         int4 q = *(const int4*)(b + 48 + 16 * s);
         int4 qh = *(const int4*)(b + 16 + 16 * h);
         int qa[4] = {q.x, q.y, q.z, q.w}, ha[4] = {qh.x, qh.y, qh.z, qh.w};
