@@ -170,7 +170,21 @@ struct AttnArgs {
     int block_size, kv_dim, n_head, n_head_kv, hd, window;  // window 0: none
     float scale;
     size_t sc_off;          // q8_0: the scales' byte offset in kc and vc
+    i8* xq;                 // not null: out's 8-bit copy for the next matmul (hd % 32 == 0)
+    float2* xds;
+    u16* xm;                // not null: out's f16 copy for the f16 mmq kernels
 };
+
+// out[e] = o, element e of the attention output, with its 8-bit and f16 copies where the next
+// matmul reads them (`xq`, `xm` not null). The 8-bit copy needs the 32 lanes of a warp on the 32
+// elements of one group, lane i on element e with e % 32 == i: the callers' loops run whole
+// warps over head dims that are multiples of 32 when xq is set.
+__device__ __forceinline__ void attn_put(float* out, i8* xq, float2* xds, u16* xm, size_t e,
+                                         float o) {
+    out[e] = o;
+    if (xq != nullptr) q8_warp(o, xq + (e & ~(size_t)31), xds + e / 32);
+    if (xm != nullptr) xm[half_mma_pos((long long)e)] = f2h(o);
+}
 
 // The keys lo..=hi this block takes of a token at `pos`: those in the window, cut into gridDim.z
 // ranges of which it takes range blockIdx.z (empty, lo > hi, past the end).
@@ -265,7 +279,7 @@ __device__ __forceinline__ void attention(const AttnArgs& a) {
     for (int d = lane; d < hd; d += 32) {
         float o = 0.0f;
         for (int w = 0; w < ATT_WARPS; w++) o += s_acc[w][d] * f[w];
-        a.out[(size_t)t * qd + (size_t)h * hd + d] = o * inv;
+        attn_put(a.out, a.xq, a.xds, a.xm, (size_t)t * qd + (size_t)h * hd + d, o * inv);
     }
 }
 
@@ -274,9 +288,11 @@ extern "C" __global__ void attention_f16(AttnArgs a) { pdl_entry(); attention<KT
 extern "C" __global__ void attention_fp8(AttnArgs a) { pdl_entry(); attention<KT_FP8>(a); }
 extern "C" __global__ void attention_q8_0(AttnArgs a) { pdl_entry(); attention<KT_Q8>(a); }
 
-// Combines the `splits` partials of each (query head, token): grid (n_head, T), one warp.
+// Combines the `splits` partials of each (query head, token): grid (n_head, T), one warp; and
+// the output's 8-bit and f16 copies as `attention` writes them.
 extern "C" __global__ void attention_merge(const float* __restrict__ part, float* __restrict__ out,
-                                           int n_head, int hd, int splits) {
+                                           int n_head, int hd, int splits, i8* xq, float2* xds,
+                                           u16* xm) {
     pdl_entry();
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
     const float* p = part + ((size_t)t * n_head + h) * splits * (hd + 2);
@@ -294,7 +310,7 @@ extern "C" __global__ void attention_merge(const float* __restrict__ part, float
             float m = p[(size_t)z * (hd + 2)];
             if (m != NEG_INF) o += p[(size_t)z * (hd + 2) + 2 + d] * expf(m - gm);
         }
-        out[(size_t)t * n_head * hd + (size_t)h * hd + d] = o * inv;
+        attn_put(out, xq, xds, xm, (size_t)t * n_head * hd + (size_t)h * hd + d, o * inv);
     }
 }
 
@@ -453,7 +469,8 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
             }
             pp[2 + d] = o;
         } else {
-            a.out[(size_t)t * qd + (size_t)h * HD + d] = o * (gs == 0.0f ? 0.0f : 1.0f / gs);
+            attn_put(a.out, a.xq, a.xds, a.xm, (size_t)t * qd + (size_t)h * HD + d,
+                     o * (gs == 0.0f ? 0.0f : 1.0f / gs));
         }
     }
 }

@@ -288,6 +288,71 @@ fn matmul_after_fused_input_equals_unfused() {
     assert!(ok, "a matmul after a fused input differs");
 }
 
+/// Attention writes the o projection's 8-bit (or f16) input itself, in the attention kernel or,
+/// with split keys, in the merge: the matmul after it gives the same bits as with its own
+/// conversion launch. One token at short and long contexts (one split, several), a few tokens
+/// (mmvq), 16 and 40 (mmq, f16 and 8-bit).
+#[test]
+fn matmul_after_attention_equals_unfused() {
+    let Some(mut g) = gpu() else { return };
+    let mut rng = rng("attention_q8");
+    let mut ok = true;
+    let (n_head, n_head_kv, hd, bs) = (16, 4, 128, 16);
+    let (qd, kvd, rows) = (n_head * hd, n_head_kv * hd, 256);
+    let w = normal(&mut rng, rows * qd, 1.0);
+    let ty = GgmlType::Q4K;
+    let rb = ty.row_bytes(qd as u64).unwrap() as usize;
+    let mut wq = vec![0u8; rb * rows];
+    for r in 0..rows {
+        quantize_row(ty, &w[r * qd..][..qd], &mut wq[r * rb..][..rb]).unwrap();
+    }
+    let gw = upload(&g, ty, rows, qd, &wq, WeightUse::Matrix);
+    let attn = AttnParams {
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        window: None,
+    };
+    for (t, ctx) in [(1, 20), (1, 700), (3, 300), (16, 40), (40, 100)] {
+        let n_blocks = ctx / bs + 1;
+        let mut table: Vec<u32> = (0..n_blocks as u32).collect();
+        table.shuffle(&mut rng);
+        let slots: Vec<u32> = (0..ctx as u32)
+            .map(|p| table[p as usize / bs] * bs as u32 + p % bs as u32)
+            .collect();
+        let mut plan = AttnPlan {
+            block_size: bs,
+            ..AttnPlan::default()
+        };
+        plan.seqs.push(table.clone());
+        for p in (ctx - t) as u32..ctx as u32 {
+            plan.positions.push(p);
+            plan.seq_of.push(0);
+            plan.slots.push(slots[p as usize]);
+        }
+        let k = normal(&mut rng, ctx * kvd, 1.0);
+        let v = normal(&mut rng, ctx * kvd, 1.0);
+        let q = normal(&mut rng, t * qd, 1.0);
+        let (a, b) = both(&mut g, |g| {
+            let mut kv = g.alloc_kv(1, n_blocks * bs, kvd, KvType::F16).unwrap();
+            let gk = g.buf_from_host(ctx, kvd, &k).unwrap();
+            let gv = g.buf_from_host(ctx, kvd, &v).unwrap();
+            let gq = g.buf_from_host(t, qd, &q).unwrap();
+            let mut go = g.buf_from_host(t, qd, &vec![f32::NAN; t * qd]).unwrap();
+            let mut out = g.buf_from_host(t, rows, &vec![f32::NAN; t * rows]).unwrap();
+            g.kv_store(&mut kv, 0, &gk, &gv, &slots);
+            g.attention(&gq, &kv, 0, &plan, attn, &mut go);
+            g.matmul(&gw, &go, &mut out).unwrap();
+            (g.read(&go, t).unwrap(), g.read(&out, t).unwrap())
+        });
+        let what = format!("attention ({t} tokens at context {ctx})");
+        ok &= same(&what, &a.0, &b.0);
+        ok &= same(&format!("{what} -> matmul Q4_K {rows}x{qd}"), &a.1, &b.1);
+    }
+    assert!(ok, "a matmul after attention differs");
+}
+
 #[test]
 fn matmul_many_equals_one_matmul_per_weight() {
     // q/k/v and gate/up go to one launch (mmvq or the f32 kernels, which take up to three

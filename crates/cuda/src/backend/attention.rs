@@ -8,6 +8,7 @@
 use cudarc::driver::DeviceRepr;
 use realizar_model::backend::{AttnParams, AttnPlan};
 
+use super::fused::ActSlot;
 use super::{graphs, matmul, prefix, Arg, CudaBackend, CudaBuf, CudaKv, DevKv};
 use crate::CudaError;
 
@@ -32,6 +33,9 @@ pub(super) struct AttnArgs {
     window: i32,
     scale: f32,
     sc_off: u64,
+    xq: u64,
+    xds: u64,
+    xm: u64,
 }
 
 // SAFETY: AttnArgs is #[repr(C)] plain data (device addresses, ints, a float) with the same
@@ -144,6 +148,13 @@ impl CudaBackend {
         } else {
             0
         };
+        // The output's copy for the o projection, written by the kernel that writes the output
+        // (whole warps on 32-element groups of one head: head dims that are multiples of 32).
+        let slot = if p.head_dim.is_multiple_of(32) {
+            self.act_slot(t, q.cols)?
+        } else {
+            ActSlot::default()
+        };
         let mut idx = self.indices();
         let g = &self.gen;
         let args = AttnArgs {
@@ -170,6 +181,9 @@ impl CudaBackend {
             window: p.window.map_or(0, |w| w.max(1) as i32),
             scale: p.scale,
             sc_off: kv.sc_off as u64,
+            xq: slot.xq,
+            xds: slot.xds,
+            xm: slot.xm,
         };
         drop(idx);
         self.launch(
@@ -189,18 +203,20 @@ impl CudaBackend {
                     Arg::I(p.n_head as i32),
                     Arg::I(p.head_dim as i32),
                     Arg::I(splits as i32),
+                    Arg::P(slot.xq),
+                    Arg::P(slot.xds),
+                    Arg::P(slot.xm),
                 ],
             )?;
         }
+        self.act_written(slot, out.ptr, t, q.cols);
         Ok(())
     }
 }
 
 /// The grouped kernel for head dim `hd` and `group` query heads per KV head, with how many of
-/// them one block takes: the largest power of two up to 8 that divides the group and keeps the
-/// block's accumulators (heads x hd) within 1024 floats.
-/// The grouped kernel for `group` query heads per KV head: the most heads per block (up to
-/// `most`) that divide the group.
+/// them one block takes: the largest power of two up to `most` (at most 8) that divides the
+/// group and keeps the block's accumulators (heads x hd) within 1024 floats.
 pub(super) fn gqa_kernel(
     ty: DevKv,
     hd: usize,

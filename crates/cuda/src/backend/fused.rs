@@ -21,10 +21,10 @@ use crate::CudaError;
 /// Device addresses of a matmul input's copies that the kernel writing the input also writes
 /// (0: not this one): the 8-bit values and scales, or the f16 copy.
 #[derive(Clone, Copy, Default)]
-struct ActSlot {
-    xq: u64,
-    xds: u64,
-    xm: u64,
+pub(super) struct ActSlot {
+    pub(super) xq: u64,
+    pub(super) xds: u64,
+    pub(super) xm: u64,
 }
 
 impl CudaBackend {
@@ -39,7 +39,7 @@ impl CudaBackend {
     /// matmul will read: 8-bit (mmvq and the 8-bit mmq kernels) or f16 (the f16 mmq kernels);
     /// none in exact mode, for the f32 kernels of narrow rows, the cuBLAS path, or with fusion
     /// off.
-    fn act_slot(&self, rows: usize, cols: usize) -> Result<ActSlot, CudaError> {
+    pub(super) fn act_slot(&self, rows: usize, cols: usize) -> Result<ActSlot, CudaError> {
         let none = ActSlot::default();
         if !self.fused || self.exact || rows == 0 || !cols.is_multiple_of(32) {
             return Ok(none);
@@ -62,7 +62,7 @@ impl CudaBackend {
     }
 
     /// Records that the launch just made wrote the copies in `slot` of `ptr`'s `rows x cols`.
-    fn act_written(&self, slot: ActSlot, ptr: u64, rows: usize, cols: usize) {
+    pub(super) fn act_written(&self, slot: ActSlot, ptr: u64, rows: usize, cols: usize) {
         let record = self.input_record(ptr, rows, cols);
         let mut s = self.scratch();
         if slot.xq != 0 {
