@@ -5,7 +5,8 @@
 //! - `rope_kv_store`: rope of q and k and the KV-cache write in one kernel.
 //! - The 8-bit copy of a matmul input (what `quantize_q8_1` would write), or its f16 copy for
 //!   the f16 mmq kernels (what `half_mma_input` would write), produced by the kernel that writes
-//!   the input, when the next matmul will use it: rms_norm, add_rms_norm and glu. The copy is
+//!   the input, when the next matmul will use it: rms_norm, add_rms_norm, glu and attention
+//!   (backend/attention.rs, in the attention kernel or its merge). The copy is
 //!   recorded in the matmul scratch as if the conversion had just run, so the matmul skips its
 //!   launch; the bytes are the same.
 //!
