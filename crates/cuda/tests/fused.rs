@@ -7,12 +7,13 @@ mod common;
 use std::sync::Arc;
 
 use common::{check, gpu, normal, rng};
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
 use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType, RopeParams, WeightUse};
 use realizar_model::weights::TensorView;
 use realizar_model::{Activation, CpuBackend, RopeLayout};
-use realizar_quant::{quantize_row, GgmlType};
+use realizar_quant::GgmlType;
 
 fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -52,6 +53,24 @@ fn same(what: &str, a: &[f32], b: &[f32]) -> bool {
 }
 
 /// Runs `f` with fusion on and off and returns both results.
+/// A random `rows x cols` Q4_K matrix on the GPU.
+fn q4k_weight(g: &CudaBackend, rng: &mut StdRng, rows: usize, cols: usize) -> CudaWeight {
+    let w = normal(rng, rows * cols, 1.0);
+    let data = common::quantize(GgmlType::Q4K, &w, rows, cols);
+    upload(g, GgmlType::Q4K, rows, cols, &data, WeightUse::Matrix)
+}
+
+/// Causal attention without a window, scaled by 1/sqrt(hd).
+fn causal(n_head: usize, n_head_kv: usize, hd: usize) -> AttnParams {
+    AttnParams {
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        window: None,
+    }
+}
+
 fn both<T>(g: &mut CudaBackend, mut f: impl FnMut(&CudaBackend) -> T) -> (T, T) {
     g.set_fused(true);
     let a = f(g);
@@ -144,13 +163,7 @@ fn rope_kv_store_fused_equals_unfused() {
                 head_dim: hd,
                 layout,
             };
-            let attn = AttnParams {
-                n_head,
-                n_head_kv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-                window: None,
-            };
+            let attn = causal(n_head, n_head_kv, hd);
             let q = normal(&mut rng, t * qd, 1.0);
             let k = normal(&mut rng, t * kvd, 1.0);
             let v = normal(&mut rng, t * kvd, 1.0);
@@ -219,14 +232,7 @@ fn matmul_after_fused_input_equals_unfused() {
     let mut rng = rng("q8_fusion");
     let mut ok = true;
     let (rows, cols) = (256, 2048);
-    let w = normal(&mut rng, rows * cols, 1.0);
-    let ty = GgmlType::Q4K;
-    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
-    let mut wq = vec![0u8; rb * rows];
-    for r in 0..rows {
-        quantize_row(ty, &w[r * cols..][..cols], &mut wq[r * rb..][..rb]).unwrap();
-    }
-    let gw = upload(&g, ty, rows, cols, &wq, WeightUse::Matrix);
+    let gw = q4k_weight(&g, &mut rng, rows, cols);
     let nv = normal(&mut rng, cols, 1.0);
     let nb = bytes(&nv);
     let gn = upload(
@@ -299,21 +305,8 @@ fn matmul_after_attention_equals_unfused() {
     let mut ok = true;
     let (n_head, n_head_kv, hd, bs) = (16, 4, 128, 16);
     let (qd, kvd, rows) = (n_head * hd, n_head_kv * hd, 256);
-    let w = normal(&mut rng, rows * qd, 1.0);
-    let ty = GgmlType::Q4K;
-    let rb = ty.row_bytes(qd as u64).unwrap() as usize;
-    let mut wq = vec![0u8; rb * rows];
-    for r in 0..rows {
-        quantize_row(ty, &w[r * qd..][..qd], &mut wq[r * rb..][..rb]).unwrap();
-    }
-    let gw = upload(&g, ty, rows, qd, &wq, WeightUse::Matrix);
-    let attn = AttnParams {
-        n_head,
-        n_head_kv,
-        head_dim: hd,
-        scale: 1.0 / (hd as f32).sqrt(),
-        window: None,
-    };
+    let gw = q4k_weight(&g, &mut rng, rows, qd);
+    let attn = causal(n_head, n_head_kv, hd);
     for (t, ctx) in [(1, 20), (1, 700), (3, 300), (16, 40), (40, 100)] {
         let n_blocks = ctx / bs + 1;
         let mut table: Vec<u32> = (0..n_blocks as u32).collect();
