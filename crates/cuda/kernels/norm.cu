@@ -47,15 +47,16 @@ __device__ __forceinline__ void norm_rest(const float* xr, const float* __restri
                                           float* orow, int cols, float eps, i8* xq, float2* xds,
                                           u16* xm) {
     float s = rsqrtf(ss / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) put_out(orow, xm, cols, i, xr[i] * s * w[i]);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        put_out(orow, xm, cols, i, xr[i] * s * w[i]);
     q8_row(orow, cols, xq, xds);
 }
 
 // RMSNorm: out[t] = x[t] / rms(x[t]) * w, one block per row; and the output's 8-bit copy
 // (quantize_q8_1's) when xq is not null, its f16 copy when xm is not.
-extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* __restrict__ x, const float* __restrict__ w,
-                                    float* out, int cols, float eps, i8* xq, float2* xds,
-                                    u16* xm) {
+extern "C" __global__ void __launch_bounds__(1024)
+    rms_norm(const float* __restrict__ x, const float* __restrict__ w, float* out, int cols,
+             float eps, i8* xq, float2* xds, u16* xm) {
     pdl_entry();
     const float* xr = x + (size_t)blockIdx.x * cols;
     float* orow = out + (size_t)blockIdx.x * cols;
@@ -78,9 +79,9 @@ extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* __restr
 
 // x[t] += y[t], then out[t] = rms_norm(x[t]) (and its 8-bit copy when xq is not null, its f16
 // copy when xm is not). Each thread reads and writes only its own elements, so out may be y.
-extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const float* y, const float* __restrict__ w,
-                                        float* out, int cols, float eps, i8* xq, float2* xds,
-                                        u16* xm) {
+extern "C" __global__ void __launch_bounds__(1024)
+    add_rms_norm(float* x, const float* y, const float* __restrict__ w, float* out, int cols,
+                 float eps, i8* xq, float2* xds, u16* xm) {
     pdl_entry();
     float* xr = x + (size_t)blockIdx.x * cols;
     const float* yr = y + (size_t)blockIdx.x * cols;
