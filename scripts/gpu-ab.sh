@@ -12,9 +12,27 @@
 #
 # Environment switches work the same way without a patch: `build` with no PATCH makes B equal
 # to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for B's runs only.
+#
+# AB_TESTS="ops fused" at `build` also builds those realizar-cuda test binaries of each patched
+# side (into .device/ab/<side>/tests, stripped); `run` runs them before the benches, so a patch
+# that wins can land with its tests run in the same call.
 set -u
 cd "$(dirname "$0")/.."
 DEV=.device/ab
+
+# The realizar-cuda test binaries named in AB_TESTS, built from the working tree as it is, into $1.
+test_bins() {
+    [ -n "${AB_TESTS:-}" ] || return 0
+    mkdir -p "$1"
+    cargo test -p realizar-cuda --release --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json, sys
+want = set(sys.argv[1].split())
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("executable") and m["profile"]["test"] and m["target"]["name"] in want:
+        print(m["executable"], m["target"]["name"])' "$AB_TESTS" \
+        | while read -r exe name; do cp "$exe" "$1/$name"; done
+}
 
 build() {
     set -e
@@ -35,6 +53,7 @@ build() {
             # Reverse the patch whatever the build does.
             trap 'git apply -R "$AB_PATCH"' EXIT
             cargo build --release -p realizar
+            test_bins "$DEV/$side/tests"
             git apply -R "$AB_PATCH"
             trap - EXIT
             cp "$bin" "$DEV/$side/realizar"
@@ -43,8 +62,8 @@ build() {
             cp "$bin" "$DEV/$side/realizar"
         fi
     done
-    if command -v strip >/dev/null; then strip "$DEV"/*/realizar; fi
-    du -sh "$DEV"/*/realizar
+    if command -v strip >/dev/null; then strip "$DEV"/*/realizar "$DEV"/*/tests/* 2>/dev/null || true; fi
+    du -sh "$DEV"/*/realizar "$DEV"/*/tests 2>/dev/null
 }
 
 run() {
@@ -54,6 +73,15 @@ run() {
     [ -n "${LAYERS:-}" ] && layers=(--layers "$LAYERS")
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     cat "$DEV/sides.txt" 2>/dev/null
+    local t
+    for t in "$DEV"/*/tests/*; do
+        # Once per machine: `run` is often called once per model shape.
+        [ -x "$t" ] && [ ! -f /tmp/ab-tests-done ] || continue
+        "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
+        echo "=== test $t: exit $?"
+        grep -E "^FAIL|panicked|test result" /tmp/ab-test.log | head -5
+    done
+    touch /tmp/ab-tests-done
     [ -f "$f" ] || "$DEV/a/realizar" synth --shape "${SHAPE:-llama-3.1-8b}" --type "${TYPE:-Q4_K_M}" \
         "${layers[@]}" -o "$f" >/dev/null
     local args
