@@ -48,7 +48,7 @@ struct Placement {
     #[arg(long)]
     mmap: bool,
     /// KV cache element type: f16, f32, q8_0 or fp8 (E4M3); q8_0 and fp8 take about half of
-    /// f16's memory and run on the CPU only.
+    /// f16's memory, on the CPU and on CUDA.
     #[arg(long, default_value = "f16", value_parser = load::parse_kv_type)]
     kv_type: realizar_model::KvType,
 }
@@ -157,7 +157,7 @@ enum Command {
         /// reading it into huge-page memory.
         #[arg(long)]
         mmap: bool,
-        /// KV cache element type: f16, f32, q8_0 or fp8 (the last two on the CPU only).
+        /// KV cache element type: f16, f32, q8_0 or fp8 (E4M3).
         #[arg(long, default_value = "f16", value_parser = load::parse_kv_type)]
         kv_type: realizar_model::KvType,
         /// Batched mode, as llama-batched-bench: for each B in the comma-separated list, B
@@ -216,7 +216,7 @@ enum Command {
         /// memory.
         #[arg(long)]
         mmap: bool,
-        /// KV cache element type: f16, f32, q8_0 or fp8 (the last two on the CPU only).
+        /// KV cache element type: f16, f32, q8_0 or fp8 (E4M3).
         #[arg(long, default_value = "f16", value_parser = load::parse_kv_type)]
         kv_type: realizar_model::KvType,
     },

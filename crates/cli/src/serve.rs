@@ -65,7 +65,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub mmap: bool,
     /// KV cache element type: f16, f32, q8_0 or fp8 (E4M3); q8_0 and fp8 take about half of
-    /// f16's memory and run on the CPU only.
+    /// f16's memory, on the CPU and on CUDA.
     #[arg(long, default_value = "f16", value_parser = crate::load::parse_kv_type)]
     pub kv_type: realizar_model::KvType,
     /// Worker threads (default: physical cores).
