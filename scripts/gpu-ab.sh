@@ -11,11 +11,12 @@
 #                                   # BENCH (bench arguments; default "-p 512 -n 128 --parallel 16,64")
 #
 # Environment switches work the same way without a patch: `build` with no PATCH makes B equal
-# to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for B's runs only.
+# to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for side b's runs only (not c, d, ...).
 #
 # AB_TESTS="ops fused" at `build` also builds those realizar-cuda test binaries of each patched
-# side (into .device/ab/<side>/tests, stripped); `run` runs them before the benches, so a patch
-# that wins can land with its tests run in the same call.
+# side (into .device/ab/<side>/tests, stripped; a name that does not build is an error); `run`
+# runs them before the benches, once per build on a machine, so a patch that wins can land with
+# its tests run in the same call.
 set -u
 cd "$(dirname "$0")/.."
 DEV=.device/ab
@@ -32,12 +33,18 @@ for l in sys.stdin:
     if m.get("executable") and m["profile"]["test"] and m["target"]["name"] in want:
         print(m["executable"], m["target"]["name"])' "$AB_TESTS" \
         | while read -r exe name; do cp "$exe" "$1/$name"; done
+    local n
+    for n in $AB_TESTS; do
+        [ -x "$1/$n" ] || { echo "AB_TESTS: test binary '$n' did not build" >&2; return 1; }
+    done
 }
 
 build() {
     set -e
     echo /.device/ | { grep -qxF -f - .git/info/exclude 2>/dev/null || echo /.device/ >> .git/info/exclude; }
+    [ $# -le 5 ] || { echo "at most 5 patches (sides b to f)" >&2; return 2; }
     rm -rf "$DEV" && mkdir -p "$DEV/a"
+    date +%s%N > "$DEV/build-id"
     local bin="${CARGO_TARGET_DIR:-target}/release/realizar"
     cargo build --release -p realizar
     cp "$bin" "$DEV/a/realizar"
@@ -63,7 +70,7 @@ build() {
         fi
     done
     if command -v strip >/dev/null; then strip "$DEV"/*/realizar "$DEV"/*/tests/* 2>/dev/null || true; fi
-    du -sh "$DEV"/*/realizar "$DEV"/*/tests 2>/dev/null
+    du -sh "$DEV"/*/realizar "$DEV"/*/tests 2>/dev/null || true
 }
 
 run() {
@@ -73,15 +80,18 @@ run() {
     [ -n "${LAYERS:-}" ] && layers=(--layers "$LAYERS")
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     cat "$DEV/sides.txt" 2>/dev/null
-    local t
-    for t in "$DEV"/*/tests/*; do
-        # Once per machine: `run` is often called once per model shape.
-        [ -x "$t" ] && [ ! -f /tmp/ab-tests-done ] || continue
-        "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
-        echo "=== test $t: exit $?"
-        grep -E "^FAIL|panicked|test result" /tmp/ab-test.log | head -5
-    done
-    touch /tmp/ab-tests-done
+    # The tests once per build on a machine: `run` is often called once per model shape.
+    local t done
+    done="/tmp/ab-tests-$(cat "$DEV/build-id" 2>/dev/null)"
+    if [ ! -f "$done" ]; then
+        for t in "$DEV"/*/tests/*; do
+            [ -x "$t" ] || continue
+            "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
+            echo "=== test $t: exit $?"
+            grep -E "^FAIL|panicked|test result" /tmp/ab-test.log | head -5
+        done
+        touch "$done"
+    fi
     [ -f "$f" ] || "$DEV/a/realizar" synth --shape "${SHAPE:-llama-3.1-8b}" --type "${TYPE:-Q4_K_M}" \
         "${layers[@]}" -o "$f" >/dev/null
     local args
