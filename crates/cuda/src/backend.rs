@@ -304,6 +304,9 @@ pub struct CudaBackend {
     /// output that is its input clears them), so that a matmul can reuse the 8-bit or f16 copy
     /// of an input that nothing has written since. Allocations count too.
     epoch: AtomicU64,
+    /// How many times a matmul converted its input to the 8-bit or f16 copy itself
+    /// (`input_conversions`).
+    conversions: AtomicU64,
     /// Bumped whenever an index array or scratch buffer moves (graphs.rs).
     gen: AtomicU64,
     /// Recorded steps (graphs.rs).
@@ -373,6 +376,7 @@ impl CudaBackend {
             blas: matmul::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
             epoch: AtomicU64::new(0),
+            conversions: AtomicU64::new(0),
             gen: AtomicU64::new(0),
             graphs: Mutex::new(graphs::Graphs::new(
                 std::env::var_os("REALIZAR_CUDA_GRAPHS").is_none_or(|v| v != "0"),
@@ -429,12 +433,15 @@ impl CudaBackend {
     /// f32 kernels, which are faster there).
     pub fn set_mmvq_min_cols(&mut self, n: usize) {
         self.mmvq_min_cols = n;
+        // Recorded steps ran the old kernels.
+        self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Split-K attention for long contexts (on by default; `REALIZAR_CUDA_ATTN_SPLIT=0` turns it
     /// off). Its split count depends on the batch, so deterministic mode turns it off.
     pub fn set_attention_split(&mut self, on: bool) {
         self.attn_split = on;
+        self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The grouped-query attention kernel for f16 caches (on by default; off, every head is its
@@ -442,6 +449,13 @@ impl CudaBackend {
     pub fn set_attention_gqa(&mut self, on: bool) {
         self.attn_gqa = on;
         self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times a matmul has converted its input to 8 bits or f16 itself, with a launch of
+    /// its own: the fused kernels that write the input write the copy too, and then the matmul
+    /// finds it (the tests check that it does).
+    pub fn input_conversions(&self) -> u64 {
+        self.conversions.load(Ordering::Relaxed)
     }
 
     /// Whether the device runs the tensor-core mmq kernels (sm_80 and later).

@@ -52,7 +52,6 @@ fn same(what: &str, a: &[f32], b: &[f32]) -> bool {
     }
 }
 
-/// Runs `f` with fusion on and off and returns both results.
 /// A random `rows x cols` Q4_K matrix on the GPU.
 fn q4k_weight(g: &CudaBackend, rng: &mut StdRng, rows: usize, cols: usize) -> CudaWeight {
     let w = normal(rng, rows * cols, 1.0);
@@ -71,6 +70,25 @@ fn causal(n_head: usize, n_head_kv: usize, hd: usize) -> AttnParams {
     }
 }
 
+/// The matmul `w x -> out`, and how many times it converted its input itself: none when the
+/// kernel before it wrote the copy (fused), one when not.
+fn matmul_counted(g: &CudaBackend, w: &CudaWeight, x: &CudaBuf, out: &mut CudaBuf) -> u64 {
+    let before = g.input_conversions();
+    g.matmul(w, x, out).unwrap();
+    g.input_conversions() - before
+}
+
+/// Whether the fused run's matmul used the copy the kernel before it wrote (no conversion of
+/// its own) and the unfused run's converted once.
+fn copy_used(what: &str, fused: u64, unfused: u64) -> bool {
+    if (fused, unfused) == (0, 1) {
+        return true;
+    }
+    println!("FAIL {what}: the matmul converted its input {fused} times fused, {unfused} unfused (want 0 and 1)");
+    false
+}
+
+/// Runs `f` with fusion on and off and returns both results.
 fn both<T>(g: &mut CudaBackend, mut f: impl FnMut(&CudaBackend) -> T) -> (T, T) {
     g.set_fused(true);
     let a = f(g);
@@ -259,7 +277,7 @@ fn matmul_after_fused_input_equals_unfused() {
         }
         let x = normal(&mut rng, ntok * cols, 1.0);
         let y = normal(&mut rng, ntok * cols, 1.0);
-        let run = |g: &CudaBackend, which: usize| -> Vec<f32> {
+        let run = |g: &CudaBackend, which: usize| -> (Vec<f32>, u64) {
             let mut a = g.buf_from_host(ntok, cols, &x).unwrap();
             let b = g.buf_from_host(ntok, cols, &y).unwrap();
             let mut n: CudaBuf = g
@@ -276,18 +294,16 @@ fn matmul_after_fused_input_equals_unfused() {
                     n = a;
                 }
             }
-            g.matmul(&gw, &n, &mut out).unwrap();
-            g.read(&out, ntok).unwrap()
+            let conversions = matmul_counted(g, &gw, &n, &mut out);
+            (g.read(&out, ntok).unwrap(), conversions)
         };
         for (which, name) in ["rms_norm", "add_rms_norm", "glu"].into_iter().enumerate() {
             let (a, b) = both(&mut g, |g| run(g, which));
-            ok &= same(
-                &format!(
-                    "{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok (f16 mmq allowed: {f16})"
-                ),
-                &a,
-                &b,
+            let what = format!(
+                "{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok (f16 mmq allowed: {f16})"
             );
+            ok &= same(&what, &a.0, &b.0);
+            ok &= copy_used(&what, a.1, b.1);
         }
     }
     g.set_mmq_f16_tokens(f16_lo, f16_hi);
@@ -336,12 +352,18 @@ fn matmul_after_attention_equals_unfused() {
             let mut out = g.buf_from_host(t, rows, &vec![f32::NAN; t * rows]).unwrap();
             g.kv_store(&mut kv, 0, &gk, &gv, &slots);
             g.attention(&gq, &kv, 0, &plan, attn, &mut go);
-            g.matmul(&gw, &go, &mut out).unwrap();
-            (g.read(&go, t).unwrap(), g.read(&out, t).unwrap())
+            let conversions = matmul_counted(g, &gw, &go, &mut out);
+            (
+                g.read(&go, t).unwrap(),
+                g.read(&out, t).unwrap(),
+                conversions,
+            )
         });
         let what = format!("attention ({t} tokens at context {ctx})");
         ok &= same(&what, &a.0, &b.0);
-        ok &= same(&format!("{what} -> matmul Q4_K {rows}x{qd}"), &a.1, &b.1);
+        let what = format!("{what} -> matmul Q4_K {rows}x{qd}");
+        ok &= same(&what, &a.1, &b.1);
+        ok &= copy_used(&what, a.2, b.2);
     }
     assert!(ok, "a matmul after attention differs");
 }

@@ -406,6 +406,8 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         if *record != Some(self.input_record(x.ptr, x.rows, cols)) {
             *record = None;
+            self.conversions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             convert()?;
             *record = Some(self.input_record(x.ptr, x.rows, cols));
         }
