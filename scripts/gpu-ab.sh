@@ -11,7 +11,8 @@
 #                                   # BENCH (bench arguments; default "-p 512 -n 128 --parallel 16,64")
 #
 # Environment switches work the same way without a patch: `build` with no PATCH makes B equal
-# to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for side b's runs only (not c, d, ...).
+# to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for side b's runs only; AB_ENV_C for c's,
+# and so on.
 #
 # AB_TESTS="ops fused" at `build` also builds those realizar-cuda test binaries of each patched
 # side (into .device/ab/<side>/tests, stripped; a name that does not build is an error); `run`
@@ -86,8 +87,13 @@ run() {
     if [ ! -f "$done" ]; then
         for t in "$DEV"/*/tests/*; do
             [ -x "$t" ] || continue
-            "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
-            echo "=== test $t: exit $?"
+            # With the side's AB_ENV_<SIDE>, as its benches run.
+            local tv tenv=()
+            tv="AB_ENV_$(basename "$(dirname "$(dirname "$t")")")"
+            tv=${tv^^}
+            [ -n "${!tv:-}" ] && read -r -a tenv <<<"${!tv}"
+            env "${tenv[@]}" "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
+            echo "=== test $t ${tenv[*]:-}: exit $?"
             grep -E "^FAIL|panicked|test result" /tmp/ab-test.log | head -5
         done
         touch "$done"
@@ -101,7 +107,8 @@ run() {
             local side
             side=$(basename "$d")
             local envs=()
-            [ $side = b ] && [ -n "${AB_ENV_B:-}" ] && read -r -a envs <<<"$AB_ENV_B"
+            local var="AB_ENV_${side^^}"
+            [ -n "${!var:-}" ] && read -r -a envs <<<"${!var}"
             echo "=== round $i, $side ${envs[*]:-}"
             env "${envs[@]}" "$DEV/$side/realizar" bench -m "$f" --device cuda "${args[@]}" 2>&1 \
                 | grep -E "^\| *[0-9]|^\| *(llama|qwen|gemma)|rror"
