@@ -313,7 +313,7 @@ fn matmul_after_fused_input_equals_unfused() {
 /// Attention writes the o projection's 8-bit (or f16) input itself, in the attention kernel or,
 /// with split keys, in the merge: the matmul after it gives the same bits as with its own
 /// conversion launch. One token at short and long contexts (one split, several), a few tokens
-/// (mmvq), 16 and 40 (mmq, f16 and 8-bit).
+/// (mmvq), 16 and 40 (mmq, f16 and 8-bit), on the grouped kernels and the per-head one.
 #[test]
 fn matmul_after_attention_equals_unfused() {
     let Some(mut g) = gpu() else { return };
@@ -323,7 +323,17 @@ fn matmul_after_attention_equals_unfused() {
     let (qd, kvd, rows) = (n_head * hd, n_head_kv * hd, 256);
     let gw = q4k_weight(&g, &mut rng, rows, qd);
     let attn = causal(n_head, n_head_kv, hd);
-    for (t, ctx) in [(1, 20), (1, 700), (3, 300), (16, 40), (40, 100)] {
+    // f16 caches take the grouped kernels, f32 ones the per-head `attention` kernel.
+    for (t, ctx, kv_type) in [
+        (1, 20, KvType::F16),
+        (1, 700, KvType::F16),
+        (3, 300, KvType::F16),
+        (16, 40, KvType::F16),
+        (40, 100, KvType::F16),
+        (1, 20, KvType::F32),
+        (1, 700, KvType::F32),
+        (16, 40, KvType::F32),
+    ] {
         let n_blocks = ctx / bs + 1;
         let mut table: Vec<u32> = (0..n_blocks as u32).collect();
         table.shuffle(&mut rng);
@@ -344,7 +354,7 @@ fn matmul_after_attention_equals_unfused() {
         let v = normal(&mut rng, ctx * kvd, 1.0);
         let q = normal(&mut rng, t * qd, 1.0);
         let (a, b) = both(&mut g, |g| {
-            let mut kv = g.alloc_kv(1, n_blocks * bs, kvd, KvType::F16).unwrap();
+            let mut kv = g.alloc_kv(1, n_blocks * bs, kvd, kv_type).unwrap();
             let gk = g.buf_from_host(ctx, kvd, &k).unwrap();
             let gv = g.buf_from_host(ctx, kvd, &v).unwrap();
             let gq = g.buf_from_host(t, qd, &q).unwrap();
@@ -359,7 +369,7 @@ fn matmul_after_attention_equals_unfused() {
                 conversions,
             )
         });
-        let what = format!("attention ({t} tokens at context {ctx})");
+        let what = format!("attention, {kv_type:?} cache ({t} tokens at context {ctx})");
         ok &= same(&what, &a.0, &b.0);
         let what = format!("{what} -> matmul Q4_K {rows}x{qd}");
         ok &= same(&what, &a.1, &b.1);
