@@ -15,4 +15,13 @@ for m in ("nvidia.cuda_nvrtc", "nvidia.cu13", "nvidia"):
 export PATH="$PATH:/usr/local/cuda/bin"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${nvrtc_dirs:+:$nvrtc_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export REALIZAR_CUDA_CACHE="${REALIZAR_CUDA_CACHE:-/tmp/realizar-kernel-cache}"
+# Kernel CUBINs compiled beforehand for sm_90 (the `build` halves of gpu-test.sh and gpu-ab.sh,
+# crates/cuda/examples/precompile.rs), where the call carried them: loaded instead of compiled
+# (about a minute a fresh machine); the backend compiles any the driver refuses.
+for kc in .device/kcache .device/ab/kcache; do
+    if [ -d "$kc" ] && mkdir -p "$REALIZAR_CUDA_CACHE"; then
+        cp -n "$kc"/*.cubin "$REALIZAR_CUDA_CACHE"/ 2>/dev/null || true
+    fi
+done
+unset kc
 unset nvrtc_dirs

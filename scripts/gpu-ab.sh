@@ -22,6 +22,12 @@ set -u
 cd "$(dirname "$0")/.."
 DEV=.device/ab
 
+# The kernels of the working tree as it is, compiled here for sm_90 into $DEV/kcache (the
+# device copies them into its kernel cache: scripts/device-env.sh).
+precompile() {
+    (. scripts/device-env.sh && cargo run -q -p realizar-cuda --release --example precompile -- sm_90 "$DEV/kcache")
+}
+
 # The realizar-cuda test binaries named in AB_TESTS, built from the working tree as it is, into $1.
 test_bins() {
     [ -n "${AB_TESTS:-}" ] || return 0
@@ -49,6 +55,7 @@ build() {
     local bin="${CARGO_TARGET_DIR:-target}/release/realizar"
     cargo build --release -p realizar
     cp "$bin" "$DEV/a/realizar"
+    precompile
     [ $# -gt 0 ] || set -- ""
     local sides=(b c d e f) i=0
     for AB_PATCH in "$@"; do
@@ -61,6 +68,7 @@ build() {
             # Reverse the patch whatever the build does.
             trap 'git apply -R "$AB_PATCH"' EXIT
             cargo build --release -p realizar
+            precompile
             test_bins "$DEV/$side/tests"
             git apply -R "$AB_PATCH"
             trap - EXIT
@@ -71,7 +79,7 @@ build() {
         fi
     done
     if command -v strip >/dev/null; then strip "$DEV"/*/realizar "$DEV"/*/tests/* 2>/dev/null || true; fi
-    du -sh "$DEV"/*/realizar "$DEV"/*/tests 2>/dev/null || true
+    du -sh "$DEV"/*/realizar "$DEV"/*/tests "$DEV"/kcache 2>/dev/null || true
 }
 
 run() {

@@ -4,8 +4,8 @@
 #   scripts/gpu-test.sh build   # here: build the test binaries, copy them to .device/bin, and a
 #                               # truncated copy of the default model to .device/models
 #   scripts/gpu-test.sh run     # on the device (the `device` tool, carry [".device/bin",
-#                               # ".device/models"]): run every binary, the decode-speed run too,
-#                               # and print a summary
+#                               # ".device/models", ".device/kcache"]): run every binary, the
+#                               # decode-speed run too, and print a summary
 #   scripts/gpu-test.sh matrix  # on the device (carry [".device/bin", ".device/cli"]): parity of
 #                               # every weight type on every `realizar synth` shape (2 layers;
 #                               # env MATRIX_SHAPES, MATRIX_TYPES, MATRIX_LAYERS narrow it)
@@ -35,6 +35,9 @@ for l in sys.stdin:
     # Without symbols the binaries are a third smaller (the CLI 15 -> 11 MB, the tests 18 -> 13
     # MB), which matters against the device call's 64 MiB carry.
     if command -v strip >/dev/null; then strip "$DEV"/bin/* "$DEV/cli/realizar"; fi
+    # The kernels compiled for sm_90 here, so the device loads them (scripts/device-env.sh).
+    rm -rf "$DEV/kcache"
+    (. scripts/device-env.sh && cargo run -q -p realizar-cuda --release --example precompile -- sm_90 "$DEV/kcache")
     local model="${REALIZAR_DEFAULT_MODEL:-$HOME/.cache/realizar/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
     local layers="${TRUNC_LAYERS:-6}"
     local out="$PWD/$DEV/models/smollm2-135m-q4_1-${layers}layers.gguf"
@@ -42,7 +45,7 @@ for l in sys.stdin:
         REALIZAR_TRUNC_IN="$model" REALIZAR_TRUNC_OUT="$out" REALIZAR_TRUNC_LAYERS="$layers" \
             "$DEV/bin/model" --ignored --exact truncate_model --nocapture
     fi
-    du -sh "$DEV"/bin/* "$DEV"/cli/* "$DEV"/models/* 2>/dev/null
+    du -sh "$DEV"/bin/* "$DEV"/cli/* "$DEV"/models/* "$DEV"/kcache 2>/dev/null
 }
 
 run() {

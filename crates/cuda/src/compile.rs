@@ -207,25 +207,25 @@ impl Kernels {
         let mut compiled = 0;
         for src in SOURCES {
             let full = full_source(src);
-            let key = cache_key(&full, &arch);
-            let path = cache_dir
-                .as_ref()
-                .map(|d| d.join(format!("{}-{arch}-{key}.cubin", src.file)));
+            let path = cache_dir.as_ref().map(|d| cache_path(d, src, &full, &arch));
             let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
-            let cubin = match cached {
-                Some(c) if !c.is_empty() => c,
-                _ => {
+            // A cached CUBIN the driver refuses (one made elsewhere, by a newer compiler than
+            // this driver takes) is compiled afresh like a missing one.
+            let loaded = cached
+                .filter(|c| !c.is_empty())
+                .and_then(|c| ctx.load_module(Ptx::from_binary(c)).ok());
+            let module = match loaded {
+                Some(m) => m,
+                None => {
                     let c = compile(src.file, &full, &arch)?;
                     compiled += 1;
                     if let Some(p) = &path {
                         store(p, &c);
                     }
-                    c
+                    ctx.load_module(Ptx::from_binary(c))
+                        .map_err(|e| CudaError::call("cuModuleLoadData", e))?
                 }
             };
-            let module = ctx
-                .load_module(Ptx::from_binary(cubin))
-                .map_err(|e| CudaError::call("cuModuleLoadData", e))?;
             let names = ENTRY_POINTS
                 .iter()
                 .find(|(f, _)| *f == src.file)
@@ -272,6 +272,42 @@ fn full_source(src: &Source) -> String {
     s.push_str(&format!("#line 1 \"{}\"\n", src.file));
     s.push_str(src.text);
     s
+}
+
+/// Where the CUBIN of `src` (whose full text is `full`) for `arch` is cached in `dir`.
+fn cache_path(dir: &std::path::Path, src: &Source, full: &str, arch: &str) -> PathBuf {
+    dir.join(format!(
+        "{}-{arch}-{}.cubin",
+        src.file,
+        cache_key(full, arch)
+    ))
+}
+
+/// Compiles every module for `arch` (e.g. `sm_90`) into the kernel cache folder `dir`, as
+/// `Kernels::load` would on a device of that arch, without one: the device machine then loads
+/// them instead of compiling (about a minute for all modules). Modules already there are kept.
+/// Returns how many were compiled now.
+pub fn precompile(arch: &str, dir: &std::path::Path) -> Result<usize, CudaError> {
+    // SAFETY: only checks whether a library can be opened; nothing is called through it.
+    if !unsafe { nvrtc_sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CudaError::Compile {
+        file: "kernel cache",
+        log: format!("cannot create {}: {e}", dir.display()),
+    })?;
+    let mut compiled = 0;
+    for src in SOURCES {
+        let full = full_source(src);
+        let path = cache_path(dir, src, &full, arch);
+        if path.exists() {
+            continue;
+        }
+        let c = compile(src.file, &full, arch)?;
+        store(&path, &c);
+        compiled += 1;
+    }
+    Ok(compiled)
 }
 
 fn cache_key(full: &str, arch: &str) -> String {
@@ -473,7 +509,8 @@ mod tests {
     }
 
     /// Every module compiles for Hopper, where NVRTC is installed (no GPU needed): the device
-    /// machine's first use would otherwise be the first compile.
+    /// machine's first use would otherwise be the first compile. Through `precompile`, whose
+    /// files must be the ones `Kernels::load` looks for.
     #[test]
     fn every_module_compiles_for_sm_90() {
         // SAFETY: only checks whether the library can be opened.
@@ -481,11 +518,20 @@ mod tests {
             eprintln!("skipping NVRTC compile check: no libnvrtc");
             return;
         }
+        let dir = std::env::temp_dir().join(format!("realizar-precompile-{}", std::process::id()));
+        let n = precompile("sm_90", &dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, SOURCES.len());
         for src in SOURCES {
-            if let Err(e) = compile(src.file, &full_source(src), "sm_90") {
-                panic!("{e}");
-            }
+            let path = cache_path(&dir, src, &full_source(src), "sm_90");
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 0, "{} missing or empty", path.display());
         }
+        // A second run finds them all.
+        assert_eq!(
+            precompile("sm_90", &dir).unwrap_or_else(|e| panic!("{e}")),
+            0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub use backend::{
     CudaBackend, CudaBuf, CudaKv, CudaWeight, GraphStats, DEFAULT_GEMM_MIN_TOKENS,
     DEFAULT_MMQ_F16_TOKENS, DEFAULT_MMQ_TOKENS, SUPPORTED_TYPES,
 };
+pub use compile::precompile as precompile_kernels;
 pub use sizing::{kv_tokens_for_budget, Needs};
 
 use std::ffi::c_int;
