@@ -5,7 +5,8 @@
 #
 #   scripts/gpu-ab.sh build PATCH.. # here: release binaries of HEAD and of HEAD + each PATCH
 #                                   # (applied to the working tree, built, then reversed),
-#                                   # stripped, to .device/ab/a, .device/ab/b, .device/ab/c, ...
+#                                   # stripped, to .device/ab/a, .device/ab/b, .device/ab/c, ...,
+#                                   # and every side's kernels for sm_90 to .device/ab/kcache
 #   scripts/gpu-ab.sh run           # on the device (carry [".device/ab"]); env:
 #                                   # SHAPE (llama-3.1-8b), TYPE (Q4_K_M), LAYERS (all), ROUNDS (2),
 #                                   # BENCH (bench arguments; default "-p 512 -n 128 --parallel 16,64")
