@@ -1,6 +1,7 @@
 # Sourced by the device halves of scripts/gpu-test.sh and scripts/gpu-bench.sh: the CUDA
 # toolkit's binaries and libraries, NVRTC (libnvrtc.so.13, from the toolkit or the
-# nvidia-cuda-nvrtc wheel), and one kernel cache for every run of the session.
+# nvidia-cuda-nvrtc wheel), and one kernel cache for every run of the session. Also by
+# scripts/test.sh, for NVRTC: the kernel compile tests run without a GPU.
 nvrtc_dirs=$(python3 -c 'import importlib.util as u, os
 for m in ("nvidia.cuda_nvrtc", "nvidia.cu13", "nvidia"):
     try:
