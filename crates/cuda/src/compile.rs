@@ -193,10 +193,7 @@ pub struct Kernels {
 impl Kernels {
     /// Compiles (or loads from the cache) every kernel file for `ctx`'s device.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
-        // SAFETY: only checks whether a library can be opened; nothing is called through it.
-        if !unsafe { nvrtc_sys::is_culib_present() } {
-            return Err(CudaError::NoNvrtc);
-        }
+        require_nvrtc()?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| CudaError::call("cuDeviceGetAttribute(compute capability)", e))?;
@@ -274,6 +271,16 @@ fn full_source(src: &Source) -> String {
     s
 }
 
+/// `CudaError::NoNvrtc` unless libnvrtc can be opened (cudarc would panic on a missing one).
+fn require_nvrtc() -> Result<(), CudaError> {
+    // SAFETY: only checks whether a library can be opened; nothing is called through it.
+    if unsafe { nvrtc_sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(CudaError::NoNvrtc)
+    }
+}
+
 /// Where the CUBIN of `src` (whose full text is `full`) for `arch` is cached in `dir`.
 fn cache_path(dir: &std::path::Path, src: &Source, full: &str, arch: &str) -> PathBuf {
     dir.join(format!(
@@ -288,10 +295,7 @@ fn cache_path(dir: &std::path::Path, src: &Source, full: &str, arch: &str) -> Pa
 /// them instead of compiling (about a minute for all modules). Modules already there are kept.
 /// Returns how many were compiled now.
 pub fn precompile(arch: &str, dir: &std::path::Path) -> Result<usize, CudaError> {
-    // SAFETY: only checks whether a library can be opened; nothing is called through it.
-    if !unsafe { nvrtc_sys::is_culib_present() } {
-        return Err(CudaError::NoNvrtc);
-    }
+    require_nvrtc()?;
     std::fs::create_dir_all(dir).map_err(|e| CudaError::Compile {
         file: "kernel cache",
         log: format!("cannot create {}: {e}", dir.display()),
