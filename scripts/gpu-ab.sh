@@ -5,8 +5,9 @@
 #
 #   scripts/gpu-ab.sh build PATCH.. # here: release binaries of HEAD and of HEAD + each PATCH
 #                                   # (applied to the working tree, built, then reversed),
-#                                   # stripped, to .device/ab/a, .device/ab/b, .device/ab/c, ...,
-#                                   # and every side's kernels for sm_90 to .device/ab/kcache
+#                                   # stripped and xz-compressed, to .device/ab/a, .device/ab/b,
+#                                   # .device/ab/c, ..., and every side's kernels for sm_90 to
+#                                   # .device/ab/kcache.tar.xz (`run` unpacks them)
 #   scripts/gpu-ab.sh run           # on the device (carry [".device/ab"]); env:
 #                                   # SHAPE (llama-3.1-8b), TYPE (Q4_K_M), LAYERS (all), ROUNDS (2),
 #                                   # BENCH (bench arguments; default "-p 512 -n 128 --parallel 16,64")
@@ -15,10 +16,10 @@
 # to A, and AB_ENV_B (e.g. REALIZAR_CUDA_PDL=0) is set for side b's runs only; AB_ENV_C for c's,
 # and so on.
 #
-# AB_TESTS="ops fused" at `build` also builds those realizar-cuda test binaries of each patched
-# side (into .device/ab/<side>/tests, stripped; a name that does not build is an error); `run`
-# runs them before the benches, once per build on a machine, so a patch that wins can land with
-# its tests run in the same call.
+# AB_TESTS="ops fused" at `build` also builds those realizar-cuda test binaries of A and of each
+# patched side (into .device/ab/<side>/tests, stripped; a name that does not build is an error);
+# `run` runs them before the benches, once per build on a machine, so a patch that wins can land
+# with its tests run in the same call.
 set -u
 cd "$(dirname "$0")/.."
 DEV=.device/ab
@@ -57,6 +58,7 @@ build() {
     cargo build --release -p realizar
     cp "$bin" "$DEV/a/realizar"
     precompile
+    test_bins "$DEV/a/tests"
     [ $# -gt 0 ] || set -- ""
     local sides=(b c d e f) i=0
     for AB_PATCH in "$@"; do
@@ -80,10 +82,41 @@ build() {
         fi
     done
     if command -v strip >/dev/null; then strip "$DEV"/*/realizar "$DEV"/*/tests/* 2>/dev/null || true; fi
-    du -sh "$DEV"/*/realizar "$DEV"/*/tests "$DEV"/kcache 2>/dev/null || true
+    # xz shrinks a binary about 4x and the CUBINs 8x, so a call's 64 MiB carries more sides.
+    local f
+    for f in "$DEV"/*/realizar "$DEV"/*/tests/*; do
+        [ -f "$f" ] && xz -T0 -6 "$f"
+    done
+    tar -cJf "$DEV/kcache.tar.xz" -C "$DEV" kcache && rm -rf "$DEV/kcache"
+    du -sh "$DEV"/*/realizar.xz "$DEV"/*/tests "$DEV"/kcache.tar.xz 2>/dev/null || true
+}
+
+# What `build` compressed, unpacked in place (python's lzma: the device may have no xz).
+unpack() {
+    python3 - "$DEV" <<'PY'
+import lzma, os, sys, tarfile
+dev = sys.argv[1]
+kc = os.path.join(dev, "kcache.tar.xz")
+if os.path.exists(kc):
+    with tarfile.open(kc, "r:xz") as t:
+        try:
+            t.extractall(dev, filter="data")
+        except TypeError:  # python before 3.12
+            t.extractall(dev)
+    os.remove(kc)
+for root, _, files in os.walk(dev):
+    for n in files:
+        if n.endswith(".xz"):
+            src = os.path.join(root, n)
+            with lzma.open(src) as i, open(src[:-3], "wb") as o:
+                o.write(i.read())
+            os.chmod(src[:-3], 0o755)
+            os.remove(src)
+PY
 }
 
 run() {
+    unpack
     . scripts/device-env.sh
     local f="/tmp/ab-${SHAPE:-llama-3.1-8b}-${TYPE:-Q4_K_M}-${LAYERS:-all}.gguf"
     local layers=()
@@ -103,6 +136,7 @@ run() {
             [ -n "${!tv:-}" ] && read -r -a tenv <<<"${!tv}"
             env "${tenv[@]}" "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
             echo "=== test $t ${tenv[*]:-}: exit $?"
+            grep -m2 "compiled now" /tmp/ab-test.log
             grep -E "^FAIL|panicked|test result" /tmp/ab-test.log | head -5
         done
         touch "$done"
@@ -113,6 +147,7 @@ run() {
     read -r -a args <<<"${BENCH:--p 512 -n 128 --parallel 16,64}"
     for i in $(seq "${ROUNDS:-2}"); do
         for d in "$DEV"/*/; do
+            [ -f "$d/realizar" ] || continue
             local side
             side=$(basename "$d")
             local envs=()
