@@ -135,7 +135,13 @@ fn matmul_every_type_matches_cpu() {
                 let mut go = poisoned(&g, ntok, rows);
                 g.matmul(&gw, &gx, &mut go).unwrap();
                 let got = g.read(&go, ntok).unwrap();
-                ok &= check(&format!("{what} exact vs CPU exact"), &got, &exact, 1e-4);
+                ok &= common::check_dot(
+                    &format!("{what} exact vs CPU exact"),
+                    &got,
+                    &exact,
+                    cols,
+                    1e-4,
+                );
                 g.set_exact(false);
                 // 2. mmvq (8-bit activations) against the same rounding done here, in f64,
                 //    then the tensor-core mmq kernels on the same activations.
@@ -152,20 +158,33 @@ fn matmul_every_type_matches_cpu() {
                 g.set_mmq_tokens(lo, hi);
                 if ty.block_size() > 1 {
                     let want = reference_matmul(ty, &wq, rows, cols, &q8_1_round(&x));
-                    ok &= check(&format!("{what} mmvq vs q8_1 reference"), &got, &want, 1e-4);
+                    ok &= common::check_dot(
+                        &format!("{what} mmvq vs q8_1 reference"),
+                        &got,
+                        &want,
+                        cols,
+                        1e-4,
+                    );
                     // Against exact arithmetic: the 8-bit activation rounding (~5e-3 on these
                     // inputs); checked where there are enough outputs for a stable measure.
                     let e = common::rel_err(&got, &exact);
                     if rows * ntok >= 64 {
-                        ok &= check(&format!("{what} mmvq vs CPU exact"), &got, &exact, 3e-2);
+                        ok &= common::check_dot(
+                            &format!("{what} mmvq vs CPU exact"),
+                            &got,
+                            &exact,
+                            cols,
+                            3e-2,
+                        );
                     } else {
                         println!("INFO {what} mmvq vs CPU exact: rel_err {e:.3e}");
                     }
                 } else {
-                    ok &= check(
+                    ok &= common::check_dot(
                         &format!("{what} float decode vs CPU exact"),
                         &got,
                         &exact,
+                        cols,
                         1e-4,
                     );
                 }
@@ -177,14 +196,21 @@ fn matmul_every_type_matches_cpu() {
                     g.matmul(&gw, &gx, &mut go).unwrap();
                     let got = g.read(&go, ntok).unwrap();
                     let want = half_reference(ty, &wq, rows, cols, &x);
-                    ok &= check(
+                    ok &= common::check_dot(
                         &format!("{what} GEMM vs rounded reference"),
                         &got,
                         &want,
+                        cols,
                         1e-4,
                     );
                     if rows * ntok >= 64 {
-                        ok &= check(&format!("{what} GEMM vs CPU exact"), &got, &exact, 1e-2);
+                        ok &= common::check_dot(
+                            &format!("{what} GEMM vs CPU exact"),
+                            &got,
+                            &exact,
+                            cols,
+                            1e-2,
+                        );
                     }
                 }
                 g.set_gemm_min_tokens(realizar_cuda::DEFAULT_GEMM_MIN_TOKENS);
@@ -264,30 +290,39 @@ fn check_mmq(
     };
     let got = run(g, false);
     let want = reference_matmul(ty, wq, rows, cols, &q8_1_round(x));
-    ok &= check(
+    ok &= common::check_dot(
         &format!("{what} mmq 8-bit vs q8_1 reference"),
         &got,
         &want,
+        cols,
         1e-4,
     );
     let got = run(g, true);
     let want = half_reference(ty, wq, rows, cols, x);
     let exact = reference_matmul(ty, wq, rows, cols, x);
     if rows * ntok >= 64 {
-        ok &= check(
+        ok &= common::check_dot(
             &format!("{what} mmq f16 vs f16 reference"),
             &got,
             &want,
+            cols,
             2e-3,
         );
-        ok &= check(&format!("{what} mmq f16 vs exact"), &got, &exact, 3e-3);
+        ok &= common::check_dot(
+            &format!("{what} mmq f16 vs exact"),
+            &got,
+            &exact,
+            cols,
+            3e-3,
+        );
     } else {
         // A handful of dot products: one near zero makes the relative measure meaningless
         // (seen: 1 x 256 Q6_K, 1.0e-2), so these only must be close and are printed.
-        ok &= check(
+        ok &= common::check_dot(
             &format!("{what} mmq f16 vs exact (loose)"),
             &got,
             &exact,
+            cols,
             0.1,
         );
         let e = common::rel_err(&got, &want);
