@@ -32,6 +32,22 @@ __device__ __forceinline__ int ld_i2(const u8* p) {
 
 __device__ __forceinline__ int ld_i4(const u8* p) { return *(const int*)p; }
 
+// N little-endian 32-bit ints at a 2-byte-aligned address: N aligned words from the word that
+// holds p, and at an address of 2 mod 4 the 16 bits after them, joined by funnel shifts: at most
+// N + 1 loads instead of ld_i2's 2N. At 2 mod 4 the first word starts 2 bytes before p, which
+// every caller's block holds (p is 2 or more bytes into it), and nothing past p + 4N is read.
+template <int N>
+__device__ __forceinline__ void ld_a2(const u8* p, int (&v)[N]) {
+    const u32* a = (const u32*)((size_t)p & ~(size_t)3);
+    u32 sh = (u32)((size_t)p & 2) * 8;
+    u32 w[N + 1];
+#pragma unroll
+    for (int k = 0; k < N; k++) w[k] = a[k];
+    w[N] = sh != 0 ? (u32)ld16(p + 4 * N - 2) : 0u;
+#pragma unroll
+    for (int k = 0; k < N; k++) v[k] = (int)__funnelshift_r(w[k], w[k + 1], sh);
+}
+
 // Bits 0..3 of b moved to bit 4 of each byte (the fifth bit of four 5-bit quants).
 __device__ __forceinline__ int spread4(u32 b) {
     return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
@@ -261,10 +277,13 @@ struct MQ6K {
         float d = h2f(ld16(b + 208));
         s0 = d * (float)sc[2 * k1 + h];
         s1 = d * (float)sc[2 * k1 + 4 + h];
+        int la[4], ha[4];
+        ld_a2(l4, la);
+        ld_a2(h2, ha);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int l = ld_i2(l4 + 4 * k);
-            int hb = ld_i2(h2 + 4 * k);
+            int l = la[k];
+            int hb = ha[k];
             v0[k] = minus32((l & 0x0F0F0F0F) | (((hb >> (2 * k1)) & 0x03030303) << 4));
             v1[k] = minus32(((l >> 4) & 0x0F0F0F0F) | (((hb >> (2 * k1 + 4)) & 0x03030303) << 4));
         }
