@@ -47,10 +47,26 @@ DEQUANT_F16(q4_k, Q4K)
 DEQUANT_F16(q5_k, Q5K)
 DEQUANT_F16(q6_k, Q6K)
 
-// y = x rounded to f16 (kind 1) or bf16 (kind 2), n elements.
+__device__ __forceinline__ u32 half2_bits(float a, float b, int kind) {
+    return kind == 1 ? (u32)f2h(a) | ((u32)f2h(b) << 16) : (u32)f2bf(a) | ((u32)f2bf(b) << 16);
+}
+
+// y = x rounded to f16 (kind 1) or bf16 (kind 2), n elements; 8 a thread, with two 16-byte
+// loads and one 16-byte store where both arrays are 16-byte aligned.
 extern "C" __global__ void to_half(const float* __restrict__ x, u16* __restrict__ y, long long n,
                                    int kind) {
     pdl_entry();
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = kind == 1 ? f2h(x[i]) : f2bf(x[i]);
+    long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    if (i + 8 <= n && (((size_t)x | (size_t)y) & 15) == 0) {
+        float4 a = *(const float4*)(x + i), b = *(const float4*)(x + i + 4);
+        uint4 p;
+        p.x = half2_bits(a.x, a.y, kind);
+        p.y = half2_bits(a.z, a.w, kind);
+        p.z = half2_bits(b.x, b.y, kind);
+        p.w = half2_bits(b.z, b.w, kind);
+        *(uint4*)(y + i) = p;
+        return;
+    }
+    for (long long k = i; k < n && k < i + 8; k++) y[k] = kind == 1 ? f2h(x[k]) : f2bf(x[k]);
 }

@@ -11,7 +11,8 @@ use crate::CudaError;
 pub struct Needs {
     /// The weights, uploaded in their file formats.
     pub weights: usize,
-    /// Matmul scratch: a 64 MiB f16 weight tile for prefill GEMMs and the activations' copies.
+    /// Matmul scratch: a 128 MiB f16 weight tile for prefill GEMMs, and a step's widest
+    /// activations (the gate and up outputs and a converted copy).
     pub scratch: usize,
     /// K and V of one token in every layer.
     pub kv_per_token: usize,
@@ -26,7 +27,7 @@ impl Needs {
                 .iter()
                 .map(|t| file.tensor_bytes(t).len())
                 .sum(),
-            scratch: (64 << 20) + opts.max_batch_tokens * cfg.n_ff.max(cfg.n_embd) * 4,
+            scratch: (128 << 20) + 3 * opts.max_batch_tokens * cfg.n_ff.max(cfg.n_embd) * 4,
             kv_per_token: 2 * cfg.n_layers * row,
         }
     }

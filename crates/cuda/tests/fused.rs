@@ -429,3 +429,84 @@ fn matmul_many_equals_one_matmul_per_weight() {
     }
     assert!(ok, "grouped matmuls differ from single ones");
 }
+
+/// The cuBLAS path converts a matmul input to f16 once for the matrices that share it (q/k/v,
+/// gate/up): the same bits as a conversion for each, one conversion for the group, and a new
+/// one after a GEMM has written over the input (an F32 weight's GEMM, which converts nothing).
+#[test]
+fn gemm_input_converted_once() {
+    let Some(g) = gpu() else { return };
+    if !g.has_cublas() {
+        eprintln!("skipping: cuBLAS did not load");
+        return;
+    }
+    let mut rng = rng("gemm_input");
+    // More tokens than the mmq kernels take, so the matmuls go through cuBLAS.
+    let (ntok, cols) = (100, 512);
+    let rows = [256, 64, 64];
+    let ws: Vec<CudaWeight> = rows
+        .iter()
+        .map(|&r| q4k_weight(&g, &mut rng, r, cols))
+        .collect();
+    let x = normal(&mut rng, ntok * cols, 1.0);
+    let out = |r: usize| g.buf_from_host(ntok, r, &vec![f32::NAN; ntok * r]).unwrap();
+    let mut ok = true;
+    let mut alone = Vec::new();
+    for (w, &r) in ws.iter().zip(&rows) {
+        let gx = g.buf_from_host(ntok, cols, &x).unwrap();
+        let mut o = out(r);
+        ok &= matmul_counted(&g, w, &gx, &mut o) == 1;
+        alone.push(g.read(&o, ntok).unwrap());
+    }
+    let mut gx = g.buf_from_host(ntok, cols, &x).unwrap();
+    let mut outs: Vec<CudaBuf> = rows.iter().map(|&r| out(r)).collect();
+    // Everything the second half uses is allocated now: an allocation moves the epoch, which
+    // would retire the record without the GEMM's help.
+    let y = normal(&mut rng, ntok * cols, 1.0);
+    let wf = normal(&mut rng, cols * cols, 0.05);
+    let gw = upload(
+        &g,
+        GgmlType::F32,
+        cols,
+        cols,
+        &bytes(&wf),
+        WeightUse::Matrix,
+    );
+    let gy = g.buf_from_host(ntok, cols, &y).unwrap();
+    let mut o = out(rows[0]);
+    let before = g.input_conversions();
+    {
+        let mut refs: Vec<&mut CudaBuf> = outs.iter_mut().collect();
+        let wr: Vec<&CudaWeight> = ws.iter().collect();
+        g.matmul_many(&wr, &gx, &mut refs).unwrap();
+    }
+    let n = g.input_conversions() - before;
+    println!("q/k/v-like group: {n} conversions (want 1)");
+    ok &= n == 1;
+    for (i, o) in outs.iter().enumerate() {
+        ok &= same(
+            &format!("group matrix {i}"),
+            &g.read(o, ntok).unwrap(),
+            &alone[i],
+        );
+    }
+    // A GEMM of F32 weights writes a new x in place of the old one; the next matmul of x
+    // must convert it again and see the new values.
+    g.matmul(&gw, &gy, &mut gx).unwrap();
+    let n = matmul_counted(&g, &ws[0], &gx, &mut o);
+    let new_x = g.read(&gx, ntok).unwrap();
+    println!("after a GEMM wrote the input: {n} conversions (want 1)");
+    ok &= n == 1;
+    let fresh = g.buf_from_host(ntok, cols, &new_x).unwrap();
+    let mut want = out(rows[0]);
+    g.matmul(&ws[0], &fresh, &mut want).unwrap();
+    ok &= same(
+        "matmul after its input was rewritten",
+        &g.read(&o, ntok).unwrap(),
+        &g.read(&want, ntok).unwrap(),
+    );
+    assert!(
+        ok,
+        "the cuBLAS path's input conversion was reused wrongly or not at all"
+    );
+}

@@ -35,8 +35,12 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let f = self.kernels.get(name)?;
         // Count the launch in `epoch` when it may write activations (all but the mmvq and mmq
-        // matmuls, which write only their output).
-        if !name.starts_with("mmvq_") && !name.starts_with("mmq_") {
+        // matmuls, which write only their output, and the GEMM path's weight dequantization,
+        // which writes only its weight tile).
+        if !name.starts_with("mmvq_")
+            && !name.starts_with("mmq_")
+            && !name.starts_with("dequant_f16_")
+        {
             self.epoch.fetch_add(1, Ordering::Relaxed);
         }
         if self.replaying.load(Ordering::Relaxed) {

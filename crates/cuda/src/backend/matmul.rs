@@ -30,8 +30,15 @@ use super::ops::matvec_kernel;
 use super::{raw, Arg, CudaBackend, CudaBuf};
 use crate::CudaError;
 
-/// Elements of weight dequantized per GEMM tile (64 MiB of f16).
-const TILE_ELEMS: usize = 32 << 20;
+/// Elements of weight dequantized per GEMM tile (128 MiB of f16): a whole 4096 x 14336 matrix
+/// of an 8B model in one tile. Split into two tiles of 2340 and 1756 rows (at 32 Mi elements),
+/// its down projection took cuBLAS's sm80 split-K kernels at ~230 TFLOP/s against ~690 for the
+/// gate/up products (H200, 512 tokens).
+const TILE_ELEMS: usize = 64 << 20;
+
+/// Rows of a GEMM tile, when a matrix takes several, are a multiple of this (whole 256-row
+/// output tiles of cuBLAS's kernels).
+const TILE_ROW_MULTIPLE: usize = 256;
 
 /// Rows narrower than this use the f32 kernels in decode, by default.
 pub const DEFAULT_MMVQ_MIN_COLS: usize = 2048;
@@ -66,6 +73,8 @@ pub(super) struct Scratch {
     /// The f16 mmq kernels' activations (`half_mma_input`), and what they hold.
     pub(super) xm: Option<CudaSlice<u16>>,
     pub(super) halved: Option<InputRecord>,
+    /// What `xh` (the GEMM path's f16 / bf16 activations) holds, and in which kind.
+    gemm_halved: Option<(InputRecord, i32)>,
 }
 
 /// Which matmul input a converted copy holds: (input address, rows, cols, epoch just after the
@@ -232,6 +241,31 @@ fn mmq_splits(cols: usize, qk: usize, tile_blocks: usize, blocks: usize) -> (usi
     let splits = want.min(most).max(1);
     let kps = nblk.div_ceil(splits);
     (nblk.div_ceil(kps), kps)
+}
+
+/// cuBLAS writes `bytes` at `out` without counting in the epoch: the GEMM path's f16 copy of
+/// an input is stale if they overlap that input.
+fn forget_overwritten(s: &mut Scratch, out: u64, bytes: usize) {
+    if let Some(((ptr, rows, cols, _), _)) = s.gemm_halved {
+        let len = (4 * rows * cols) as u64;
+        if out < ptr + len && ptr < out + bytes as u64 {
+            s.gemm_halved = None;
+        }
+    }
+}
+
+/// Rows of weight dequantized per GEMM call: the whole matrix when it fits `TILE_ELEMS`, else
+/// the most that fit, rounded down to whole `TILE_ROW_MULTIPLE`s where that leaves any.
+fn gemm_tile_rows(rows: usize, cols: usize) -> usize {
+    let fit = (TILE_ELEMS / cols.max(1)).max(1);
+    if fit >= rows {
+        return rows;
+    }
+    if fit >= TILE_ROW_MULTIPLE {
+        fit / TILE_ROW_MULTIPLE * TILE_ROW_MULTIPLE
+    } else {
+        fit
+    }
 }
 
 /// The cuBLAS handle of a backend, when libcublas loads.
@@ -559,26 +593,40 @@ impl CudaBackend {
         let xb = if half_kind == 0 {
             x.ptr
         } else {
+            // Converted once for the matrices that share an input (q/k/v, gate/up).
             let n = ntok * cols;
             let p = ensure(self, &mut s.xh, n)?;
-            self.launch(
-                "to_half",
-                ((n.div_ceil(256)) as u32, 1, 1),
-                256,
-                &[
-                    Arg::P(x.ptr),
-                    Arg::P(p),
-                    Arg::L(n as i64),
-                    Arg::I(half_kind),
-                ],
-            )?;
+            let mut record = s
+                .gemm_halved
+                .filter(|&(_, kind)| kind == half_kind)
+                .map(|(r, _)| r);
+            let mat = Mat {
+                w: w_ptr,
+                rows,
+                out,
+            };
+            self.convert_once(&mut record, x, cols, &[mat], || {
+                self.launch(
+                    "to_half",
+                    ((n.div_ceil(8).div_ceil(256)) as u32, 1, 1),
+                    256,
+                    &[
+                        Arg::P(x.ptr),
+                        Arg::P(p),
+                        Arg::L(n as i64),
+                        Arg::I(half_kind),
+                    ],
+                )
+            })?;
+            s.gemm_halved = record.map(|r| (r, half_kind));
             p
         };
         let Some(dq) = dequant else {
             self.gemm_call(wt, w_ptr, rows, rows, cols, xb, ntok, out)?;
+            forget_overwritten(&mut s, out, 4 * ntok * rows);
             return Ok(true);
         };
-        let tile = (TILE_ELEMS / cols).clamp(1, rows);
+        let tile = gemm_tile_rows(rows, cols);
         let wh = ensure(self, &mut s.wh, tile * cols)?;
         let mut r0 = 0;
         while r0 < rows {
@@ -599,6 +647,7 @@ impl CudaBackend {
             self.gemm_call(wt, wh, n, rows, cols, xb, ntok, out + 4 * r0 as u64)?;
             r0 += n;
         }
+        forget_overwritten(&mut s, out, 4 * ntok * rows);
         Ok(true)
     }
 
