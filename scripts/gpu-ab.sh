@@ -134,10 +134,14 @@ run() {
             tv="AB_ENV_$(basename "$(dirname "$(dirname "$t")")")"
             tv=${tv^^}
             [ -n "${!tv:-}" ] && read -r -a tenv <<<"${!tv}"
-            env "${tenv[@]}" "$t" --test-threads=1 >"/tmp/ab-test.log" 2>&1
+            # Each test's whole log stays in /tmp/ab-tests.
+            local log
+            log="/tmp/ab-tests/$(basename "$(dirname "$(dirname "$t")")")-$(basename "$t").log"
+            mkdir -p /tmp/ab-tests
+            env "${tenv[@]}" "$t" --test-threads=1 >"$log" 2>&1
             echo "=== test $t ${tenv[*]:-}: exit $?"
-            grep -m2 "compiled now" /tmp/ab-test.log
-            grep -E "^FAIL|panicked|test result" /tmp/ab-test.log | head -5
+            grep -m2 "compiled now" "$log"
+            grep -E "^FAIL|panicked|test result" "$log" | head -5
         done
         touch "$done"
     fi

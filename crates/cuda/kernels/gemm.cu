@@ -9,25 +9,40 @@ __device__ __forceinline__ u16 f2bf(float f) {
 }
 
 // out (f16, rows x cols) = the rows of w starting at `row0`; one thread per 32-element chunk.
+// The chunks of a block are one contiguous piece of `out` (rows are whole chunks), so each
+// thread's 64 bytes go through shared memory and the block stores the piece with consecutive
+// 16-byte stores (a thread storing its own 64 bytes left every store instruction of a warp
+// spread over 2 KB). Slots are swizzled so that neither side has bank conflicts.
 template <class T>
 __device__ __forceinline__ void dequant_f16(const u8* __restrict__ w, u16* __restrict__ out,
                                             int row0, int rows, int cols) {
-    long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ uint4 st[256 * 4];
+    long long g0 = (long long)blockIdx.x * 256;
+    int t = threadIdx.x;
     int per_row = cols / 32;
-    if (g >= (long long)rows * per_row) return;
-    int r = (int)(g / per_row), c = (int)(g % per_row);
-    const u8* wr = w + (size_t)(row0 + r) * (size_t)(cols / T::QK) * T::BYTES;
-    float v[32];
-    T::chunk(wr + (c / T::CHUNKS) * T::BYTES, c % T::CHUNKS, v);
-    uint4* o = (uint4*)(out + (size_t)r * cols + (size_t)c * 32);
+    long long total = (long long)rows * per_row;
+    if (g0 + t < total) {
+        long long g = g0 + t;
+        int r = (int)(g / per_row), c = (int)(g % per_row);
+        const u8* wr = w + (size_t)(row0 + r) * (size_t)(cols / T::QK) * T::BYTES;
+        float v[32];
+        T::chunk(wr + (c / T::CHUNKS) * T::BYTES, c % T::CHUNKS, v);
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
-        uint4 p;
-        p.x = (u32)f2h(v[8 * k]) | ((u32)f2h(v[8 * k + 1]) << 16);
-        p.y = (u32)f2h(v[8 * k + 2]) | ((u32)f2h(v[8 * k + 3]) << 16);
-        p.z = (u32)f2h(v[8 * k + 4]) | ((u32)f2h(v[8 * k + 5]) << 16);
-        p.w = (u32)f2h(v[8 * k + 6]) | ((u32)f2h(v[8 * k + 7]) << 16);
-        o[k] = p;
+        for (int k = 0; k < 4; k++) {
+            uint4 p;
+            p.x = (u32)f2h(v[8 * k]) | ((u32)f2h(v[8 * k + 1]) << 16);
+            p.y = (u32)f2h(v[8 * k + 2]) | ((u32)f2h(v[8 * k + 3]) << 16);
+            p.z = (u32)f2h(v[8 * k + 4]) | ((u32)f2h(v[8 * k + 5]) << 16);
+            p.w = (u32)f2h(v[8 * k + 6]) | ((u32)f2h(v[8 * k + 7]) << 16);
+            st[t * 4 + (k ^ ((t >> 1) & 3))] = p;
+        }
+    }
+    __syncthreads();
+    uint4* o = (uint4*)(out + g0 * 32);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int j = t + 256 * i, chunk = j >> 2, k = j & 3;
+        if (g0 + chunk < total) o[j] = st[chunk * 4 + (k ^ ((chunk >> 1) & 3))];
     }
 }
 
