@@ -243,14 +243,19 @@ fn mmq_splits(cols: usize, qk: usize, tile_blocks: usize, blocks: usize) -> (usi
     (nblk.div_ceil(kps), kps)
 }
 
-/// cuBLAS writes `bytes` at `out` without counting in the epoch: the GEMM path's f16 copy of
-/// an input is stale if they overlap that input.
+/// cuBLAS writes `bytes` at `out` without counting in the epoch: a converted copy of an input
+/// that this overlaps is stale (the GEMM path's f16 copy, the f16 mmq kernels'; the 8-bit one is
+/// dropped at every GEMM).
 fn forget_overwritten(s: &mut Scratch, out: u64, bytes: usize) {
-    if let Some(((ptr, rows, cols, _), _)) = s.gemm_halved {
-        let len = (4 * rows * cols) as u64;
-        if out < ptr + len && ptr < out + bytes as u64 {
-            s.gemm_halved = None;
-        }
+    let hit = |r: &InputRecord| {
+        let (ptr, rows, cols, _) = *r;
+        out < ptr + (4 * rows * cols) as u64 && ptr < out + bytes as u64
+    };
+    if s.gemm_halved.is_some_and(|(r, _)| hit(&r)) {
+        s.gemm_halved = None;
+    }
+    if s.halved.as_ref().is_some_and(hit) {
+        s.halved = None;
     }
 }
 
