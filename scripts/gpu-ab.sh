@@ -42,6 +42,8 @@ for l in sys.stdin:
     if m.get("executable") and m["profile"]["test"] and m["target"]["name"] in want:
         print(m["executable"], m["target"]["name"])' "$AB_TESTS" \
         | while read -r exe name; do cp "$exe" "$1/$name"; done
+    # A patch may add a test binary: A goes without it, a patched side must have it.
+    [ "${2:-}" = patched ] || return 0
     local n
     for n in $AB_TESTS; do
         [ -x "$1/$n" ] || { echo "AB_TESTS: test binary '$n' did not build" >&2; return 1; }
@@ -72,7 +74,7 @@ build() {
             trap 'git apply -R "$AB_PATCH"' EXIT
             cargo build --release -p realizar
             precompile
-            test_bins "$DEV/$side/tests"
+            test_bins "$DEV/$side/tests" patched
             git apply -R "$AB_PATCH"
             trap - EXIT
             cp "$bin" "$DEV/$side/realizar"
@@ -91,32 +93,8 @@ build() {
     du -sh "$DEV"/*/realizar.xz "$DEV"/*/tests "$DEV"/kcache.tar.xz 2>/dev/null || true
 }
 
-# What `build` compressed, unpacked in place (python's lzma: the device may have no xz).
-unpack() {
-    python3 - "$DEV" <<'PY'
-import lzma, os, sys, tarfile
-dev = sys.argv[1]
-kc = os.path.join(dev, "kcache.tar.xz")
-if os.path.exists(kc):
-    with tarfile.open(kc, "r:xz") as t:
-        try:
-            t.extractall(dev, filter="data")
-        except TypeError:  # python before 3.12
-            t.extractall(dev)
-    os.remove(kc)
-for root, _, files in os.walk(dev):
-    for n in files:
-        if n.endswith(".xz"):
-            src = os.path.join(root, n)
-            with lzma.open(src) as i, open(src[:-3], "wb") as o:
-                o.write(i.read())
-            os.chmod(src[:-3], 0o755)
-            os.remove(src)
-PY
-}
-
 run() {
-    unpack
+    python3 scripts/device-unpack.py "$DEV"
     . scripts/device-env.sh
     local f="/tmp/ab-${SHAPE:-llama-3.1-8b}-${TYPE:-Q4_K_M}-${LAYERS:-all}.gguf"
     local layers=()

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU tests of realizar-cuda, in two halves (the device machine has no cargo):
 #
-#   scripts/gpu-test.sh build   # here: build the test binaries, copy them to .device/bin, and a
-#                               # truncated copy of the default model to .device/models
+#   scripts/gpu-test.sh build   # here: build the test binaries to .device/bin, the CLI to
+#                               # .device/cli, a truncated copy of the default model to
+#                               # .device/models and the kernels for sm_90, all xz-compressed
+#                               # (~60 MB with the tree: one call carries them)
 #   scripts/gpu-test.sh run     # on the device (the `device` tool, carry [".device/bin",
-#                               # ".device/models", ".device/kcache"]): run every binary, the
-#                               # decode-speed run too, and print a summary
+#                               # ".device/models", ".device/kcache.tar.xz"]): run every binary,
+#                               # the decode-speed run too, and print a summary
 #   scripts/gpu-test.sh matrix  # on the device (carry [".device/bin", ".device/cli"]): parity of
 #                               # every weight type on every `realizar synth` shape (2 layers;
 #                               # env MATRIX_SHAPES, MATRIX_TYPES, MATRIX_LAYERS narrow it)
@@ -22,7 +24,7 @@ build() {
     set -e
     echo /.device/ | { grep -qxF -f - .git/info/exclude 2>/dev/null || echo /.device/ >> .git/info/exclude; }
     mkdir -p "$DEV/bin" "$DEV/models" "$DEV/cli"
-    rm -f "$DEV"/bin/*
+    rm -f "$DEV"/bin/* "$DEV"/cli/*
     cargo build --release -p realizar
     cp "${CARGO_TARGET_DIR:-target}/release/realizar" "$DEV/cli/realizar"
     cargo test -p realizar-cuda --release --no-run --message-format=json 2>/dev/null \
@@ -41,16 +43,31 @@ for l in sys.stdin:
     local model="${REALIZAR_DEFAULT_MODEL:-$HOME/.cache/realizar/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
     local layers="${TRUNC_LAYERS:-6}"
     local out="$PWD/$DEV/models/smollm2-135m-q4_1-${layers}layers.gguf"
-    if [ -f "$model" ] && [ ! -f "$out" ]; then
+    if [ -f "$model" ] && [ ! -f "$out" ] && [ ! -f "$out.xz" ]; then
         REALIZAR_TRUNC_IN="$model" REALIZAR_TRUNC_OUT="$out" REALIZAR_TRUNC_LAYERS="$layers" \
             "$DEV/bin/model" --ignored --exact truncate_model --nocapture
     fi
-    du -sh "$DEV"/bin/* "$DEV"/cli/* "$DEV"/models/* "$DEV"/kcache 2>/dev/null
+    # xz shrinks the binaries about 4x, the CUBINs 8x and the model a little, so that the test
+    # binaries, the CLI, the model and the kernels fit one call (scripts/device-unpack.py
+    # undoes it on the device).
+    local f
+    for f in "$DEV"/bin/* "$DEV"/cli/*; do xz -T0 -6 "$f"; done
+    for f in "$DEV"/models/*.gguf; do [ -f "$f" ] && xz -T0 -1 "$f"; done
+    tar -cJf "$DEV/kcache.tar.xz" -C "$DEV" kcache && rm -rf "$DEV/kcache"
+    du -sh "$DEV"/bin "$DEV"/cli "$DEV"/models "$DEV"/kcache.tar.xz 2>/dev/null
+}
+
+# What `build` compressed, unpacked in place.
+unpack() {
+    python3 scripts/device-unpack.py "$DEV/bin" "$DEV/cli" "$DEV/models"
+    [ -f "$DEV/kcache.tar.xz" ] && python3 scripts/device-unpack.py "$DEV"
+    return 0
 }
 
 run() {
     local out="${OUT:-/tmp/realizar-gpu-test}"
     mkdir -p "$out"
+    unpack
     . scripts/device-env.sh
     export REALIZAR_PARITY_MODELS="${REALIZAR_PARITY_MODELS:-$PWD/$DEV/models}"
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
@@ -94,6 +111,7 @@ run() {
 matrix() {
     local out="${OUT:-/tmp/realizar-gpu-test}" dir=/tmp/realizar-matrix
     mkdir -p "$out"
+    unpack
     . scripts/device-env.sh
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     local shapes="${MATRIX_SHAPES:-smollm2-135m qwen2.5-0.5b llama-3.2-1b llama-3.1-8b}"
@@ -124,6 +142,7 @@ e2e() {
     local out="${OUT:-/tmp/realizar-gpu-test}" m=/tmp/realizar-e2e.gguf fails=0
     local r="$DEV/cli/realizar"
     mkdir -p "$out"
+    unpack
     . scripts/device-env.sh
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     check() { # name, command...: runs it, logs it, counts a failure
