@@ -123,7 +123,7 @@ run() {
         done
         touch "$done"
     fi
-    [ -f "$f" ] || "$DEV/a/realizar" synth --shape "${SHAPE:-llama-3.1-8b}" --type "${TYPE:-Q4_K_M}" \
+    [ -f "$f" ] || "$DEV/a/realizar" synth --fast --shape "${SHAPE:-llama-3.1-8b}" --type "${TYPE:-Q4_K_M}" \
         "${layers[@]}" -o "$f" >/dev/null
     local args
     read -r -a args <<<"${BENCH:--p 512 -n 128 --parallel 16,64}"

@@ -25,7 +25,7 @@ run() {
     local shapes="${SHAPES:-smollm2-135m:Q4_1 llama-3.2-1b:Q4_K_M llama-3.1-8b:Q4_K_M llama-3.1-8b:Q4_0}"
     for st in $shapes; do
         local shape="${st%%:*}" ty="${st##*:}" f="$dir/${st//:/-}.gguf"
-        [ -f "$f" ] || "$DEV/cli/realizar" synth --shape "$shape" --type "$ty" -o "$f" >/dev/null
+        [ -f "$f" ] || "$DEV/cli/realizar" synth --fast --shape "$shape" --type "$ty" -o "$f" >/dev/null
         echo "=== $shape $ty"
         "$DEV/cli/realizar" bench -m "$f" --device cuda -p "${P:-512}" -n "${N:-128}" -r "${R:-3}" 2>&1 \
             | tee -a "$out/bench.log" | grep -E "^\||rror"

@@ -53,7 +53,7 @@ run() {
     if [[ " $steps " == *" synth "* ]]; then
         for st in "${files[@]}"; do
             local f="$dir/${st//:/-}.gguf"
-            [ -f "$f" ] || "$cli" synth --shape "${st%%:*}" --type "${st##*:}" -o "$f" >/dev/null
+            [ -f "$f" ] || "$cli" synth --fast --shape "${st%%:*}" --type "${st##*:}" -o "$f" >/dev/null
         done
     fi
     if [ -n "$pid" ]; then

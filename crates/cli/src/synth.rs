@@ -182,13 +182,20 @@ impl SplitMix {
     }
 }
 
-/// The bytes of one tensor in type `ty`.
-fn tensor_bytes(spec: &Spec, index: usize, ty: GgmlType) -> Result<Vec<u8>> {
+/// Distinct rows a matrix gets with `synth --fast`.
+const FAST_POOL_ROWS: usize = 256;
+
+/// The bytes of one tensor in type `ty`. With `fast`, only the first `FAST_POOL_ROWS` rows are
+/// generated and quantized; every later row is a copy of one of them, picked by a hash of the
+/// row, so no stretch of the tensor is periodic.
+fn tensor_bytes(spec: &Spec, index: usize, ty: GgmlType, fast: bool) -> Result<Vec<u8>> {
     let cols = spec.dims[0] as usize;
     let rows = spec.dims.get(1).copied().unwrap_or(1) as usize;
     let row_bytes = ty.row_bytes(cols as u64)? as usize;
+    let distinct = if fast { rows.min(FAST_POOL_ROWS) } else { rows };
     let mut out = vec![0u8; rows * row_bytes];
-    out.par_chunks_mut(row_bytes)
+    let (made, rest) = out.split_at_mut(distinct * row_bytes);
+    made.par_chunks_mut(row_bytes)
         .enumerate()
         .try_for_each_init(
             || vec![0.0f32; cols],
@@ -202,6 +209,14 @@ fn tensor_bytes(spec: &Spec, index: usize, ty: GgmlType) -> Result<Vec<u8>> {
                 Ok(())
             },
         )?;
+    let made = &*made;
+    rest.par_chunks_mut(row_bytes)
+        .enumerate()
+        .for_each(|(r, dst)| {
+            let pick = SplitMix(((index as u64) << 32) ^ (distinct + r) as u64).next();
+            let src = (pick % distinct as u64) as usize * row_bytes;
+            dst.copy_from_slice(&made[src..src + row_bytes]);
+        });
     Ok(out)
 }
 
@@ -259,8 +274,15 @@ fn add_tokenizer(w: &mut GgufWriter<'_>, s: &Shape) {
 }
 
 /// Writes the file. `layers` overrides the shape's layer count (quick parity runs of large
-/// shapes keep every width and the vocabulary, with fewer layers).
-pub fn run(shape: &str, type_name: &str, out: &Path, layers: Option<usize>) -> Result<()> {
+/// shapes keep every width and the vocabulary, with fewer layers); `fast` repeats a pool of
+/// quantized rows in each matrix (`tensor_bytes`).
+pub fn run(
+    shape: &str,
+    type_name: &str,
+    out: &Path,
+    layers: Option<usize>,
+    fast: bool,
+) -> Result<()> {
     let Some(s) = SHAPES.iter().find(|s| s.name.eq_ignore_ascii_case(shape)) else {
         let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
         bail!("unknown shape {shape:?}; one of {}", names.join(", "));
@@ -323,7 +345,7 @@ pub fn run(shape: &str, type_name: &str, out: &Path, layers: Option<usize>) -> R
             ty
         };
         let bytes =
-            tensor_bytes(spec, i, ty).with_context(|| format!("generating {}", spec.name))?;
+            tensor_bytes(spec, i, ty, fast).with_context(|| format!("generating {}", spec.name))?;
         total += bytes.len() as u64;
         w.add_tensor(spec.name.clone(), &spec.dims, ty, bytes);
         bar.inc(1);

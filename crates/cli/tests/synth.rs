@@ -166,6 +166,57 @@ fn smollm2_shape_runs_here_and_in_llama_cpp() {
     assert!(table.contains("pp8") && table.contains("tg4"), "{table}");
 }
 
+/// `synth --fast`: the same tensors, types and bytes per tensor as a full synth; the first 256
+/// rows of each matrix are the full file's, and every later row is a copy of one of them.
+#[test]
+fn fast_synth_repeats_the_full_files_first_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (full, fast) = (dir.path().join("full.gguf"), dir.path().join("fast.gguf"));
+    synth("smollm2-135m", "Q4_0", 1, &full);
+    let o = bin()
+        .args([
+            "synth",
+            "--shape",
+            "smollm2-135m",
+            "--type",
+            "Q4_0",
+            "--layers",
+            "1",
+        ])
+        .arg("--fast")
+        .arg("-o")
+        .arg(&fast)
+        .output()
+        .expect("run synth --fast");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (
+        GgufFile::open(&full).expect("open full"),
+        GgufFile::open(&fast).expect("open fast"),
+    );
+    assert_eq!(a.tensors().len(), b.tensors().len());
+    let mut repeated = 0;
+    for t in a.tensors() {
+        let u = b.tensor(&t.name).expect("same tensor names");
+        assert_eq!((&t.dims, t.ty), (&u.dims, u.ty), "{}", t.name);
+        let (da, db) = (a.tensor_data(t), b.tensor_data(u));
+        assert_eq!(da.len(), db.len(), "{}", t.name);
+        let rb = t.ty.row_bytes(t.dims[0]).expect("row bytes") as usize;
+        let pool = (da.len() / rb).min(256);
+        assert_eq!(da[..pool * rb], db[..pool * rb], "{}: first rows", t.name);
+        let firsts: std::collections::HashSet<&[u8]> = da[..pool * rb].chunks(rb).collect();
+        for row in db[pool * rb..].chunks(rb) {
+            assert!(
+                firsts.contains(row),
+                "{}: a row not from the first 256",
+                t.name
+            );
+            repeated += 1;
+        }
+    }
+    // The 49152-row embedding alone repeats most of its rows.
+    assert!(repeated > 40_000, "{repeated} repeated rows");
+}
+
 #[test]
 fn synth_refuses_zero_layers_and_unknown_shapes() {
     let dir = tempfile::tempdir().expect("tmp");
