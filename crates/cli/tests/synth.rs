@@ -16,9 +16,14 @@ fn bin() -> Command {
 }
 
 fn synth(shape: &str, ty: &str, layers: usize, out: &Path) {
+    synth_with(shape, ty, layers, &[], out)
+}
+
+fn synth_with(shape: &str, ty: &str, layers: usize, extra: &[&str], out: &Path) {
     let o = bin()
         .args(["synth", "--shape", shape, "--type", ty, "--layers"])
         .arg(layers.to_string())
+        .args(extra)
         .arg("-o")
         .arg(out)
         .output()
@@ -173,22 +178,7 @@ fn fast_synth_repeats_the_full_files_first_rows() {
     let dir = tempfile::tempdir().expect("tmp");
     let (full, fast) = (dir.path().join("full.gguf"), dir.path().join("fast.gguf"));
     synth("smollm2-135m", "Q4_0", 1, &full);
-    let o = bin()
-        .args([
-            "synth",
-            "--shape",
-            "smollm2-135m",
-            "--type",
-            "Q4_0",
-            "--layers",
-            "1",
-        ])
-        .arg("--fast")
-        .arg("-o")
-        .arg(&fast)
-        .output()
-        .expect("run synth --fast");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    synth_with("smollm2-135m", "Q4_0", 1, &["--fast"], &fast);
     let (a, b) = (
         GgufFile::open(&full).expect("open full"),
         GgufFile::open(&fast).expect("open fast"),
