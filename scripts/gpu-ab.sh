@@ -17,7 +17,7 @@
 # and so on.
 #
 # AB_TESTS="ops fused" at `build` also builds those realizar-cuda test binaries of A and of each
-# patched side (into .device/ab/<side>/tests, stripped; a name that does not build is an error);
+# patched side (into .device/ab/<side>/tests, stripped; a name that builds on no side is an error);
 # `run` runs them before the benches, once per build on a machine (AB_NO_TESTS=1: not at all,
 # for a later call on a fresh machine), so a patch that wins can land with its tests run in the
 # same call.
