@@ -309,7 +309,10 @@ mod tests {
     fn args(extra: &[&str]) -> ServeArgs {
         let mut v = vec!["serve", "--max-batch", "64"];
         v.extend_from_slice(extra);
-        Cli::try_parse_from(v).unwrap().serve
+        match Cli::try_parse_from(v) {
+            Ok(cli) => cli.serve,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     #[test]
