@@ -8,6 +8,11 @@ __device__ __forceinline__ u16 f2bf(float f) {
     return (u16)(u >> 16);
 }
 
+// Two values rounded to f16 (kind 1) or bf16 (kind 2), the first in the low half.
+__device__ __forceinline__ u32 half2_bits(float a, float b, int kind) {
+    return kind == 1 ? (u32)f2h(a) | ((u32)f2h(b) << 16) : (u32)f2bf(a) | ((u32)f2bf(b) << 16);
+}
+
 // out (f16, rows x cols) = the rows of w starting at `row0`; one thread per 32-element chunk.
 // The chunks of a block are one contiguous piece of `out` (rows are whole chunks), so each
 // thread's 64 bytes go through shared memory and the block stores the piece with consecutive
@@ -30,10 +35,10 @@ __device__ __forceinline__ void dequant_f16(const u8* __restrict__ w, u16* __res
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             uint4 p;
-            p.x = (u32)f2h(v[8 * k]) | ((u32)f2h(v[8 * k + 1]) << 16);
-            p.y = (u32)f2h(v[8 * k + 2]) | ((u32)f2h(v[8 * k + 3]) << 16);
-            p.z = (u32)f2h(v[8 * k + 4]) | ((u32)f2h(v[8 * k + 5]) << 16);
-            p.w = (u32)f2h(v[8 * k + 6]) | ((u32)f2h(v[8 * k + 7]) << 16);
+            p.x = half2_bits(v[8 * k], v[8 * k + 1], 1);
+            p.y = half2_bits(v[8 * k + 2], v[8 * k + 3], 1);
+            p.z = half2_bits(v[8 * k + 4], v[8 * k + 5], 1);
+            p.w = half2_bits(v[8 * k + 6], v[8 * k + 7], 1);
             st[t * 4 + (k ^ ((t >> 1) & 3))] = p;
         }
     }
@@ -61,10 +66,6 @@ DEQUANT_F16(q8_0, Q8_0)
 DEQUANT_F16(q4_k, Q4K)
 DEQUANT_F16(q5_k, Q5K)
 DEQUANT_F16(q6_k, Q6K)
-
-__device__ __forceinline__ u32 half2_bits(float a, float b, int kind) {
-    return kind == 1 ? (u32)f2h(a) | ((u32)f2h(b) << 16) : (u32)f2bf(a) | ((u32)f2bf(b) << 16);
-}
 
 // y = x rounded to f16 (kind 1) or bf16 (kind 2), n elements; 8 a thread, with two 16-byte
 // loads and one 16-byte store where both arrays are 16-byte aligned.
