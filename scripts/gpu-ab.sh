@@ -24,12 +24,7 @@
 set -u
 cd "$(dirname "$0")/.."
 DEV=.device/ab
-
-# The kernels of the working tree as it is, compiled here for sm_90 into $DEV/kcache (the
-# device copies them into its kernel cache: scripts/device-env.sh).
-precompile() {
-    (. scripts/device-env.sh && cargo run -q -p realizar-cuda --release --example precompile -- sm_90 "$DEV/kcache")
-}
+. scripts/device-pack.sh
 
 # The realizar-cuda test binaries named in AB_TESTS, built from the working tree as it is, into $1.
 test_bins() {
@@ -60,7 +55,7 @@ build() {
     local bin="${CARGO_TARGET_DIR:-target}/release/realizar"
     cargo build --release -p realizar
     cp "$bin" "$DEV/a/realizar"
-    precompile
+    precompile_kernels "$DEV"
     test_bins "$DEV/a/tests"
     [ $# -gt 0 ] || set -- ""
     local sides=(b c d e f) i=0
@@ -74,7 +69,7 @@ build() {
             # Reverse the patch whatever the build does.
             trap 'git apply -R "$AB_PATCH"' EXIT
             cargo build --release -p realizar
-            precompile
+            precompile_kernels "$DEV"
             test_bins "$DEV/$side/tests"
             git apply -R "$AB_PATCH"
             trap - EXIT
@@ -90,12 +85,7 @@ build() {
             || { echo "AB_TESTS: test binary '$n' did not build on any side" >&2; return 1; }
     done
     if command -v strip >/dev/null; then strip "$DEV"/*/realizar "$DEV"/*/tests/* 2>/dev/null || true; fi
-    # xz shrinks a binary about 4x and the CUBINs 8x, so a call's 64 MiB carries more sides.
-    local f
-    for f in "$DEV"/*/realizar "$DEV"/*/tests/*; do
-        [ -f "$f" ] && xz -T0 -6 "$f"
-    done
-    tar -cJf "$DEV/kcache.tar.xz" -C "$DEV" kcache && rm -rf "$DEV/kcache"
+    pack_for_device "$DEV" "$DEV"/*/realizar "$DEV"/*/tests/*
     du -sh "$DEV"/*/realizar.xz "$DEV"/*/tests "$DEV"/kcache.tar.xz 2>/dev/null || true
 }
 

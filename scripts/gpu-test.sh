@@ -19,6 +19,7 @@
 set -u
 cd "$(dirname "$0")/.."
 DEV=.device
+. scripts/device-pack.sh
 
 build() {
     set -e
@@ -39,7 +40,7 @@ for l in sys.stdin:
     if command -v strip >/dev/null; then strip "$DEV"/bin/* "$DEV/cli/realizar"; fi
     # The kernels compiled for sm_90 here, so the device loads them (scripts/device-env.sh).
     rm -rf "$DEV/kcache"
-    (. scripts/device-env.sh && cargo run -q -p realizar-cuda --release --example precompile -- sm_90 "$DEV/kcache")
+    precompile_kernels "$DEV"
     local model="${REALIZAR_DEFAULT_MODEL:-$HOME/.cache/realizar/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
     local layers="${TRUNC_LAYERS:-6}"
     local out="$PWD/$DEV/models/smollm2-135m-q4_1-${layers}layers.gguf"
@@ -51,9 +52,8 @@ for l in sys.stdin:
     # binaries, the CLI, the model and the kernels fit one call (scripts/device-unpack.py
     # undoes it on the device).
     local f
-    for f in "$DEV"/bin/* "$DEV"/cli/*; do xz -T0 -6 "$f"; done
     for f in "$DEV"/models/*.gguf; do [ -f "$f" ] && xz -T0 -1 "$f"; done
-    tar -cJf "$DEV/kcache.tar.xz" -C "$DEV" kcache && rm -rf "$DEV/kcache"
+    pack_for_device "$DEV" "$DEV"/bin/* "$DEV"/cli/*
     du -sh "$DEV"/bin "$DEV"/cli "$DEV"/models "$DEV"/kcache.tar.xz 2>/dev/null
 }
 
