@@ -34,6 +34,29 @@ __device__ __forceinline__ u16 f2h(float f) {
     return h;
 }
 
+// The shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}
+
+// c += A B on the f16 tensor cores (sm_80+), f32 accumulate: A 16 x 16 row-major in the
+// m16n8k16 fragment layout (lane 4g + q: a0 = A[g][2q..], a1 = A[g + 8][2q..], a2 = A[g][2q + 8..],
+// a3 = A[g + 8][2q + 8..]), B 16 x 8 (b0 = B[2q..][g], b1 = B[2q + 8..][g]), C 16 x 8
+// (c0, c1 = C[g][2q..], c2, c3 = C[g + 8][2q..]).
+__device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                        u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
 __device__ __forceinline__ float bf2f(u16 h) { return __int_as_float(((u32)h) << 16); }
 
 // Little-endian u16 at a 2-byte-aligned address.

@@ -51,11 +51,6 @@ __device__ __forceinline__ void mma_k16(int (&c)[4], int a0, int a1, int b0) {
 
 // Asynchronous global -> shared copies (sm_80): 16 or 8 bytes, or zeros where !ok (a source
 // size of 0 fills the destination with zeros; src must still be a valid address).
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (u32)a;
-}
 __device__ __forceinline__ void cp_async(void* dst, const void* src, bool ok) {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
@@ -533,18 +528,6 @@ extern "C" __global__ void half_mma_input(const float* __restrict__ x, uint4* __
     float4 a = *(const float4*)p, b = *(const float4*)(p + 16);
     auto pk = [](float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); };
     xh[i] = make_uint4(pk(a.x, a.z), pk(a.y, a.w), pk(b.x, b.z), pk(b.y, b.w));
-}
-
-__device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
-                                        u32 b1) {
-#if __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
 }
 
 // An f32 as both halves of an f16 pair.

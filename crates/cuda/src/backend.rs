@@ -323,6 +323,11 @@ pub struct CudaBackend {
     /// The grouped-query attention kernel where it applies (`REALIZAR_CUDA_ATTN_GQA=0` keeps
     /// the one-block-per-head kernel everywhere).
     attn_gqa: bool,
+    /// The flash kernel for prefill steps (`REALIZAR_CUDA_ATTN_FLASH=0` turns it off; off in
+    /// deterministic mode, since whether a step takes it depends on the batch).
+    attn_flash: bool,
+    /// Launches of the flash kernel, for tests.
+    flash_launches: AtomicU64,
     /// Matmuls of one input in one launch where the kernel takes several matrices
     /// (`REALIZAR_CUDA_GROUP=0` launches each alone).
     group: bool,
@@ -386,6 +391,8 @@ impl CudaBackend {
             capture_spoiled: AtomicBool::new(false),
             attn_split: std::env::var_os("REALIZAR_CUDA_ATTN_SPLIT").is_none_or(|v| v != "0"),
             attn_gqa: std::env::var_os("REALIZAR_CUDA_ATTN_GQA").is_none_or(|v| v != "0"),
+            attn_flash: std::env::var_os("REALIZAR_CUDA_ATTN_FLASH").is_none_or(|v| v != "0"),
+            flash_launches: AtomicU64::new(0),
             group: std::env::var_os("REALIZAR_CUDA_GROUP").is_none_or(|v| v != "0"),
             stream,
         })
@@ -449,6 +456,18 @@ impl CudaBackend {
     pub fn set_attention_gqa(&mut self, on: bool) {
         self.attn_gqa = on;
         self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The flash-attention kernel for prefill steps (on by default; off, they take the grouped
+    /// or per-head kernels a token at a time).
+    pub fn set_attention_flash(&mut self, on: bool) {
+        self.attn_flash = on;
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many attention launches took the flash kernel.
+    pub fn flash_attention_launches(&self) -> u64 {
+        self.flash_launches.load(Ordering::Relaxed)
     }
 
     /// How many times a matmul has converted its input to 8 bits or f16 itself, with a launch of

@@ -179,10 +179,11 @@ fn load_onto(
         // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
         // cuBLAS GEMMs (from `gemm_min_tokens` tokens) and the mmq kernels (their K splits
         // depend on the batch) do not, nor does split-K attention (its split count depends on
-        // the batch).
+        // the batch), nor the flash kernel (taken by steps of many tokens a sequence).
         backend.set_gemm_min_tokens(usize::MAX);
         backend.set_mmq_tokens(0, 0);
         backend.set_attention_split(false);
+        backend.set_attention_flash(false);
     }
     let block_size = opts.block_size.max(1);
     let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);

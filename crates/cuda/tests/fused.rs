@@ -313,7 +313,9 @@ fn matmul_after_fused_input_equals_unfused() {
 /// Attention writes the o projection's 8-bit (or f16) input itself, in the attention kernel or,
 /// with split keys, in the merge: the matmul after it gives the same bits as with its own
 /// conversion launch. One token at short and long contexts (one split, several), a few tokens
-/// (mmvq), 16 and 40 (mmq, f16 and 8-bit), on the grouped kernels and the per-head one.
+/// (mmvq), 16 and 40 (mmq, f16 and 8-bit), on the grouped kernels, the per-head one and the
+/// flash kernel (40 tokens of an f16 cache: its f16 copy, and its 8-bit one with the f16 mmq
+/// kernels off).
 #[test]
 fn matmul_after_attention_equals_unfused() {
     let Some(mut g) = gpu() else { return };
@@ -323,17 +325,25 @@ fn matmul_after_attention_equals_unfused() {
     let (qd, kvd, rows) = (n_head * hd, n_head_kv * hd, 256);
     let gw = q4k_weight(&g, &mut rng, rows, qd);
     let attn = causal(n_head, n_head_kv, hd);
-    // f16 caches take the grouped kernels, f32 ones the per-head `attention` kernel.
-    for (t, ctx, kv_type) in [
-        (1, 20, KvType::F16),
-        (1, 700, KvType::F16),
-        (3, 300, KvType::F16),
-        (16, 40, KvType::F16),
-        (40, 100, KvType::F16),
-        (1, 20, KvType::F32),
-        (1, 700, KvType::F32),
-        (16, 40, KvType::F32),
+    // f16 caches take the grouped kernels (the flash one from 32 tokens), f32 ones the
+    // per-head `attention` kernel. The last field: the f16 mmq kernels allowed.
+    let (f16_lo, f16_hi) = realizar_cuda::DEFAULT_MMQ_F16_TOKENS;
+    for (t, ctx, kv_type, f16_mmq) in [
+        (1, 20, KvType::F16, true),
+        (1, 700, KvType::F16, true),
+        (3, 300, KvType::F16, true),
+        (16, 40, KvType::F16, true),
+        (40, 100, KvType::F16, true),
+        (40, 100, KvType::F16, false),
+        (1, 20, KvType::F32, true),
+        (1, 700, KvType::F32, true),
+        (16, 40, KvType::F32, true),
     ] {
+        if f16_mmq {
+            g.set_mmq_f16_tokens(f16_lo, f16_hi);
+        } else {
+            g.set_mmq_f16_tokens(0, 0);
+        }
         let n_blocks = ctx / bs + 1;
         let mut table: Vec<u32> = (0..n_blocks as u32).collect();
         table.shuffle(&mut rng);
@@ -369,12 +379,15 @@ fn matmul_after_attention_equals_unfused() {
                 conversions,
             )
         });
-        let what = format!("attention, {kv_type:?} cache ({t} tokens at context {ctx})");
+        let what = format!(
+            "attention, {kv_type:?} cache ({t} tokens at context {ctx}, f16 mmq {f16_mmq})"
+        );
         ok &= same(&what, &a.0, &b.0);
         let what = format!("{what} -> matmul Q4_K {rows}x{qd}");
         ok &= same(&what, &a.1, &b.1);
         ok &= copy_used(&what, a.2, b.2);
     }
+    g.set_mmq_f16_tokens(f16_lo, f16_hi);
     assert!(ok, "a matmul after attention differs");
 }
 

@@ -705,14 +705,16 @@ fn kv_store_and_attention_match_cpu() {
                     KvType::F32 => 1e-5,
                     _ => 1e-4,
                 };
-                // The grouped kernel (f16 caches of head dims 32..256) and the per-head one.
-                for gqa in [true, false] {
+                // The flash kernel (f16 caches, head dims 64 and 128, the 43-token steps), the
+                // grouped kernel (f16 and 8-bit caches of head dims 32..256) and the per-head one.
+                for (flash, gqa) in [(true, true), (false, true), (false, false)] {
+                    g.set_attention_flash(flash);
                     g.set_attention_gqa(gqa);
                     let mut go = poisoned(&g, t, qd);
                     g.attention(&gq, &gkv, layer, &plan, p, &mut go);
                     ok &= check(
                         &format!(
-                            "attention {kv_type:?} gqa {gqa} {t} tok heads {n_head}/{n_head_kv} hd {hd} window {window:?}"
+                            "attention {kv_type:?} flash {flash} gqa {gqa} {t} tok heads {n_head}/{n_head_kv} hd {hd} window {window:?}"
                         ),
                         &g.read(&go, t).unwrap(),
                         co.as_slice(),

@@ -1,9 +1,12 @@
 //! Attention over the paged KV cache: the kernel choice, split-K sizing and the launch.
 //!
-//! Two kernels (kernels/attention.cu): `attn_gqa_f16_<hd>_<ng>` for an f16 cache and head dims
-//! of 32, 64, 128 or 256, one block per group of `ng` query heads that share a KV head, so each
-//! cached row is read once per group; and `attention_{f16,f32}` for everything else (one block
-//! per query head). Long contexts are cut into splits whose partials `attention_merge` combines.
+//! Three kernels (kernels/attention.cu): `attn_flash_f16_<hd>` for prefill steps over an f16
+//! cache (head dims 64 and 128, sm_80+): a block per KV head and tile of consecutive tokens, on
+//! the tensor cores; `attn_gqa_<type>_<hd>_<ng>` for 8-bit and f16 caches and head dims of 32,
+//! 64, 128 or 256, one block per token and group of `ng` query heads that share a KV head, so
+//! each cached row is read once per group; and `attention_<type>` for everything else (one
+//! block per token and query head). Long contexts of few tokens are cut into splits whose
+//! partials `attention_merge` combines.
 
 use cudarc::driver::DeviceRepr;
 use realizar_model::backend::{AttnParams, AttnPlan};
@@ -36,11 +39,45 @@ pub(super) struct AttnArgs {
     xq: u64,
     xds: u64,
     xm: u64,
+    n_tokens: i32,
 }
 
 // SAFETY: AttnArgs is #[repr(C)] plain data (device addresses, ints, a float) with the same
 // field order and types as the CUDA struct it is passed as.
 unsafe impl DeviceRepr for AttnArgs {}
+
+/// Rows (token x query-head pairs) of one flash block: `FA_ROWS` in kernels/attention.cu.
+const FLASH_ROWS: usize = 64;
+/// The flash kernel takes steps of at least this many tokens...
+const FLASH_MIN_TOKENS: usize = 32;
+/// ...and this many a sequence on average: a decode token alone in its tile would leave most of
+/// the block idle.
+const FLASH_TOKENS_PER_SEQ: usize = 8;
+
+/// The flash kernel of a cache type and head dim, where there is one.
+fn flash_kernel(ty: DevKv, hd: usize) -> Option<&'static str> {
+    match (ty, hd) {
+        (DevKv::F16, 64) => Some("attn_flash_f16_64"),
+        (DevKv::F16, 128) => Some("attn_flash_f16_128"),
+        _ => None,
+    }
+}
+
+/// Whether every sequence's tokens are one contiguous run of the step: the flash kernel cuts
+/// its tiles into runs of one sequence.
+fn runs_contiguous(seq_of: &[u32]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut prev = None;
+    for &s in seq_of {
+        if prev != Some(s) {
+            if !seen.insert(s) {
+                return false;
+            }
+            prev = Some(s);
+        }
+    }
+    true
+}
 
 /// Head dimensions above this are refused (the attention kernel keeps a head in registers).
 const MAX_HEAD_DIM: usize = 256;
@@ -125,6 +162,23 @@ impl CudaBackend {
             }
         };
         let group = p.n_head / p.n_head_kv;
+        // The output's copy for the o projection, written by the kernel that writes the output
+        // (whole warps on 32-element groups of one head: head dims that are multiples of 32).
+        let slot = if p.head_dim.is_multiple_of(32) {
+            self.act_slot(t, q.cols)?
+        } else {
+            ActSlot::default()
+        };
+        // Prefill: the flash kernel. Contiguous runs are for speed (a tile cut into many runs
+        // repeats its key loop for each); the kernel is right for any order.
+        let flash = flash_kernel(kv.ty, p.head_dim).filter(|_| {
+            self.attn_flash
+                && self.has_mmq()
+                && group <= 16
+                && t >= FLASH_MIN_TOKENS
+                && t >= FLASH_TOKENS_PER_SEQ * plan.seqs.len()
+                && runs_contiguous(&plan.seq_of[..t])
+        });
         let mut gqa = gqa_kernel(kv.ty, p.head_dim, group, 8).filter(|_| self.attn_gqa);
         // Too few blocks to fill the GPU (one token at a short context: 8 blocks for 8B's 8 KV
         // heads): fewer query heads per block spread the work over more SMs. Each head's
@@ -136,24 +190,22 @@ impl CudaBackend {
             }
             gqa = gqa_kernel(kv.ty, p.head_dim, group, ng / 2);
         }
-        let (name, groups, threads) = match gqa {
-            Some((name, ng)) => (name, p.n_head / ng, 128),
-            None => (cache_kernels(kv.ty).0, p.n_head, 256),
+        let (name, groups, threads) = match (flash, gqa) {
+            (Some(name), _) => (name, p.n_head_kv, 128),
+            (None, Some((name, ng))) => (name, p.n_head / ng, 128),
+            (None, None) => (cache_kernels(kv.ty).0, p.n_head, 256),
         };
-        let splits = splits_of(groups);
+        let splits = if flash.is_some() {
+            1
+        } else {
+            splits_of(groups)
+        };
         let part = if splits > 1 {
             let n = t * p.n_head * splits * (p.head_dim + 2);
             let mut s = self.scratch();
             matmul::ensure(self, &mut s.attn_part, n)?
         } else {
             0
-        };
-        // The output's copy for the o projection, written by the kernel that writes the output
-        // (whole warps on 32-element groups of one head: head dims that are multiples of 32).
-        let slot = if p.head_dim.is_multiple_of(32) {
-            self.act_slot(t, q.cols)?
-        } else {
-            ActSlot::default()
         };
         let mut idx = self.indices();
         let g = &self.gen;
@@ -184,11 +236,20 @@ impl CudaBackend {
             xq: slot.xq,
             xds: slot.xds,
             xm: slot.xm,
+            n_tokens: t as i32,
         };
         drop(idx);
+        // The flash kernel's y blocks are tiles of FLASH_ROWS / group tokens; the others', tokens.
+        let ys = if flash.is_some() {
+            self.flash_launches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.div_ceil(FLASH_ROWS / group)
+        } else {
+            t
+        };
         self.launch(
             name,
-            (groups as u32, t as u32, splits as u32),
+            (groups as u32, ys as u32, splits as u32),
             threads,
             &[Arg::Attn(args)],
         )?;
@@ -319,6 +380,8 @@ pub(crate) const ENTRY_POINTS: &[&str] = &[
     "attn_gqa_q8_0_256_1",
     "attn_gqa_q8_0_256_2",
     "attn_gqa_q8_0_256_4",
+    "attn_flash_f16_64",
+    "attn_flash_f16_128",
 ];
 
 #[cfg(test)]

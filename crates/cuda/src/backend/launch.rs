@@ -10,7 +10,7 @@ use crate::CudaError;
 
 // The struct arguments are passed by address, as the kernels' C structs: their sizes must
 // stay those of the CUDA side (kernels/attention.cu `AttnArgs`, common.cuh `Group`).
-const _: () = assert!(std::mem::size_of::<super::AttnArgs>() == 136);
+const _: () = assert!(std::mem::size_of::<super::AttnArgs>() == 144);
 const _: () = assert!(std::mem::size_of::<super::matmul::Group>() == 72);
 
 impl CudaBackend {
