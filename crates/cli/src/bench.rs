@@ -33,6 +33,8 @@ pub struct BenchArgs<'a> {
     pub deterministic: bool,
     /// `--parallel`: the batch sizes of the batched mode (`bench_batched.rs`).
     pub parallel: Option<&'a [usize]>,
+    /// CUDA: f16 copies of the quantized weights (`realizar_cuda::F16Weights`).
+    pub f16_weights: realizar_cuda::F16Weights,
 }
 
 pub fn run(a: BenchArgs<'_>) -> Result<()> {
@@ -62,12 +64,15 @@ pub fn run(a: BenchArgs<'_>) -> Result<()> {
     };
     match device {
         Device::Cpu => bench(load_cpu_from(file, &opts).context(what)?, &desc, &a, "CPU"),
-        Device::Cuda => bench(
-            realizar_cuda::load_cuda_from(file, &opts).context(what)?,
-            &desc,
-            &a,
-            "CUDA",
-        ),
+        Device::Cuda => {
+            let gpu = realizar_cuda::GpuOptions {
+                f16_weights: a.f16_weights,
+                ..Default::default()
+            };
+            let model = realizar_cuda::load_cuda_with(file, &opts, &gpu).context(what)?;
+            let label = load::cuda_label(&model.backend);
+            bench(model, &desc, &a, label)
+        }
     }
 }
 

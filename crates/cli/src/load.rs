@@ -163,3 +163,34 @@ pub fn cuda_generator_with(path: &Path, opts: &LoadOptions) -> Result<Generator<
         .with_context(|| format!("loading {} on CUDA", path.display()))?;
     Ok(Generator::new(model, tok))
 }
+
+/// `--f16-weights auto|on|off` (CUDA): keep an f16 copy of each quantized matrix, so batched
+/// decode and prefill steps run cuBLAS on it (about 2 bytes a weight more GPU memory). Auto:
+/// when the copies take at most half of the memory the KV cache could otherwise have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum F16WeightsArg {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl F16WeightsArg {
+    pub fn to_cuda(self) -> realizar_cuda::F16Weights {
+        match self {
+            F16WeightsArg::Auto => realizar_cuda::F16Weights::Auto,
+            F16WeightsArg::On => realizar_cuda::F16Weights::On,
+            F16WeightsArg::Off => realizar_cuda::F16Weights::Off,
+        }
+    }
+}
+
+/// What a CUDA model was loaded with, for logs and bench tables: "CUDA", or "CUDA+f16w" when
+/// its quantized matrices have f16 copies.
+pub fn cuda_label(backend: &CudaBackend) -> &'static str {
+    if backend.f16_weight_copies() > 0 {
+        "CUDA+f16w"
+    } else {
+        "CUDA"
+    }
+}

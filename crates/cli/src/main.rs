@@ -165,6 +165,10 @@ enum Command {
         /// forward pass per step); one run per B, so -r is not used.
         #[arg(long, value_delimiter = ',', value_name = "B,B,...")]
         parallel: Option<Vec<usize>>,
+        /// CUDA: keep an f16 copy of each quantized matrix for steps of many tokens (batched
+        /// decode, prefill); auto when it takes at most half the memory left for the KV cache.
+        #[arg(long, value_enum, default_value_t = load::F16WeightsArg::Auto)]
+        f16_weights: load::F16WeightsArg,
     },
     /// Write a GGUF model with quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
     /// Q6_K, Q4_K_M, Q5_K_M (or F16, BF16, F32). Quantized inputs are dequantized first.
@@ -296,6 +300,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             mmap,
             kv_type,
             parallel,
+            f16_weights,
         } => {
             let n_threads = threads.unwrap_or_else(load::physical_cores).max(1);
             load::set_threads(Some(n_threads));
@@ -312,6 +317,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 device: &device,
                 deterministic,
                 parallel: parallel.as_deref(),
+                f16_weights: f16_weights.to_cuda(),
             })
         }
         Command::Quantize { input, output, ty } => quantize::run(&input, &output, &ty),

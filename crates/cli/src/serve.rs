@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// replaces --kv-tokens.
     #[arg(long)]
     pub gpu_memory: Option<f64>,
+    /// CUDA only: keep an f16 copy of each quantized matrix, so batched decode and prefill
+    /// steps run cuBLAS on it (about 2 bytes a weight more memory, taken from the KV cache);
+    /// auto when the copies take at most half of the memory the KV cache could otherwise have.
+    #[arg(long, value_enum, default_value_t = load::F16WeightsArg::Auto)]
+    pub f16_weights: load::F16WeightsArg,
     /// Seconds in-flight requests may run on after SIGTERM / Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
@@ -124,6 +129,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if a.gpu_memory.is_some() && !matches!(device, load::Device::Cuda) {
         anyhow::bail!(
             "--gpu-memory sizes a GPU's KV cache: it needs --device cuda (or auto with a GPU)"
+        );
+    }
+    if a.f16_weights == load::F16WeightsArg::On && !matches!(device, load::Device::Cuda) {
+        bail!(
+            "--f16-weights on keeps copies on a GPU: it needs --device cuda (or auto with a GPU)"
         );
     }
     if a.ctx == 0 || a.max_batch == 0 || a.prefill_chunk == 0 || a.max_step_tokens == Some(0) {
@@ -177,7 +187,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         sched,
     };
     let load_path = path.clone();
-    let gpu_memory = a.gpu_memory;
+    let gpu = realizar_cuda::GpuOptions {
+        memory_fraction: a.gpu_memory,
+        f16_weights: a.f16_weights.to_cuda(),
+    };
     let ctx = a.ctx;
     let spawned = match device {
         load::Device::Cpu => Engine::spawn(cfg, tokenizer, move || {
@@ -188,11 +201,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }),
         load::Device::Cuda => Engine::spawn(cfg, tokenizer, move || {
             let t0 = std::time::Instant::now();
-            let mut model = match gpu_memory {
-                Some(f) => realizar_cuda::load_cuda_sized(file, &opts, f),
-                None => realizar_cuda::load_cuda_from(file, &opts),
-            }
-            .map_err(EngineError::from)?;
+            let mut model =
+                realizar_cuda::load_cuda_with(file, &opts, &gpu).map_err(EngineError::from)?;
             let kv = model.n_blocks() * model.block_size();
             if kv < ctx {
                 return Err(EngineError::Request(format!(
@@ -200,7 +210,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
                      --gpu-memory or lower --ctx"
                 )));
             }
-            log_loaded(&load_path, "cuda", t0, &model);
+            let on = if model.backend.f16_weight_copies() > 0 {
+                "cuda with f16 weight copies"
+            } else {
+                "cuda"
+            };
+            log_loaded(&load_path, on, t0, &model);
             // cuBLAS loads its kernels at their first launch, and buffers grow on first use:
             // run those costs now, not in the first requests' time to first token (measured on
             // an H200, 8B cut to 8 layers: a first prefill of 64 16-token prompts 111 ms,
@@ -325,5 +340,19 @@ mod tests {
         let set = args(&["--max-step-tokens", "100"]);
         assert_eq!(step_tokens(&set, load::Device::Cpu), 100);
         assert_eq!(step_tokens(&set, load::Device::Cuda), 100);
+    }
+
+    #[test]
+    fn f16_weight_copies_parse_and_need_a_gpu() {
+        assert_eq!(args(&[]).f16_weights, load::F16WeightsArg::Auto);
+        assert_eq!(
+            args(&["--f16-weights", "off"]).f16_weights,
+            load::F16WeightsArg::Off
+        );
+        let msg = match run(args(&["--device", "cpu", "--f16-weights", "on"])) {
+            Ok(()) => String::from("served"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains("--f16-weights on"), "{msg}");
     }
 }

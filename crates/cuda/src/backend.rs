@@ -51,6 +51,9 @@ pub enum CudaWeight {
         cols: usize,
         mem: CudaSlice<u8>,
         ptr: u64,
+        /// Its f16 copy (`set_f16_weights`), and that copy's address (0: none).
+        half: Option<CudaSlice<u16>>,
+        half_ptr: u64,
     },
     /// A vector in f32.
     Vector {
@@ -61,6 +64,11 @@ pub enum CudaWeight {
 }
 
 impl CudaWeight {
+    /// Whether the matrix has an f16 copy (`CudaBackend::set_f16_weights`).
+    pub fn has_f16_copy(&self) -> bool {
+        matches!(self, CudaWeight::Matrix { half_ptr, .. } if *half_ptr != 0)
+    }
+
     fn ptr(&self) -> u64 {
         match self {
             CudaWeight::Matrix { ptr, .. } | CudaWeight::Vector { ptr, .. } => *ptr,
@@ -331,6 +339,13 @@ pub struct CudaBackend {
     /// Matmuls of one input in one launch where the kernel takes several matrices
     /// (`REALIZAR_CUDA_GROUP=0` launches each alone).
     group: bool,
+    /// f16 copies of quantized matrices at upload (`set_f16_weights`), how many were made,
+    /// and from how many tokens matmuls use them.
+    f16_weights: bool,
+    f16_copies: AtomicU64,
+    f16_min_tokens: usize,
+    /// Weight tiles the GEMM path dequantized in steps, for tests.
+    tile_dequants: AtomicU64,
 }
 
 impl CudaBackend {
@@ -394,6 +409,14 @@ impl CudaBackend {
             attn_flash: std::env::var_os("REALIZAR_CUDA_ATTN_FLASH").is_none_or(|v| v != "0"),
             flash_launches: AtomicU64::new(0),
             group: std::env::var_os("REALIZAR_CUDA_GROUP").is_none_or(|v| v != "0"),
+            f16_weights: false,
+            f16_copies: AtomicU64::new(0),
+            f16_min_tokens: std::env::var("REALIZAR_CUDA_F16_WEIGHT_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(matmul::F16_WEIGHT_MIN_TOKENS)
+                .max(1),
+            tile_dequants: AtomicU64::new(0),
             stream,
         })
     }
@@ -468,6 +491,86 @@ impl CudaBackend {
     /// How many attention launches took the flash kernel.
     pub fn flash_attention_launches(&self) -> u64 {
         self.flash_launches.load(Ordering::Relaxed)
+    }
+
+    /// Keep an f16 copy of every quantized matrix uploaded from now on, and use the copies
+    /// (off by default; the loaders decide with `F16Weights`). Matmuls of
+    /// `F16_WEIGHT_MIN_TOKENS` tokens or more (`REALIZAR_CUDA_F16_WEIGHT_TOKENS`) then run
+    /// cuBLAS on the copy, with no dequantization in the step (batched decode and prefill),
+    /// for about 2 bytes a weight more memory. Off, copies made before are not used. Off in
+    /// deterministic mode.
+    pub fn set_f16_weights(&mut self, on: bool) {
+        self.f16_weights = on;
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tokens from which a matmul takes its weight's f16 copy (default `F16_WEIGHT_MIN_TOKENS`,
+    /// `REALIZAR_CUDA_F16_WEIGHT_TOKENS`); fewer go to the mmq kernels.
+    pub fn set_f16_weight_min_tokens(&mut self, n: usize) {
+        self.f16_min_tokens = n.max(1);
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether quantized matrices get f16 copies at upload.
+    pub fn f16_weights(&self) -> bool {
+        self.f16_weights
+    }
+
+    /// How many quantized matrices have f16 copies.
+    pub fn f16_weight_copies(&self) -> u64 {
+        self.f16_copies.load(Ordering::Relaxed)
+    }
+
+    /// Weight tiles the GEMM path has dequantized within steps (none where f16 copies serve).
+    pub fn weight_tile_dequants(&self) -> u64 {
+        self.tile_dequants.load(Ordering::Relaxed)
+    }
+
+    /// The f16 copy of a quantized matrix at `ptr`, when `set_f16_weights` is on and cuBLAS
+    /// loaded (the same dequantization kernel as the prefill tiles, so the same values).
+    fn f16_copy(
+        &self,
+        ty: GgmlType,
+        ptr: u64,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<CudaSlice<u16>>, CudaError> {
+        let Some(dq) = matmul::dequant_kernel(ty).filter(|_| self.f16_weights) else {
+            return Ok(None);
+        };
+        if self.blas.is_none() || rows * cols > i32::MAX as usize {
+            return Ok(None);
+        }
+        self.check_fits("an f16 weight copy", 2 * rows * cols)?;
+        let half = self
+            .stream
+            .alloc_zeros::<u16>(rows * cols)
+            .map_err(|e| CudaError::call("cuMemAlloc(f16 weight copy)", e))?;
+        let chunks = rows * cols / 32;
+        self.launch(
+            dq,
+            (chunks.div_ceil(256) as u32, 1, 1),
+            256,
+            &[
+                Arg::P(ptr),
+                Arg::P(raw(&half, &self.stream)),
+                Arg::I(0),
+                Arg::I(rows as i32),
+                Arg::I(cols as i32),
+            ],
+        )?;
+        self.f16_copies.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(half))
+    }
+
+    /// Whether the matmuls of `ntok` tokens take the f16 weight copies (so cuBLAS), where their
+    /// weights have one.
+    pub(super) fn f16_weights_take(&self, ntok: usize) -> bool {
+        self.f16_weights
+            && !self.exact
+            && self.blas.is_some()
+            && ntok >= self.f16_min_tokens
+            && self.f16_copies.load(Ordering::Relaxed) > 0
     }
 
     /// How many times a matmul has converted its input to 8 bits or f16 itself, with a launch of
@@ -629,12 +732,20 @@ impl CudaBackend {
                     .clone_htod(t.data)
                     .map_err(|e| CudaError::call("cuMemcpyHtoD(weight)", e))?;
                 let ptr = raw(&mem, &self.stream);
+                let half = if how == WeightUse::Matrix {
+                    self.f16_copy(t.ty, ptr, t.rows, t.cols)?
+                } else {
+                    None
+                };
+                let half_ptr = half.as_ref().map_or(0, |h| raw(h, &self.stream));
                 Ok(CudaWeight::Matrix {
                     ty: t.ty,
                     rows: t.rows,
                     cols: t.cols,
                     mem,
                     ptr,
+                    half,
+                    half_ptr,
                 })
             }
             WeightUse::Vector { offset } => {
@@ -710,7 +821,14 @@ impl CudaBackend {
         x: &CudaBuf,
         out: &CudaBuf,
     ) -> Result<(GgmlType, Mat), ModelError> {
-        let CudaWeight::Matrix { ty, rows, cols, .. } = w else {
+        let CudaWeight::Matrix {
+            ty,
+            rows,
+            cols,
+            half_ptr,
+            ..
+        } = w
+        else {
             return Err(ModelError::Batch("matmul with a vector weight".into()));
         };
         let (ty, rows, cols) = (*ty, *rows, *cols);
@@ -724,6 +842,7 @@ impl CudaBackend {
             ty,
             Mat {
                 w: w.ptr(),
+                wh: *half_ptr,
                 rows,
                 out: out.ptr,
             },

@@ -20,7 +20,7 @@ pub use backend::{
     DEFAULT_MMQ_F16_TOKENS, DEFAULT_MMQ_TOKENS, SUPPORTED_TYPES,
 };
 pub use compile::precompile as precompile_kernels;
-pub use sizing::{kv_tokens_for_budget, Needs};
+pub use sizing::{f16_copies_fit, kv_tokens_for_budget, Needs};
 
 use std::ffi::c_int;
 
@@ -139,14 +139,47 @@ pub fn probe() -> Result<DeviceInfo, CudaError> {
     }
 }
 
+/// Whether a model keeps an f16 copy of each quantized matrix beside it
+/// (`CudaBackend::set_f16_weights`): batched decode and prefill steps then run cuBLAS on the
+/// copies, with no dequantization or mmq in the step, for about 2 bytes a weight more memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum F16Weights {
+    /// When the copies take at most half of the memory the KV cache could otherwise have
+    /// (`sizing::f16_copies_fit`).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl F16Weights {
+    /// `REALIZAR_CUDA_F16_WEIGHTS=1` or `=0`, where set, overrides the choice (A/B runs).
+    fn or_env(self) -> F16Weights {
+        match std::env::var("REALIZAR_CUDA_F16_WEIGHTS").as_deref() {
+            Ok("1") => F16Weights::On,
+            Ok("0") => F16Weights::Off,
+            _ => self,
+        }
+    }
+}
+
+/// How a model is placed on the GPU, beyond `LoadOptions`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuOptions {
+    /// Size the KV cache to what is left of this fraction of the GPU's memory after the
+    /// weights, the scratch and what other processes hold (`LoadOptions::kv_tokens` is then
+    /// ignored); `None`: `kv_tokens` as given.
+    pub memory_fraction: Option<f64>,
+    pub f16_weights: F16Weights,
+}
+
 /// Loads an already opened model file onto GPU 0 (weights uploaded once in their file format,
-/// KV cache on the GPU).
+/// KV cache on the GPU), with f16 weight copies where they fit (`F16Weights::Auto`).
 pub fn load_cuda_from(
     file: Arc<ModelFile>,
     opts: &LoadOptions,
 ) -> Result<Model<CudaBackend>, ModelError> {
-    let cfg = config_of(&file)?;
-    load_onto(CudaBackend::new(0)?, file, cfg, opts)
+    load_cuda_with(file, opts, &GpuOptions::default())
 }
 
 /// As `load_cuda_from`, with the KV cache sized to what is left of `fraction` of the GPU's
@@ -157,16 +190,67 @@ pub fn load_cuda_sized(
     opts: &LoadOptions,
     fraction: f64,
 ) -> Result<Model<CudaBackend>, ModelError> {
-    let backend = CudaBackend::new(0)?;
+    let gpu = GpuOptions {
+        memory_fraction: Some(fraction),
+        ..GpuOptions::default()
+    };
+    load_cuda_with(file, opts, &gpu)
+}
+
+/// Loads an opened model file onto GPU 0 as `gpu` says.
+pub fn load_cuda_with(
+    file: Arc<ModelFile>,
+    opts: &LoadOptions,
+    gpu: &GpuOptions,
+) -> Result<Model<CudaBackend>, ModelError> {
+    let mut backend = CudaBackend::new(0)?;
     let cfg = config_of(&file)?;
     let (free, total) = backend.memory_info()?;
-    let needs = Needs::of(&file, &cfg, opts);
-    let kv_tokens = kv_tokens_for_budget(total, free, fraction, &needs, opts.block_size.max(1))?;
-    let opts = LoadOptions {
-        kv_tokens,
-        ..opts.clone()
+    let base = Needs::of(&file, &cfg, opts);
+    let copies = sizing::f16_copy_bytes(&file);
+    let kv_fixed = match gpu.memory_fraction {
+        Some(_) => 0,
+        None => opts.kv_tokens.div_ceil(opts.block_size.max(1)) * opts.block_size.max(1),
+    } * base.kv_per_token;
+    let on = !opts.deterministic
+        && backend.has_cublas()
+        && copies > 0
+        && match gpu.f16_weights.or_env() {
+            F16Weights::On => true,
+            F16Weights::Off => false,
+            F16Weights::Auto => {
+                f16_copies_fit(total, free, gpu.memory_fraction, &base, kv_fixed, copies)
+            }
+        };
+    backend.set_f16_weights(on);
+    let opts = match gpu.memory_fraction {
+        Some(fraction) => LoadOptions {
+            kv_tokens: kv_tokens_for_budget(
+                total,
+                free,
+                fraction,
+                &needs_on(&backend, &file, &cfg, opts),
+                opts.block_size.max(1),
+            )?,
+            ..opts.clone()
+        },
+        None => opts.clone(),
     };
     load_onto(backend, file, cfg, &opts)
+}
+
+/// `Needs::of`, with the f16 weight copies counted as weights when the backend makes them.
+fn needs_on(
+    backend: &CudaBackend,
+    file: &ModelFile,
+    cfg: &ModelConfig,
+    opts: &LoadOptions,
+) -> Needs {
+    let mut needs = Needs::of(file, cfg, opts);
+    if backend.f16_weights() && !opts.deterministic {
+        needs.weights += sizing::f16_copy_bytes(file);
+    }
+    needs
 }
 
 fn load_onto(
@@ -184,10 +268,11 @@ fn load_onto(
         backend.set_mmq_tokens(0, 0);
         backend.set_attention_split(false);
         backend.set_attention_flash(false);
+        backend.set_f16_weights(false);
     }
     let block_size = opts.block_size.max(1);
     let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);
-    let needs = Needs::of(&file, &cfg, opts);
+    let needs = needs_on(&backend, &file, &cfg, opts);
     let kv_bytes = n_blocks * block_size * needs.kv_per_token;
     backend.check_fits(
         "weights, KV cache and matmul scratch",

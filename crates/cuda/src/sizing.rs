@@ -33,6 +33,46 @@ impl Needs {
     }
 }
 
+/// Device bytes of the f16 weight copies (`CudaBackend::set_f16_weights`): every quantized
+/// matrix but the embedding table (looked up, never multiplied as a matrix), 2 bytes a value.
+pub fn f16_copy_bytes(file: &ModelFile) -> usize {
+    use realizar_formats::GgmlType as T;
+    file.tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight")
+        .filter(|t| {
+            matches!(
+                t.ty,
+                T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q4K | T::Q5K | T::Q6K
+            )
+        })
+        .map(|t| 2 * (t.dims[0] * t.dims[1]) as usize)
+        .sum()
+}
+
+/// Whether f16 weight copies of `copies` bytes should be made (`F16Weights::Auto`): when they
+/// take at most half of the memory left for the KV cache after the weights, the scratch and
+/// `kv_fixed` (a KV cache of fixed size; 0 when it is sized to the budget). The memory is
+/// `fraction` of `total` less what others hold, or without a fraction what is `free`.
+/// An 8B Q4_K_M model (15 GB of copies) gets them on an 80 GB or 141 GB card, not on 24 GB.
+pub fn f16_copies_fit(
+    total: usize,
+    free: usize,
+    fraction: Option<f64>,
+    needs: &Needs,
+    kv_fixed: usize,
+    copies: usize,
+) -> bool {
+    let budget = match fraction {
+        Some(f) => ((total as f64 * f.clamp(0.0, 1.0)) as usize)
+            .saturating_sub(total.saturating_sub(free))
+            .min(free),
+        None => free,
+    };
+    let room = budget.saturating_sub(needs.weights + needs.scratch + kv_fixed);
+    copies > 0 && copies <= room / 2
+}
+
 /// KV-cache tokens (whole blocks of `block` tokens) when this process may use `fraction` of the
 /// device's `total` memory, of which `free` is free now (the rest belongs to others and counts
 /// against the budget): what is left after the weights and scratch. An error, with the numbers,
@@ -106,6 +146,76 @@ mod tests {
         let t = kv_tokens_for_budget(80 * GIB, 8 * GIB, 1.0, &n, 16)?;
         assert!(t * n.kv_per_token + n.weights + n.scratch <= 8 * GIB);
         Ok(())
+    }
+
+    #[test]
+    fn f16_copies_only_where_they_leave_the_kv_cache_at_least_as_much() {
+        let n = needs();
+        let copies = 15_000_000_000;
+        // 8B on an H200 (141 GB) or an 80 GB card at 0.9: on. On a 24 GB card: off.
+        assert!(f16_copies_fit(
+            141 * GIB,
+            140 * GIB,
+            Some(0.9),
+            &n,
+            0,
+            copies
+        ));
+        assert!(f16_copies_fit(80 * GIB, 79 * GIB, Some(0.9), &n, 0, copies));
+        assert!(!f16_copies_fit(
+            24 * GIB,
+            23 * GIB,
+            Some(0.9),
+            &n,
+            0,
+            copies
+        ));
+        assert!(!f16_copies_fit(
+            24 * GIB,
+            23 * GIB,
+            None,
+            &n,
+            512 << 20,
+            copies
+        ));
+        // The boundary: copies of exactly half the room fit, one byte more does not.
+        let room = 40 * GIB - n.weights - n.scratch - GIB;
+        assert!(f16_copies_fit(64 * GIB, 40 * GIB, None, &n, GIB, room / 2));
+        assert!(!f16_copies_fit(
+            64 * GIB,
+            40 * GIB,
+            None,
+            &n,
+            GIB,
+            room / 2 + 1
+        ));
+        // Others' memory counts against a fraction, and a fixed KV cache against the room.
+        assert!(!f16_copies_fit(
+            80 * GIB,
+            40 * GIB,
+            Some(0.9),
+            &n,
+            0,
+            copies
+        ));
+        assert!(f16_copies_fit(
+            80 * GIB,
+            79 * GIB,
+            None,
+            &n,
+            40 * GIB,
+            copies
+        ));
+        assert!(!f16_copies_fit(
+            80 * GIB,
+            79 * GIB,
+            None,
+            &n,
+            50 * GIB,
+            copies
+        ));
+        // Nothing to copy: nothing to make.
+        assert!(!f16_copies_fit(141 * GIB, 140 * GIB, Some(0.9), &n, 0, 0));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::{gpu, normal, rel_err, repo_root, rng};
 use rand::{Rng, SeedableRng};
-use realizar_cuda::load_cuda_from;
+use realizar_cuda::{load_cuda_with, F16Weights, GpuOptions};
 use realizar_formats::{GgmlType, GgufFile, GgufWriter, ModelFile, Value};
 use realizar_model::{load_cpu_from, KvType, LoadOptions, LogitsWanted, Model, SeqChunk};
 
@@ -61,9 +61,19 @@ const FAST_TIE: f32 = 0.25;
 /// `parity_mode` in the GPU's exact mode (f32 matmuls: `tol`, `greedy`), then in its fast mode
 /// (`FAST_TOL`, ties up to `FAST_TIE`; prefill through the GEMM path).
 fn parity(label: &str, path: &Path, kv_type: KvType, tol: f64, greedy: Greedy) -> bool {
-    let exact = parity_mode(label, path, kv_type, tol, greedy, true);
-    let fast = parity_mode(label, path, kv_type, FAST_TOL.max(tol), greedy, false);
+    let run = Run {
+        prompt: PROMPT,
+        gpu: GpuOptions::default(),
+    };
+    let exact = parity_mode(label, path, kv_type, tol, greedy, true, &run);
+    let fast = parity_mode(label, path, kv_type, FAST_TOL.max(tol), greedy, false, &run);
     exact && fast
+}
+
+/// The prompt length and GPU loading options of a parity run.
+struct Run {
+    prompt: usize,
+    gpu: GpuOptions,
 }
 
 /// Runs a prompt and STEPS greedy steps on the GPU model, feeding the GPU's choice to both, and
@@ -76,6 +86,7 @@ fn parity_mode(
     tol: f64,
     greedy: Greedy,
     exact: bool,
+    run: &Run,
 ) -> bool {
     let file = Arc::new(ModelFile::open(path).unwrap());
     let opts = LoadOptions {
@@ -86,7 +97,7 @@ fn parity_mode(
         deterministic: false,
     };
     let t0 = Instant::now();
-    let mut g = load_cuda_from(file.clone(), &opts).unwrap();
+    let mut g = load_cuda_with(file.clone(), &opts, &run.gpu).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     g.backend.set_exact(exact);
     // The 20-token prompt: through mmq (5-64 tokens, sm_80 and later) for the quantized
@@ -101,7 +112,7 @@ fn parity_mode(
     let vocab = g.cfg.vocab_size;
     let table: Vec<u32> = (0..g.n_blocks() as u32).rev().collect();
     let mut r = rng(label);
-    let prompt: Vec<u32> = (0..PROMPT)
+    let prompt: Vec<u32> = (0..run.prompt)
         .map(|_| r.gen_range(0..vocab.min(30_000) as u32))
         .collect();
     let step = |m: &mut Model<_>, toks: &[u32], pos: usize, w: LogitsWanted| {
@@ -146,7 +157,7 @@ fn parity_mode(
                 mismatches.push((s, gap));
             }
         }
-        let pos = PROMPT + s;
+        let pos = run.prompt + s;
         let t = Instant::now();
         let gl = step(&mut g, &[tok as u32], pos, LogitsWanted::Last);
         decode_s += t.elapsed().as_secs_f64();
@@ -157,7 +168,14 @@ fn parity_mode(
         worst = worst.max(rel_err(&last_g, &last_c));
         worst_fast = worst_fast.max(rel_err(&last_g, &fl.concat()));
     }
-    let ok = worst <= tol && mismatches.is_empty();
+    // Which paths the prompt took: f16 weight copies (no weight tile dequantized in a step) and
+    // the flash-attention kernel.
+    let copies = g.backend.f16_weight_copies();
+    let tiles = g.backend.weight_tile_dequants();
+    let flash = g.backend.flash_attention_launches();
+    println!("  {label}: f16 weight copies {copies}, weight tiles dequantized {tiles}, flash attention launches {flash}");
+    let paths_ok = run.gpu.f16_weights != F16Weights::On || exact || (copies > 0 && tiles == 0);
+    let ok = worst <= tol && mismatches.is_empty() && paths_ok;
     println!(
         "{} model {label} (kv {kv_type:?}, GPU {mode} mode): prefill rel_err {prefill_err:.2e}, worst over {STEPS} \
          decode steps {worst:.2e} (tol {tol:.0e}), greedy mismatches (step, logit gap) {mismatches:?}, tolerated {ties:?}; vs CPU fast \
@@ -360,6 +378,52 @@ fn llama_8b_shape_matches_cpu() {
     assert!(ok, "the 8B-shape model differs between GPU and CPU");
 }
 
+/// A 64-token prompt through the f16 weight copies (`F16Weights::On`) and, with an f16 cache,
+/// the flash-attention kernel; then decode through mmvq. Both against the CPU.
+#[test]
+fn f16_weight_copies_and_flash_prefill_match_cpu() {
+    let Some(g) = gpu() else { return };
+    if !g.has_cublas() {
+        eprintln!("skipping: cuBLAS did not load");
+        return;
+    }
+    drop(g);
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng("f16-copies");
+    let shape = Shape {
+        name: "llama-1024-2l",
+        n_embd: 1024,
+        n_ff: 2816,
+        n_head: 16,
+        n_head_kv: 4,
+        n_layers: 2,
+        vocab: 32000,
+    };
+    let p = dir.path().join("llama-1024-2l-q4_k.gguf");
+    let types = Types {
+        output: GgmlType::Q6K,
+        ..Types::all(GgmlType::Q4K)
+    };
+    synth(&shape, &types, &p, &mut r);
+    let run = Run {
+        prompt: 64,
+        gpu: GpuOptions {
+            f16_weights: F16Weights::On,
+            ..GpuOptions::default()
+        },
+    };
+    let ok = parity_mode(
+        shape.name,
+        &p,
+        KvType::F16,
+        FAST_TOL,
+        Greedy::Strict,
+        false,
+        &run,
+    );
+    assert!(ok, "the model with f16 weight copies differs from the CPU");
+}
+
 #[test]
 fn random_weight_models_match_cpu_in_every_type() {
     let Some(_g) = gpu() else { return };
@@ -502,7 +566,7 @@ fn decode_speed_real_shapes() {
             deterministic: false,
         };
         let t = Instant::now();
-        let mut g = load_cuda_from(file, &opts).unwrap();
+        let mut g = realizar_cuda::load_cuda_from(file, &opts).unwrap();
         let load_s = t.elapsed().as_secs_f64();
         println!(
             "SPEED {}: wrote {:.2} GB in {synth_s:.1}s, loaded onto the GPU in {load_s:.1}s",

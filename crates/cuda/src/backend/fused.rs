@@ -45,6 +45,10 @@ impl CudaBackend {
         if !self.fused || self.exact || rows == 0 || !cols.is_multiple_of(32) {
             return Ok(none);
         }
+        if self.f16_weights_take(rows) {
+            // cuBLAS on f16 weight copies: the GEMM converts its own input.
+            return Ok(none);
+        }
         let mut s = self.scratch();
         if self.mmq_takes(rows) && self.mmq_f16_takes(rows) {
             let xm = ensure(self, &mut s.xm, rows * cols)?;

@@ -11,7 +11,8 @@
 //! record. Steps from `gemm_min_tokens` tokens up (cuBLAS prefill) are not recorded, there
 //! launches being few next to the work, except pure decode steps (one token per sequence)
 //! whose matmuls the mmq kernels take (batched decode: the same shape repeats every step; a
-//! prefill chunk's rarely does). A recording that reaches cuBLAS anyway (a weight type mmq
+//! prefill chunk's rarely does); never steps whose matmuls take f16 weight copies (cuBLAS,
+//! `set_f16_weights`). A recording that reaches cuBLAS anyway (a weight type mmq
 //! lacks) skips the call, is thrown away, and the step runs directly.
 //!
 //! A record replays exactly the launches of the step it was made from, with the same arguments,
@@ -151,6 +152,7 @@ impl CudaBackend {
             && (ids.len() < self.gemm_min_tokens
                 || self.blas.is_none()
                 || (self.mmq_takes(ids.len()) && plan.seqs.len() == ids.len()))
+            && !self.f16_weights_take(ids.len())
             && self.check().is_ok();
         if !eligible {
             g.stats.eager += 1;

@@ -282,13 +282,25 @@ pub(super) fn open_blas(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> 
     CudaBlas::new(stream.clone()).ok()
 }
 
-/// One matrix of a matmul launch: the weight's address, its rows, and the output's address.
+/// One matrix of a matmul launch: the weight's address, its f16 copy's (0: none), its rows,
+/// and the output's address.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Mat {
     pub(super) w: u64,
+    pub(super) wh: u64,
     pub(super) rows: usize,
     pub(super) out: u64,
 }
+
+/// The kernel that dequantizes rows of a weight type to f16 (the GEMM path's tiles, and the
+/// f16 weight copies).
+pub(super) fn dequant_kernel(ty: GgmlType) -> Option<&'static str> {
+    fast_kernels(ty).map(|(_, d)| d)
+}
+
+/// Tokens from which a matmul whose weight has an f16 copy (`set_f16_weights`) goes through
+/// cuBLAS on that copy instead of the mmq kernels.
+pub const F16_WEIGHT_MIN_TOKENS: usize = 32;
 
 /// The matrices of one launch of the mmvq or f32 kernels; layout matches `Group` in
 /// kernels/common.cuh. Up to three matrices that multiply the same input, `blocks[i]` blocks
@@ -338,8 +350,11 @@ impl CudaBackend {
         x: &CudaBuf,
     ) -> Result<(), CudaError> {
         let ntok = x.rows;
-        let mmq = mmq_kernels(ty).filter(|_| !self.exact && self.mmq_takes(ntok));
-        let gemm = !self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some();
+        // Weights with f16 copies: cuBLAS on them from F16_WEIGHT_MIN_TOKENS tokens, with no
+        // dequantization in the step.
+        let half = self.f16_weights_take(ntok) && mats.iter().all(|m| m.wh != 0);
+        let mmq = mmq_kernels(ty).filter(|_| !self.exact && !half && self.mmq_takes(ntok));
+        let gemm = half || (!self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some());
         if mats.len() > 1 && (mmq.is_some() || gemm) {
             for m in mats {
                 self.matmul_mats(ty, cols, std::slice::from_ref(m), x)?;
@@ -348,7 +363,7 @@ impl CudaBackend {
         }
         if mmq.is_none() && gemm {
             let m = mats[0];
-            if self.gemm(ty, m.w, m.rows, cols, x, m.out)? {
+            if self.gemm(ty, m, cols, x)? {
                 return Ok(());
             }
         }
@@ -573,26 +588,21 @@ impl CudaBackend {
         self.launch(name, grid, 128, &args)
     }
 
-    /// out = x W^T through cuBLAS; `Ok(false)` for weight types it does not take.
-    fn gemm(
-        &self,
-        ty: GgmlType,
-        w_ptr: u64,
-        rows: usize,
-        cols: usize,
-        x: &CudaBuf,
-        out: u64,
-    ) -> Result<bool, CudaError> {
+    /// out = x W^T through cuBLAS (on the weight's f16 copy when it has one, else on f16 tiles
+    /// dequantized now); `Ok(false)` for weight types it does not take.
+    fn gemm(&self, ty: GgmlType, m: Mat, cols: usize, x: &CudaBuf) -> Result<bool, CudaError> {
         use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
+        let (w_ptr, rows, out) = (m.w, m.rows, m.out);
         let ntok = x.rows;
-        let dequant = fast_kernels(ty).map(|(_, d)| d);
+        let dequant = dequant_kernel(ty);
         let (wt, half_kind) = match ty {
             GgmlType::F32 => (CUDA_R_32F, 0),
             GgmlType::F16 => (CUDA_R_16F, 1),
             GgmlType::Bf16 => (CUDA_R_16BF, 2),
-            _ if dequant.is_some() => (CUDA_R_16F, 1),
+            _ if m.wh != 0 || dequant.is_some() => (CUDA_R_16F, 1),
             _ => return Ok(false),
         };
+        let dequant = dequant.filter(|_| m.wh == 0);
         let mut s = self.scratch();
         s.quantized = None;
         let xb = if half_kind == 0 {
@@ -605,12 +615,7 @@ impl CudaBackend {
                 .gemm_halved
                 .filter(|&(_, kind)| kind == half_kind)
                 .map(|(r, _)| r);
-            let mat = Mat {
-                w: w_ptr,
-                rows,
-                out,
-            };
-            self.convert_once(&mut record, x, cols, &[mat], || {
+            self.convert_once(&mut record, x, cols, &[m], || {
                 self.launch(
                     "to_half",
                     ((n.div_ceil(8).div_ceil(256)) as u32, 1, 1),
@@ -627,7 +632,8 @@ impl CudaBackend {
             p
         };
         let Some(dq) = dequant else {
-            self.gemm_call(wt, w_ptr, rows, rows, cols, xb, ntok, out)?;
+            let a = if m.wh != 0 { m.wh } else { w_ptr };
+            self.gemm_call(wt, a, rows, rows, cols, xb, ntok, out)?;
             forget_overwritten(&mut s, out, 4 * ntok * rows);
             return Ok(true);
         };
@@ -636,6 +642,8 @@ impl CudaBackend {
         let mut r0 = 0;
         while r0 < rows {
             let n = tile.min(rows - r0);
+            self.tile_dequants
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let chunks = n * cols / 32;
             self.launch(
                 dq,

@@ -1,0 +1,127 @@
+//! f16 copies of the quantized weights (`set_f16_weights`): matmuls of 8 tokens or more run
+//! cuBLAS on the copy. The copy holds the values the prefill GEMM path dequantizes into its
+//! tiles, so the product is that path's, bit for bit, at every token count; and it is close to
+//! the CPU's exact product. Skips (saying why) without a CUDA device or cuBLAS.
+
+mod common;
+
+use common::{check_dot, gpu, normal, rng};
+use realizar_cuda::{CudaBackend, CudaWeight};
+use realizar_model::backend::{Backend, WeightUse};
+use realizar_model::weights::TensorView;
+use realizar_quant::GgmlType;
+
+fn upload_as(
+    g: &CudaBackend,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+    how: WeightUse,
+) -> CudaWeight {
+    let tv = TensorView {
+        name: "test",
+        ty,
+        rows,
+        cols,
+        data,
+    };
+    g.upload(&tv, how).unwrap()
+}
+
+fn upload(g: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> CudaWeight {
+    upload_as(g, ty, rows, cols, data, WeightUse::Matrix)
+}
+
+fn matmul(
+    g: &CudaBackend,
+    w: &CudaWeight,
+    x: &[f32],
+    ntok: usize,
+    cols: usize,
+    rows: usize,
+) -> Vec<f32> {
+    let gx = g.buf_from_host(ntok, cols, x).unwrap();
+    let mut out = g
+        .buf_from_host(ntok, rows, &vec![f32::NAN; ntok * rows])
+        .unwrap();
+    g.matmul(w, &gx, &mut out).unwrap();
+    g.read(&out, ntok).unwrap()
+}
+
+#[test]
+fn f16_weight_copies_give_the_gemm_paths_bits() {
+    let Some(mut g) = gpu() else { return };
+    if !g.has_cublas() {
+        eprintln!("skipping: cuBLAS did not load");
+        return;
+    }
+    let mut rng = rng("f16_weights");
+    let mut ok = true;
+    g.set_f16_weight_min_tokens(8);
+    for (ty, rows, cols) in [
+        (GgmlType::Q4K, 300, 512),
+        (GgmlType::Q6K, 64, 768),
+        (GgmlType::Q8_0, 130, 256),
+        (GgmlType::Q4_0, 96, 1024),
+    ] {
+        let w = normal(&mut rng, rows * cols, 1.0);
+        let data = common::quantize(ty, &w, rows, cols);
+        g.set_f16_weights(true);
+        let with = upload(&g, ty, rows, cols, &data);
+        let table = upload_as(&g, ty, rows, cols, &data, WeightUse::Embedding);
+        g.set_f16_weights(false);
+        let without = upload(&g, ty, rows, cols, &data);
+        if !with.has_f16_copy() || without.has_f16_copy() || table.has_f16_copy() {
+            println!(
+                "FAIL {ty}: copies with {}, without {}, embedding {} (want true, false, false)",
+                with.has_f16_copy(),
+                without.has_f16_copy(),
+                table.has_f16_copy()
+            );
+            ok = false;
+        }
+        for ntok in [8, 16, 64, 100] {
+            let x = normal(&mut rng, ntok * cols, 1.0);
+            let what = format!("{ty} {rows}x{cols} x {ntok} tok");
+            // The copy, with the backend's routing (cuBLAS from 8 tokens, as set above):
+            // no weight tile dequantized in the step.
+            g.set_f16_weights(true);
+            let tiles = g.weight_tile_dequants();
+            let a = matmul(&g, &with, &x, ntok, cols, rows);
+            let tiles_with = g.weight_tile_dequants() - tiles;
+            g.set_f16_weights(false);
+            if tiles_with != 0 {
+                println!("FAIL {what}: {tiles_with} weight tiles dequantized with the copy");
+                ok = false;
+            }
+            // The GEMM path with tiles dequantized in the step.
+            g.set_gemm_min_tokens(1);
+            g.set_mmq_tokens(0, 0);
+            let b = matmul(&g, &without, &x, ntok, cols, rows);
+            let (lo, hi) = realizar_cuda::DEFAULT_MMQ_TOKENS;
+            g.set_mmq_tokens(lo, hi);
+            g.set_gemm_min_tokens(realizar_cuda::DEFAULT_GEMM_MIN_TOKENS);
+            let diff = a
+                .iter()
+                .zip(&b)
+                .filter(|(p, q)| p.to_bits() != q.to_bits())
+                .count();
+            if diff == 0 && !a.iter().any(|v| v.is_nan()) {
+                println!("PASS {what}: copy = GEMM tiles, bit for bit");
+            } else {
+                println!(
+                    "FAIL {what}: {diff} of {} values differ from the GEMM path",
+                    a.len()
+                );
+                ok = false;
+            }
+            // Against the exact product: f16 rounding of weights and activations.
+            g.set_exact(true);
+            let exact = matmul(&g, &without, &x, ntok, cols, rows);
+            g.set_exact(false);
+            ok &= check_dot(&format!("{what} copy vs exact"), &a, &exact, cols, 1e-2);
+        }
+    }
+    assert!(ok, "the f16 weight copies differ from the GEMM path");
+}
