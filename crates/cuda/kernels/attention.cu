@@ -184,7 +184,7 @@ __device__ __forceinline__ void attn_put(float* out, i8* xq, float2* xds, u16* x
                                          float o) {
     out[e] = o;
     if (xq != nullptr) q8_warp(o, xq + (e & ~(size_t)31), xds + e / 32);
-    if (xm != nullptr) xm[half_mma_pos((long long)e)] = f2h(o);
+    if (xm != nullptr) put_half(xm, (long long)e, o);
 }
 
 // The keys lo..=hi this block takes of a token at `pos`: those in the window, cut into gridDim.z
@@ -738,7 +738,7 @@ __device__ __forceinline__ void attn_flash(const AttnArgs& a) {
                     for (int k = 0; k < 8; k++) {
                         size_t e = row + 32 * grp + 8 * (k / 2) + 2 * c + k % 2;
                         a.out[e] = v[k];
-                        if (a.xm != nullptr) a.xm[half_mma_pos((long long)e)] = f2h(v[k]);
+                        if (a.xm != nullptr) put_half(a.xm, (long long)e, v[k]);
                     }
                 }
             }

@@ -115,6 +115,15 @@ __device__ __forceinline__ long long half_mma_pos(long long i) {
     return (i & ~31LL) + 8 * ((e >> 2) & 3) + 4 * (e >> 4) + (((r & 1) << 1) | (r >> 1));
 }
 
+// Element i of a matmul input's f16 copy, written by the kernel that writes the input: in the
+// f16 mmq kernels' order (half_mma_pos), or in plain row order (what to_half writes, for
+// cuBLAS) where the address has its low bit set (backend/fused.rs, act_slot).
+__device__ __forceinline__ void put_half(u16* xm, long long i, float v) {
+    size_t p = (size_t)xm;
+    if (p & 1) ((u16*)(p - 1))[i] = f2h(v);
+    else xm[half_mma_pos(i)] = f2h(v);
+}
+
 // 8-bit quantization of 32 values, one per lane of a full warp, as quantize_q8_1 (mmvq.cu)
 // does it: d = amax / 127, q = rint(v / d); lane 0 writes (d, d * sum q).
 __device__ __forceinline__ void q8_warp(float v, i8* xq, float2* xds) {

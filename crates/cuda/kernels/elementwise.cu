@@ -74,7 +74,7 @@ extern "C" __global__ void glu_q8(float* __restrict__ gate, const float* __restr
     float v = glu_act(gate[i], act) * up[i];
     gate[i] = v;
     if (xq != nullptr) q8_warp(v, xq + (i & ~31LL), xds + (i >> 5));
-    if (xm != nullptr) xm[half_mma_pos(i)] = f2h(v);
+    if (xm != nullptr) put_half(xm, i, v);
 }
 
 // x += y.

@@ -9,10 +9,10 @@ __device__ __forceinline__ void q8_row(const float* orow, int cols, i8* xq, floa
         q8_warp(orow[b * 32 + lane], xq + r * cols + b * 32, xds + r * (cols / 32) + b);
 }
 
-// out[t][i] = v, and its f16 copy for the f16 mmq kernels (half_mma_input's) when xm is not null.
+// out[t][i] = v, and its f16 copy (put_half) when xm is not null.
 __device__ __forceinline__ void put_out(float* orow, u16* xm, int cols, int i, float v) {
     orow[i] = v;
-    if (xm != nullptr) xm[half_mma_pos((long long)blockIdx.x * cols + i)] = f2h(v);
+    if (xm != nullptr) put_half(xm, (long long)blockIdx.x * cols + i, v);
 }
 
 // Elements a thread keeps in registers: element k * blockDim.x + threadIdx.x for k < NORM_REGS,

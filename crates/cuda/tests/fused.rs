@@ -251,6 +251,10 @@ fn matmul_after_fused_input_equals_unfused() {
     let mut ok = true;
     let (rows, cols) = (256, 2048);
     let gw = q4k_weight(&g, &mut rng, rows, cols);
+    // The same weight with an f16 copy (cuBLAS from 40 tokens while copies are on).
+    g.set_f16_weights(true);
+    let gwc = q4k_weight(&g, &mut rng, rows, cols);
+    g.set_f16_weights(false);
     let nv = normal(&mut rng, cols, 1.0);
     let nb = bytes(&nv);
     let gn = upload(
@@ -262,19 +266,25 @@ fn matmul_after_fused_input_equals_unfused() {
         WeightUse::Vector { offset: 0.0 },
     );
     let (f16_lo, f16_hi) = realizar_cuda::DEFAULT_MMQ_F16_TOKENS;
-    for (ntok, f16) in [
-        (1, true),
-        (3, true),
-        (16, true),
-        (40, true),
-        (16, false),
-        (40, false),
+    // The last field: through the weight's f16 copy (cuBLAS, a plain f16 input). 100 tokens
+    // without it take cuBLAS on f16 tiles of the weight, also with a plain f16 input.
+    for (ntok, f16, copy) in [
+        (1, true, false),
+        (3, true, false),
+        (16, true, false),
+        (40, true, false),
+        (16, false, false),
+        (40, false, false),
+        (64, true, true),
+        (100, true, false),
     ] {
         if f16 {
             g.set_mmq_f16_tokens(f16_lo, f16_hi);
         } else {
             g.set_mmq_f16_tokens(0, 0);
         }
+        g.set_f16_weights(copy);
+        let w = if copy { &gwc } else { &gw };
         let x = normal(&mut rng, ntok * cols, 1.0);
         let y = normal(&mut rng, ntok * cols, 1.0);
         let run = |g: &CudaBackend, which: usize| -> (Vec<f32>, u64) {
@@ -294,19 +304,20 @@ fn matmul_after_fused_input_equals_unfused() {
                     n = a;
                 }
             }
-            let conversions = matmul_counted(g, &gw, &n, &mut out);
+            let conversions = matmul_counted(g, w, &n, &mut out);
             (g.read(&out, ntok).unwrap(), conversions)
         };
         for (which, name) in ["rms_norm", "add_rms_norm", "glu"].into_iter().enumerate() {
             let (a, b) = both(&mut g, |g| run(g, which));
             let what = format!(
-                "{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok (f16 mmq allowed: {f16})"
+                "{name} -> matmul Q4_K {rows}x{cols} x {ntok} tok (f16 mmq allowed: {f16}, f16 weight copy: {copy})"
             );
             ok &= same(&what, &a.0, &b.0);
             ok &= copy_used(&what, a.1, b.1);
         }
     }
     g.set_mmq_f16_tokens(f16_lo, f16_hi);
+    g.set_f16_weights(false);
     assert!(ok, "a matmul after a fused input differs");
 }
 
@@ -324,26 +335,36 @@ fn matmul_after_attention_equals_unfused() {
     let (n_head, n_head_kv, hd, bs) = (16, 4, 128, 16);
     let (qd, kvd, rows) = (n_head * hd, n_head_kv * hd, 256);
     let gw = q4k_weight(&g, &mut rng, rows, qd);
+    g.set_f16_weights(true);
+    let gwc = q4k_weight(&g, &mut rng, rows, qd);
+    g.set_f16_weights(false);
     let attn = causal(n_head, n_head_kv, hd);
     // f16 caches take the grouped kernels (the flash one from 32 tokens), f32 ones the
-    // per-head `attention` kernel. The last field: the f16 mmq kernels allowed.
+    // per-head `attention` kernel. The fourth field: the f16 mmq kernels allowed; the last: the
+    // o weight has an f16 copy (cuBLAS on it, a plain f16 input; 100 tokens without it take
+    // cuBLAS on f16 tiles, also a plain f16 input).
     let (f16_lo, f16_hi) = realizar_cuda::DEFAULT_MMQ_F16_TOKENS;
-    for (t, ctx, kv_type, f16_mmq) in [
-        (1, 20, KvType::F16, true),
-        (1, 700, KvType::F16, true),
-        (3, 300, KvType::F16, true),
-        (16, 40, KvType::F16, true),
-        (40, 100, KvType::F16, true),
-        (40, 100, KvType::F16, false),
-        (1, 20, KvType::F32, true),
-        (1, 700, KvType::F32, true),
-        (16, 40, KvType::F32, true),
+    for (t, ctx, kv_type, f16_mmq, copy) in [
+        (1, 20, KvType::F16, true, false),
+        (1, 700, KvType::F16, true, false),
+        (3, 300, KvType::F16, true, false),
+        (16, 40, KvType::F16, true, false),
+        (40, 100, KvType::F16, true, false),
+        (40, 100, KvType::F16, false, false),
+        (64, 100, KvType::F16, true, true),
+        (100, 150, KvType::F16, true, false),
+        (1, 20, KvType::F32, true, false),
+        (1, 700, KvType::F32, true, false),
+        (16, 40, KvType::F32, true, false),
+        (64, 100, KvType::F32, true, true),
     ] {
         if f16_mmq {
             g.set_mmq_f16_tokens(f16_lo, f16_hi);
         } else {
             g.set_mmq_f16_tokens(0, 0);
         }
+        g.set_f16_weights(copy);
+        let gw = if copy { &gwc } else { &gw };
         let n_blocks = ctx / bs + 1;
         let mut table: Vec<u32> = (0..n_blocks as u32).collect();
         table.shuffle(&mut rng);
@@ -372,7 +393,7 @@ fn matmul_after_attention_equals_unfused() {
             let mut out = g.buf_from_host(t, rows, &vec![f32::NAN; t * rows]).unwrap();
             g.kv_store(&mut kv, 0, &gk, &gv, &slots);
             g.attention(&gq, &kv, 0, &plan, attn, &mut go);
-            let conversions = matmul_counted(g, &gw, &go, &mut out);
+            let conversions = matmul_counted(g, gw, &go, &mut out);
             (
                 g.read(&go, t).unwrap(),
                 g.read(&out, t).unwrap(),
@@ -380,7 +401,7 @@ fn matmul_after_attention_equals_unfused() {
             )
         });
         let what = format!(
-            "attention, {kv_type:?} cache ({t} tokens at context {ctx}, f16 mmq {f16_mmq})"
+            "attention, {kv_type:?} cache ({t} tokens at context {ctx}, f16 mmq {f16_mmq}, f16 weight copy {copy})"
         );
         ok &= same(&what, &a.0, &b.0);
         let what = format!("{what} -> matmul Q4_K {rows}x{qd}");
@@ -388,6 +409,7 @@ fn matmul_after_attention_equals_unfused() {
         ok &= copy_used(&what, a.2, b.2);
     }
     g.set_mmq_f16_tokens(f16_lo, f16_hi);
+    g.set_f16_weights(false);
     assert!(ok, "a matmul after attention differs");
 }
 

@@ -4,7 +4,8 @@
 //! - `add_rms_norm`: the residual add and the next sub-block's input norm in one kernel.
 //! - `rope_kv_store`: rope of q and k and the KV-cache write in one kernel.
 //! - The 8-bit copy of a matmul input (what `quantize_q8_1` would write), or its f16 copy for
-//!   the f16 mmq kernels (what `half_mma_input` would write), produced by the kernel that writes
+//!   the f16 mmq kernels (what `half_mma_input` would write) or for cuBLAS (what `to_half`
+//!   would write: f16 weight copies, prefill tiles), produced by the kernel that writes
 //!   the input, when the next matmul will use it: rms_norm, add_rms_norm, glu and attention
 //!   (backend/attention.rs, in the attention kernel or its merge). The copy is
 //!   recorded in the matmul scratch as if the conversion had just run, so the matmul skips its
@@ -15,12 +16,13 @@
 use realizar_model::backend::{AttnPlan, RopeParams};
 use realizar_model::config::{Activation, RopeLayout};
 
-use super::matmul::ensure;
+use super::matmul::{ensure, GEMM_F16};
 use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
 use crate::CudaError;
 
 /// Device addresses of a matmul input's copies that the kernel writing the input also writes
-/// (0: not this one): the 8-bit values and scales, or the f16 copy.
+/// (0: not this one): the 8-bit values and scales, or the f16 copy (in the f16 mmq kernels'
+/// order, or with the low bit of `xm` set, in plain row order for cuBLAS).
 #[derive(Clone, Copy, Default)]
 pub(super) struct ActSlot {
     pub(super) xq: u64,
@@ -45,11 +47,15 @@ impl CudaBackend {
         if !self.fused || self.exact || rows == 0 || !cols.is_multiple_of(32) {
             return Ok(none);
         }
-        if self.f16_weights_take(rows) {
-            // cuBLAS on f16 weight copies: the GEMM converts its own input.
-            return Ok(none);
-        }
         let mut s = self.scratch();
+        if self.f16_weights_take(rows)
+            || (!self.mmq_takes(rows) && rows >= self.gemm_min_tokens && self.blas.is_some())
+        {
+            // cuBLAS next (on f16 weight copies or f16 tiles): the plain f16 copy `to_half`
+            // would write, the address tagged with its low bit (`put_half` in common.cuh).
+            let xh = s.gemm_input(self, rows * cols)?;
+            return Ok(ActSlot { xm: xh | 1, ..none });
+        }
         if self.mmq_takes(rows) && self.mmq_f16_takes(rows) {
             let xm = ensure(self, &mut s.xm, rows * cols)?;
             s.halved = None;
@@ -73,7 +79,9 @@ impl CudaBackend {
         if slot.xq != 0 {
             s.quantized = Some(record);
         }
-        if slot.xm != 0 {
+        if slot.xm & 1 != 0 {
+            s.gemm_halved = Some((record, GEMM_F16));
+        } else if slot.xm != 0 {
             s.halved = Some(record);
         }
     }
