@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
-use realizar_model::backend::WeightUse;
-use realizar_model::weights::TensorView;
 use realizar_model::ModelError;
 use realizar_quant::GgmlType;
 
@@ -30,6 +28,7 @@ mod graphs;
 mod launch;
 mod matmul;
 mod ops;
+mod weights;
 
 use attention::AttnArgs;
 pub(crate) use attention::ENTRY_POINTS as ATTENTION_ENTRY_POINTS;
@@ -40,7 +39,7 @@ pub use matmul::{DEFAULT_GEMM_MIN_TOKENS, DEFAULT_MMQ_F16_TOKENS, DEFAULT_MMQ_TO
 
 use matmul::Mat;
 pub use ops::SUPPORTED_TYPES;
-use ops::{embed_kernel, float_kind, matvec_kernel};
+use ops::{embed_kernel, float_kind};
 
 /// A weight resident on the GPU.
 pub enum CudaWeight {
@@ -493,86 +492,6 @@ impl CudaBackend {
         self.flash_launches.load(Ordering::Relaxed)
     }
 
-    /// Keep an f16 copy of every quantized matrix uploaded from now on, and use the copies
-    /// (off by default; the loaders decide with `F16Weights`). Matmuls of
-    /// `F16_WEIGHT_MIN_TOKENS` tokens or more (`REALIZAR_CUDA_F16_WEIGHT_TOKENS`) then run
-    /// cuBLAS on the copy, with no dequantization in the step (batched decode and prefill),
-    /// for about 2 bytes a weight more memory. Off, copies made before are not used. Off in
-    /// deterministic mode.
-    pub fn set_f16_weights(&mut self, on: bool) {
-        self.f16_weights = on;
-        self.gen.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Tokens from which a matmul takes its weight's f16 copy (default `F16_WEIGHT_MIN_TOKENS`,
-    /// `REALIZAR_CUDA_F16_WEIGHT_TOKENS`); fewer go to the mmq kernels.
-    pub fn set_f16_weight_min_tokens(&mut self, n: usize) {
-        self.f16_min_tokens = n.max(1);
-        self.gen.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Whether quantized matrices get f16 copies at upload.
-    pub fn f16_weights(&self) -> bool {
-        self.f16_weights
-    }
-
-    /// How many quantized matrices have f16 copies.
-    pub fn f16_weight_copies(&self) -> u64 {
-        self.f16_copies.load(Ordering::Relaxed)
-    }
-
-    /// Weight tiles the GEMM path has dequantized within steps (none where f16 copies serve).
-    pub fn weight_tile_dequants(&self) -> u64 {
-        self.tile_dequants.load(Ordering::Relaxed)
-    }
-
-    /// The f16 copy of a quantized matrix at `ptr`, when `set_f16_weights` is on and cuBLAS
-    /// loaded (the same dequantization kernel as the prefill tiles, so the same values).
-    fn f16_copy(
-        &self,
-        ty: GgmlType,
-        ptr: u64,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Option<CudaSlice<u16>>, CudaError> {
-        let Some(dq) = matmul::dequant_kernel(ty).filter(|_| self.f16_weights) else {
-            return Ok(None);
-        };
-        if self.blas.is_none() || rows * cols > i32::MAX as usize {
-            return Ok(None);
-        }
-        self.check_fits("an f16 weight copy", 2 * rows * cols)?;
-        let half = self
-            .stream
-            .alloc_zeros::<u16>(rows * cols)
-            .map_err(|e| CudaError::call("cuMemAlloc(f16 weight copy)", e))?;
-        let chunks = rows * cols / 32;
-        self.launch(
-            dq,
-            (chunks.div_ceil(256) as u32, 1, 1),
-            256,
-            &[
-                Arg::P(ptr),
-                Arg::P(raw(&half, &self.stream)),
-                Arg::I(0),
-                Arg::I(rows as i32),
-                Arg::I(cols as i32),
-            ],
-        )?;
-        self.f16_copies.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(half))
-    }
-
-    /// Whether the matmuls of `ntok` tokens take the f16 weight copies (so cuBLAS), where their
-    /// weights have one.
-    pub(super) fn f16_weights_take(&self, ntok: usize) -> bool {
-        self.f16_weights
-            && !self.exact
-            && self.blas.is_some()
-            && ntok >= self.f16_min_tokens
-            && self.f16_copies.load(Ordering::Relaxed) > 0
-    }
-
     /// How many times a matmul has converted its input to 8 bits or f16 itself, with a launch of
     /// its own: the fused kernels that write the input write the copy too, and then the matmul
     /// finds it (the tests check that it does).
@@ -703,67 +622,6 @@ impl CudaBackend {
             cols,
             cap: rows,
         })
-    }
-
-    fn upload_weight(&self, t: &TensorView<'_>, how: WeightUse) -> Result<CudaWeight, ModelError> {
-        let quant_err = |e| ModelError::Quant {
-            tensor: t.name.to_string(),
-            source: e,
-        };
-        match how {
-            WeightUse::Matrix | WeightUse::Embedding => {
-                if matvec_kernel(t.ty, 1).is_none() {
-                    return Err(CudaError::Unsupported(format!(
-                        "weight type {} (tensor {})",
-                        t.ty, t.name
-                    ))
-                    .into());
-                }
-                let need = t.ty.row_bytes(t.cols as u64).map_err(quant_err)? as usize * t.rows;
-                if need != t.data.len() {
-                    return Err(ModelError::BadShape {
-                        tensor: t.name.to_string(),
-                        expected: format!("{need} bytes"),
-                        found: format!("{} bytes", t.data.len()),
-                    });
-                }
-                let mem = self
-                    .stream
-                    .clone_htod(t.data)
-                    .map_err(|e| CudaError::call("cuMemcpyHtoD(weight)", e))?;
-                let ptr = raw(&mem, &self.stream);
-                let half = if how == WeightUse::Matrix {
-                    self.f16_copy(t.ty, ptr, t.rows, t.cols)?
-                } else {
-                    None
-                };
-                let half_ptr = half.as_ref().map_or(0, |h| raw(h, &self.stream));
-                Ok(CudaWeight::Matrix {
-                    ty: t.ty,
-                    rows: t.rows,
-                    cols: t.cols,
-                    mem,
-                    ptr,
-                    half,
-                    half_ptr,
-                })
-            }
-            WeightUse::Vector { offset } => {
-                let mut v = vec![0.0f32; t.rows * t.cols];
-                realizar_quant::dequantize_row(t.ty, t.data, &mut v).map_err(quant_err)?;
-                v.iter_mut().for_each(|x| *x += offset);
-                let mem = self
-                    .stream
-                    .clone_htod(&v)
-                    .map_err(|e| CudaError::call("cuMemcpyHtoD(vector)", e))?;
-                let ptr = raw(&mem, &self.stream);
-                Ok(CudaWeight::Vector {
-                    len: v.len(),
-                    mem,
-                    ptr,
-                })
-            }
-        }
     }
 
     fn do_embed(
