@@ -2,9 +2,9 @@
 // k + 1 numbers per row cross to the host. One block of 1024 threads per row.
 //
 // The order is (value descending, index ascending) and NaN is never chosen, as the host's
-// `TopK::of_row`. Pick r is found by one pass over the row for the best entry strictly after
-// pick r - 1 in that order, so k passes in all (k is small: 1 for greedy, top_k or the number
-// of log-probabilities asked otherwise). A row with fewer than k non-NaN entries gets id
+// `TopK::of_row`. The first pick comes from the log-sum-exp's pass; pick r > 0 from one more
+// pass over the row for the best entry strictly after pick r - 1 in that order, so k passes in
+// all (k is small: 1 for greedy, top_k or the number of log-probabilities asked otherwise). A row with fewer than k non-NaN entries gets id
 // 0xffffffff for the missing picks.
 
 #define TOPK_THREADS 1024
@@ -39,20 +39,32 @@ extern "C" __global__ void top_k_rows(const float* __restrict__ x, int cols, int
     const float* row = x + (size_t)blockIdx.x * cols;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
 
-    // Log-sum-exp over the non-NaN entries (NaN fails every comparison, so fmaxf skips it).
-    float m = NEG_INF;
-    for (int c = tid; c < cols; c += blockDim.x) m = fmaxf(m, row[c]);
-    m = warp_max(m);
+    // One pass for the log-sum-exp over the non-NaN entries and the first pick: each thread
+    // keeps its running maximum tm and sum ts of exp(v - tm) (rescaled when tm grows; -inf
+    // adds nothing), and its best entry.
+    float tm = NEG_INF, ts = 0.0f, fv = 0.0f;
+    int fi = -1;
+    for (int c = tid; c < cols; c += blockDim.x) {
+        float v = row[c];
+        if (isnan(v)) continue;
+        if (before(v, c, fv, fi)) {
+            fv = v;
+            fi = c;
+        }
+        if (v > tm) {
+            ts = ts * expf(tm - v) + 1.0f;
+            tm = v;
+        } else if (v != NEG_INF) {
+            ts += expf(v - tm);
+        }
+    }
+    float m = warp_max(tm);
     if (lane == 0) sv[warp] = m;
     __syncthreads();
     m = lane < nw ? sv[lane] : NEG_INF;
     m = warp_max(m);
-    float s = 0.0f;
-    if (isfinite(m))
-        for (int c = tid; c < cols; c += blockDim.x) {
-            float v = row[c];
-            if (!isnan(v)) s += expf(v - m);
-        }
+    // A +inf maximum leaves the sums meaningless; the result is then m, as with no sum.
+    float s = isfinite(m) && tm != NEG_INF ? ts * expf(tm - m) : 0.0f;
     __syncthreads();
     s = block_sum(s);
     if (tid == 0) lse[blockIdx.x] = isfinite(m) ? m + logf(s) : m;
@@ -62,13 +74,18 @@ extern "C" __global__ void top_k_rows(const float* __restrict__ x, int cols, int
     for (int r = 0; r < k; r++) {
         float bv = 0.0f;
         int bi = -1;
-        for (int c = tid; c < cols; c += blockDim.x) {
-            float v = row[c];
-            if (isnan(v)) continue;
-            bool after = pi < 0 || v < pv || (v == pv && c > pi);
-            if (after && before(v, c, bv, bi)) {
-                bv = v;
-                bi = c;
+        if (r == 0) {
+            bv = fv;
+            bi = fi;
+        } else {
+            for (int c = tid; c < cols; c += blockDim.x) {
+                float v = row[c];
+                if (isnan(v)) continue;
+                bool after = v < pv || (v == pv && c > pi);
+                if (after && before(v, c, bv, bi)) {
+                    bv = v;
+                    bi = c;
+                }
             }
         }
         warp_best(&bv, &bi);
