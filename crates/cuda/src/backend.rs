@@ -23,6 +23,7 @@ use crate::compile::Kernels;
 use crate::CudaError;
 
 mod attention;
+mod blas;
 mod fused;
 mod graphs;
 mod launch;
@@ -392,7 +393,7 @@ impl CudaBackend {
             mmq_wave: mmq_wave_from_env(),
             has_pdl,
             pdl: has_pdl && std::env::var_os("REALIZAR_CUDA_PDL").is_none_or(|v| v != "0"),
-            blas: matmul::open_blas(&stream),
+            blas: blas::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),
             epoch: AtomicU64::new(0),
             conversions: AtomicU64::new(0),

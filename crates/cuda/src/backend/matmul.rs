@@ -13,32 +13,20 @@
 //!   activations, scaled in f32 per group and tile (llama.cpp's mmq numerics). Like the GEMM
 //!   path's, f16 activations or weights beyond 65,504 become infinite.
 //! - **GEMM** (prefill, `gemm_min_tokens` tokens or more where mmq does not take them, when
-//!   cuBLAS loads): weight rows
-//!   dequantized to f16 in tiles, activations rounded to f16 (bf16 for BF16 weights), and a
-//!   cuBLAS GEMM on tensor cores with f32 accumulation (kernels/gemm.cu).
+//!   cuBLAS loads; and from `F16_WEIGHT_MIN_TOKENS` tokens on weights with f16 copies): weight
+//!   rows dequantized to f16 in tiles (or their f16 copy), activations rounded to f16 (bf16 for
+//!   BF16 weights), and a cuBLAS GEMM on tensor cores with f32 accumulation (blas.rs,
+//!   kernels/gemm.cu).
 //! - **exact** (`set_exact(true)`, and float weights in decode): f32 activations and f32 math
 //!   on the weights dequantized in registers (kernels/matvec.cu); matches the CPU's exact mode to
 //!   ~1e-6.
 
-use std::ffi::c_void;
-
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use realizar_quant::GgmlType;
 
 use super::ops::matvec_kernel;
 use super::{raw, Arg, CudaBackend, CudaBuf};
 use crate::CudaError;
-
-/// Elements of weight dequantized per GEMM tile (128 MiB of f16): a whole 4096 x 14336 matrix
-/// of an 8B model in one tile. Split into two tiles of 2340 and 1756 rows (at 32 Mi elements),
-/// its down projection took cuBLAS's sm80 split-K kernels at ~230 TFLOP/s against ~690 for the
-/// gate/up products (H200, 512 tokens).
-const TILE_ELEMS: usize = 64 << 20;
-
-/// Rows of a GEMM tile, when a matrix takes several, are a multiple of this (whole 256-row
-/// output tiles of cuBLAS's kernels).
-const TILE_ROW_MULTIPLE: usize = 256;
 
 /// Rows narrower than this use the f32 kernels in decode, by default.
 pub const DEFAULT_MMVQ_MIN_COLS: usize = 2048;
@@ -57,8 +45,8 @@ pub const DEFAULT_MMQ_F16_TOKENS: (usize, usize) = (5, 64);
 pub(super) struct Scratch {
     pub(super) xq: Option<CudaSlice<u8>>,
     pub(super) xds: Option<CudaSlice<f32>>,
-    wh: Option<CudaSlice<u16>>,
-    xh: Option<CudaSlice<u16>>,
+    pub(super) wh: Option<CudaSlice<u16>>,
+    pub(super) xh: Option<CudaSlice<u16>>,
     /// Outputs of `top_k_rows`: ids, then values and log-sum-exps.
     pub(super) top_ids: Option<CudaSlice<u32>>,
     pub(super) top_vals: Option<CudaSlice<f32>>,
@@ -255,45 +243,6 @@ fn mmq_splits(cols: usize, qk: usize, tile_blocks: usize, blocks: usize) -> (usi
     (nblk.div_ceil(kps), kps)
 }
 
-/// cuBLAS writes `bytes` at `out` without counting in the epoch: a converted copy of an input
-/// that this overlaps is stale (the GEMM path's f16 copy, the f16 mmq kernels'; the 8-bit one is
-/// dropped at every GEMM).
-fn forget_overwritten(s: &mut Scratch, out: u64, bytes: usize) {
-    let hit = |r: &InputRecord| {
-        let (ptr, rows, cols, _) = *r;
-        out < ptr + (4 * rows * cols) as u64 && ptr < out + bytes as u64
-    };
-    if s.gemm_halved.is_some_and(|(r, _)| hit(&r)) {
-        s.gemm_halved = None;
-    }
-    if s.halved.as_ref().is_some_and(hit) {
-        s.halved = None;
-    }
-}
-
-/// Rows of weight dequantized per GEMM call: the whole matrix when it fits `TILE_ELEMS`, else
-/// the most that fit, rounded down to whole `TILE_ROW_MULTIPLE`s where that leaves any.
-fn gemm_tile_rows(rows: usize, cols: usize) -> usize {
-    let fit = (TILE_ELEMS / cols.max(1)).max(1);
-    if fit >= rows {
-        return rows;
-    }
-    if fit >= TILE_ROW_MULTIPLE {
-        fit / TILE_ROW_MULTIPLE * TILE_ROW_MULTIPLE
-    } else {
-        fit
-    }
-}
-
-/// The cuBLAS handle of a backend, when libcublas loads.
-pub(super) fn open_blas(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> Option<CudaBlas> {
-    // SAFETY: only checks whether the library can be opened; nothing is called through it.
-    if !unsafe { blas_sys::is_culib_present() } {
-        return None;
-    }
-    CudaBlas::new(stream.clone()).ok()
-}
-
 /// One matrix of a matmul launch: the weight's address, its f16 copy's (0: none), its rows,
 /// and the output's address.
 #[derive(Clone, Copy, Debug)]
@@ -464,7 +413,7 @@ impl CudaBackend {
     /// Runs `convert` (a launch writing a copy of `x` that the matmul of `mats` reads) unless
     /// `record` says the copy already holds `x` as it is now; then records it, or forgets it
     /// when one of the matrices writes over `x`.
-    fn convert_once(
+    pub(super) fn convert_once(
         &self,
         record: &mut Option<InputRecord>,
         x: &CudaBuf,
@@ -600,150 +549,6 @@ impl CudaBackend {
             Arg::I(ntok as i32),
         ];
         self.launch(name, grid, 128, &args)
-    }
-
-    /// out = x W^T through cuBLAS (on the weight's f16 copy when it has one, else on f16 tiles
-    /// dequantized now); `Ok(false)` for weight types it does not take.
-    fn gemm(&self, ty: GgmlType, m: Mat, cols: usize, x: &CudaBuf) -> Result<bool, CudaError> {
-        use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
-        let (w_ptr, rows, out) = (m.w, m.rows, m.out);
-        let ntok = x.rows;
-        let dequant = dequant_kernel(ty);
-        let (wt, half_kind) = match ty {
-            GgmlType::F32 => (CUDA_R_32F, 0),
-            GgmlType::F16 => (CUDA_R_16F, GEMM_F16),
-            GgmlType::Bf16 => (CUDA_R_16BF, 2),
-            _ if m.wh != 0 || dequant.is_some() => (CUDA_R_16F, GEMM_F16),
-            _ => return Ok(false),
-        };
-        let dequant = dequant.filter(|_| m.wh == 0);
-        let mut s = self.scratch();
-        s.quantized = None;
-        let xb = if half_kind == 0 {
-            x.ptr
-        } else {
-            // Converted once for the matrices that share an input (q/k/v, gate/up).
-            let n = ntok * cols;
-            let p = ensure(self, &mut s.xh, n)?;
-            let mut record = s
-                .gemm_halved
-                .filter(|&(_, kind)| kind == half_kind)
-                .map(|(r, _)| r);
-            self.convert_once(&mut record, x, cols, &[m], || {
-                self.launch(
-                    "to_half",
-                    ((n.div_ceil(8).div_ceil(256)) as u32, 1, 1),
-                    256,
-                    &[
-                        Arg::P(x.ptr),
-                        Arg::P(p),
-                        Arg::L(n as i64),
-                        Arg::I(half_kind),
-                    ],
-                )
-            })?;
-            s.gemm_halved = record.map(|r| (r, half_kind));
-            p
-        };
-        let Some(dq) = dequant else {
-            let a = if m.wh != 0 { m.wh } else { w_ptr };
-            self.gemm_call(wt, a, rows, rows, cols, xb, ntok, out)?;
-            forget_overwritten(&mut s, out, 4 * ntok * rows);
-            return Ok(true);
-        };
-        let tile = gemm_tile_rows(rows, cols);
-        let wh = ensure(self, &mut s.wh, tile * cols)?;
-        let mut r0 = 0;
-        while r0 < rows {
-            let n = tile.min(rows - r0);
-            self.tile_dequants
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let chunks = n * cols / 32;
-            self.launch(
-                dq,
-                (chunks.div_ceil(256) as u32, 1, 1),
-                256,
-                &[
-                    Arg::P(w_ptr),
-                    Arg::P(wh),
-                    Arg::I(r0 as i32),
-                    Arg::I(n as i32),
-                    Arg::I(cols as i32),
-                ],
-            )?;
-            self.gemm_call(wt, wh, n, rows, cols, xb, ntok, out + 4 * r0 as u64)?;
-            r0 += n;
-        }
-        forget_overwritten(&mut s, out, 4 * ntok * rows);
-        Ok(true)
-    }
-
-    /// C (ntok x ldc row-major, first m columns) = X (ntok x k) A^T, A being m x k row-major in
-    /// type `wt` and X in the same type (f32 with f32 weights).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_call(
-        &self,
-        wt: blas_sys::cudaDataType,
-        a: u64,
-        m: usize,
-        ldc: usize,
-        k: usize,
-        xb: u64,
-        ntok: usize,
-        c: u64,
-    ) -> Result<(), CudaError> {
-        let Some(h) = self.blas.as_ref() else {
-            return Err(CudaError::Unsupported("cuBLAS is not loaded".into()));
-        };
-        if self.replaying.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        if self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
-            // cuBLAS is kept out of records (graphs.rs): this recording is thrown away and the
-            // step runs directly.
-            self.capture_spoiled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(());
-        }
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // cuBLAS is column-major: C^T (m x ntok, leading dimension ldc) = op(A) B with A the
-        // row-major weight seen as k x m (lda = k, op = transpose) and B = X^T, k x ntok.
-        // SAFETY: a, xb and c are live device allocations of this context holding at least
-        // m*k, ntok*k and ntok*ldc elements of the stated types (checked by the callers'
-        // shape checks); alpha and beta are host f32 values, as the default pointer mode wants.
-        unsafe {
-            blas::gemm_ex(
-                *h.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                m as i32,
-                ntok as i32,
-                k as i32,
-                (&alpha) as *const f32 as *const c_void,
-                a as *const c_void,
-                wt,
-                k as i32,
-                xb as *const c_void,
-                wt,
-                k as i32,
-                (&beta) as *const f32 as *const c_void,
-                c as *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                ldc as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| CudaError::Blas {
-            call: "cublasGemmEx",
-            e,
-        })?;
-        if self.sync_each {
-            self.stream
-                .synchronize()
-                .map_err(|e| CudaError::kernel("cublasGemmEx", e))?;
-        }
-        Ok(())
     }
 
     /// Whether the mmq kernels take matmuls of `ntok` tokens (of the types they cover).
