@@ -346,6 +346,8 @@ pub struct CudaBackend {
     f16_min_tokens: usize,
     /// Weight tiles the GEMM path dequantized in steps, for tests.
     tile_dequants: AtomicU64,
+    /// Batched cuBLAS calls made (`gemm_copies`).
+    batched_gemms: AtomicU64,
 }
 
 impl CudaBackend {
@@ -417,6 +419,7 @@ impl CudaBackend {
                 .unwrap_or(matmul::F16_WEIGHT_MIN_TOKENS)
                 .max(1),
             tile_dequants: AtomicU64::new(0),
+            batched_gemms: AtomicU64::new(0),
             stream,
         })
     }
@@ -724,6 +727,12 @@ impl CudaBackend {
             .collect::<Result<Vec<_>, _>>()?;
         if x.rows == 0 {
             return Ok(());
+        }
+        if self.group && self.f16_weights_take(x.rows) && mats.iter().all(|(_, m)| m.wh != 0) {
+            // All f16 copies, whatever the file's types (an 8B Q4_K_M's k is Q4_K, its v Q6_K):
+            // equal rows batch together.
+            let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
+            return Ok(self.gemm_copies(x.cols, &all, x)?);
         }
         let mut i = 0;
         while i < mats.len() {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{check_dot, gpu, normal, rng};
-use realizar_cuda::{CudaBackend, CudaWeight};
+use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
 use realizar_model::backend::{Backend, WeightUse};
 use realizar_model::weights::TensorView;
 use realizar_quant::GgmlType;
@@ -124,4 +124,63 @@ fn f16_weight_copies_give_the_gemm_paths_bits() {
         }
     }
     assert!(ok, "the f16 weight copies differ from the GEMM path");
+}
+
+/// Matrices of one input with f16 copies (q/k/v, gate/up) go to cuBLAS together: those of equal
+/// rows in one batched call. Each output is its own matmul's, to f32 rounding (the batched
+/// kernels may sum in another order), and the batched call was made.
+#[test]
+fn grouped_copies_batch_equal_rows() {
+    let Some(mut g) = gpu() else { return };
+    if !g.has_cublas() {
+        eprintln!("skipping: cuBLAS did not load");
+        return;
+    }
+    let mut rng = rng("f16_weights_grouped");
+    let mut ok = true;
+    g.set_f16_weights(true);
+    g.set_f16_weight_min_tokens(8);
+    let cols = 512;
+    // q, k, v as in a Q4_K_M file (k and v batched across their types), and gate, up.
+    let qkv = [
+        (96, GgmlType::Q4K),
+        (32, GgmlType::Q4K),
+        (32, GgmlType::Q6K),
+    ];
+    let gate_up = [(300, GgmlType::Q4K), (300, GgmlType::Q4K)];
+    for set in [&qkv[..], &gate_up] {
+        let rows: Vec<usize> = set.iter().map(|&(r, _)| r).collect();
+        let ws: Vec<CudaWeight> = set
+            .iter()
+            .map(|&(r, ty)| {
+                let w = normal(&mut rng, r * cols, 1.0);
+                upload(&g, ty, r, cols, &common::quantize(ty, &w, r, cols))
+            })
+            .collect();
+        for ntok in [8, 64] {
+            let x = normal(&mut rng, ntok * cols, 1.0);
+            let gx = g.buf_from_host(ntok, cols, &x).unwrap();
+            let mut outs: Vec<CudaBuf> = rows
+                .iter()
+                .map(|&r| g.buf_from_host(ntok, r, &vec![f32::NAN; ntok * r]).unwrap())
+                .collect();
+            let before = g.batched_gemms();
+            let wrefs: Vec<&CudaWeight> = ws.iter().collect();
+            let mut orefs: Vec<&mut CudaBuf> = outs.iter_mut().collect();
+            g.matmul_many(&wrefs, &gx, &mut orefs).unwrap();
+            let batched = g.batched_gemms() - before;
+            if batched != 1 {
+                println!("FAIL rows {rows:?} x {ntok} tok: {batched} batched calls (want 1)");
+                ok = false;
+            }
+            for (i, w) in ws.iter().enumerate() {
+                let got = g.read(&outs[i], ntok).unwrap();
+                let one = matmul(&g, w, &x, ntok, cols, rows[i]);
+                let what = format!("grouped rows {rows:?} matrix {i} x {ntok} tok vs its own");
+                ok &= check_dot(&what, &got, &one, cols, 1e-5);
+            }
+        }
+    }
+    g.set_f16_weights(false);
+    assert!(ok, "grouped matmuls on f16 copies differ from single ones");
 }

@@ -63,6 +63,11 @@ pub(super) struct Scratch {
     pub(super) halved: Option<InputRecord>,
     /// What `xh` (the GEMM path's f16 / bf16 activations) holds, and in which kind.
     pub(super) gemm_halved: Option<(InputRecord, i32)>,
+    /// Batched cuBLAS calls' pointer arrays (blas.rs): the table, its entries in use, and
+    /// where each set of pointers was written.
+    pub(super) ptr_table: Option<CudaSlice<u64>>,
+    pub(super) ptr_used: usize,
+    pub(super) ptr_slots: std::collections::HashMap<Vec<u64>, u64>,
 }
 
 /// `to_half`'s kind for f16 (1; 2 is bf16).
@@ -318,6 +323,9 @@ impl CudaBackend {
         let half = self.f16_weights_take(ntok) && mats.iter().all(|m| m.wh != 0);
         let mmq = mmq_kernels(ty).filter(|_| !self.exact && !half && self.mmq_takes(ntok));
         let gemm = half || (!self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some());
+        if mats.len() > 1 && half {
+            return self.gemm_copies(cols, mats, x);
+        }
         if mats.len() > 1 && (mmq.is_some() || gemm) {
             for m in mats {
                 self.matmul_mats(ty, cols, std::slice::from_ref(m), x)?;

@@ -44,6 +44,12 @@ impl CudaBackend {
         self.f16_copies.load(Ordering::Relaxed)
     }
 
+    /// Batched cuBLAS calls made: matrices of one input with f16 copies and equal rows (k and
+    /// v, gate and up) in one call.
+    pub fn batched_gemms(&self) -> u64 {
+        self.batched_gemms.load(Ordering::Relaxed)
+    }
+
     /// Weight tiles the GEMM path has dequantized within steps (none where f16 copies serve).
     pub fn weight_tile_dequants(&self) -> u64 {
         self.tile_dequants.load(Ordering::Relaxed)
