@@ -8,29 +8,10 @@ mod common;
 use common::{check_dot, gpu, normal, rng};
 use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
 use realizar_model::backend::{Backend, WeightUse};
-use realizar_model::weights::TensorView;
 use realizar_quant::GgmlType;
 
-fn upload_as(
-    g: &CudaBackend,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    data: &[u8],
-    how: WeightUse,
-) -> CudaWeight {
-    let tv = TensorView {
-        name: "test",
-        ty,
-        rows,
-        cols,
-        data,
-    };
-    g.upload(&tv, how).unwrap()
-}
-
 fn upload(g: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> CudaWeight {
-    upload_as(g, ty, rows, cols, data, WeightUse::Matrix)
+    common::upload(g, ty, rows, cols, data, WeightUse::Matrix)
 }
 
 fn matmul(
@@ -69,7 +50,7 @@ fn f16_weight_copies_give_the_gemm_paths_bits() {
         let data = common::quantize(ty, &w, rows, cols);
         g.set_f16_weights(true);
         let with = upload(&g, ty, rows, cols, &data);
-        let table = upload_as(&g, ty, rows, cols, &data, WeightUse::Embedding);
+        let table = common::upload(&g, ty, rows, cols, &data, WeightUse::Embedding);
         g.set_f16_weights(false);
         let without = upload(&g, ty, rows, cols, &data);
         if !with.has_f16_copy() || without.has_f16_copy() || table.has_f16_copy() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{check, gpu, normal, rng};
+use common::{check, gpu, normal, rng, upload};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
@@ -17,24 +17,6 @@ use realizar_quant::GgmlType;
 
 fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn upload(
-    g: &CudaBackend,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    data: &[u8],
-    how: WeightUse,
-) -> CudaWeight {
-    let tv = TensorView {
-        name: "test",
-        ty,
-        rows,
-        cols,
-        data,
-    };
-    g.upload(&tv, how).unwrap()
 }
 
 fn same(what: &str, a: &[f32], b: &[f32]) -> bool {

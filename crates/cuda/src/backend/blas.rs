@@ -66,6 +66,50 @@ pub(super) fn open_blas(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> 
 const PTR_TABLE_LEN: usize = 3 << 12;
 
 impl CudaBackend {
+    /// The cuBLAS handle for a call made now, or `None` when the call is to be skipped: while a
+    /// record replays (it does not call cuBLAS), and while one is captured (cuBLAS is kept out
+    /// of records, graphs.rs: the recording is thrown away and the step runs directly).
+    fn blas_now(&self) -> Result<Option<&CudaBlas>, CudaError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(h) = self.blas.as_ref() else {
+            return Err(CudaError::Unsupported("cuBLAS is not loaded".into()));
+        };
+        if self.replaying.load(Relaxed) {
+            return Ok(None);
+        }
+        if self.capturing.load(Relaxed) {
+            self.capture_spoiled.store(true, Relaxed);
+            return Ok(None);
+        }
+        Ok(Some(h))
+    }
+
+    /// Rows `r0..r0 + n` of the weight at `w` (`cols` wide) dequantized to f16 at `out` by
+    /// the kernel `dq` (`dequant_kernel`): the GEMM path's tiles and the f16 weight copies.
+    pub(super) fn dequant_rows(
+        &self,
+        dq: &'static str,
+        w: u64,
+        out: u64,
+        r0: usize,
+        n: usize,
+        cols: usize,
+    ) -> Result<(), CudaError> {
+        let chunks = n * cols / 32;
+        self.launch(
+            dq,
+            (chunks.div_ceil(256) as u32, 1, 1),
+            256,
+            &[
+                Arg::P(w),
+                Arg::P(out),
+                Arg::I(r0 as i32),
+                Arg::I(n as i32),
+                Arg::I(cols as i32),
+            ],
+        )
+    }
+
     /// `x`'s f16 (`kind` 1) or bf16 (2) copy for cuBLAS: converted once for the matrices that
     /// share an input (q/k/v, gate/up), or written already by the kernel that wrote `x`.
     fn gemm_half_input(
@@ -165,17 +209,9 @@ impl CudaBackend {
         ntok: usize,
     ) -> Result<(), CudaError> {
         use blas_sys::cudaDataType::{CUDA_R_16F, CUDA_R_32F};
-        let Some(h) = self.blas.as_ref() else {
-            return Err(CudaError::Unsupported("cuBLAS is not loaded".into()));
+        let Some(h) = self.blas_now()? else {
+            return Ok(());
         };
-        if self.replaying.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        if self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
-            self.capture_spoiled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(());
-        }
         let n = mats.len();
         let m = mats[0].rows;
         let mut ptrs: Vec<u64> = mats.iter().map(|m| m.wh).collect();
@@ -267,19 +303,7 @@ impl CudaBackend {
             let n = tile.min(rows - r0);
             self.tile_dequants
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let chunks = n * cols / 32;
-            self.launch(
-                dq,
-                (chunks.div_ceil(256) as u32, 1, 1),
-                256,
-                &[
-                    Arg::P(w_ptr),
-                    Arg::P(wh),
-                    Arg::I(r0 as i32),
-                    Arg::I(n as i32),
-                    Arg::I(cols as i32),
-                ],
-            )?;
+            self.dequant_rows(dq, w_ptr, wh, r0, n, cols)?;
             self.gemm_call(wt, wh, n, rows, cols, xb, ntok, out + 4 * r0 as u64)?;
             r0 += n;
         }
@@ -301,19 +325,9 @@ impl CudaBackend {
         ntok: usize,
         c: u64,
     ) -> Result<(), CudaError> {
-        let Some(h) = self.blas.as_ref() else {
-            return Err(CudaError::Unsupported("cuBLAS is not loaded".into()));
+        let Some(h) = self.blas_now()? else {
+            return Ok(());
         };
-        if self.replaying.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        if self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
-            // cuBLAS is kept out of records (graphs.rs): this recording is thrown away and the
-            // step runs directly.
-            self.capture_spoiled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(());
-        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         // cuBLAS is column-major: C^T (m x ntok, leading dimension ldc) = op(A) B with A the
         // row-major weight seen as k x m (lda = k, op = transpose) and B = X^T, k x ntok.

@@ -12,7 +12,7 @@ use realizar_quant::GgmlType;
 
 use super::matmul;
 use super::ops::matvec_kernel;
-use super::{raw, Arg, CudaBackend, CudaWeight};
+use super::{raw, CudaBackend, CudaWeight};
 use crate::CudaError;
 
 impl CudaBackend {
@@ -75,19 +75,7 @@ impl CudaBackend {
             .stream
             .alloc_zeros::<u16>(rows * cols)
             .map_err(|e| CudaError::call("cuMemAlloc(f16 weight copy)", e))?;
-        let chunks = rows * cols / 32;
-        self.launch(
-            dq,
-            (chunks.div_ceil(256) as u32, 1, 1),
-            256,
-            &[
-                Arg::P(ptr),
-                Arg::P(raw(&half, &self.stream)),
-                Arg::I(0),
-                Arg::I(rows as i32),
-                Arg::I(cols as i32),
-            ],
-        )?;
+        self.dequant_rows(dq, ptr, raw(&half, &self.stream), 0, rows, cols)?;
         self.f16_copies.fetch_add(1, Ordering::Relaxed);
         Ok(Some(half))
     }

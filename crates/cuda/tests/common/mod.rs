@@ -6,8 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
-use realizar_cuda::CudaBackend;
+use realizar_cuda::{CudaBackend, CudaWeight};
 use realizar_formats::{GgmlType, GgufFile, GgufWriter};
+use realizar_model::backend::{Backend, WeightUse};
+use realizar_model::weights::TensorView;
 
 /// The GPU backend, or `None` (after saying why) when this machine has no usable CUDA device.
 /// Once a device is found, failing to set the backend up is a test failure, not a skip.
@@ -174,4 +176,23 @@ pub fn quantize(ty: GgmlType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8>
         .unwrap();
     }
     out
+}
+
+/// Uploads `data` (`rows x cols` of `ty`) as a weight used `how`.
+pub fn upload(
+    g: &CudaBackend,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+    how: WeightUse,
+) -> CudaWeight {
+    let tv = TensorView {
+        name: "test",
+        ty,
+        rows,
+        cols,
+        data,
+    };
+    g.upload(&tv, how).unwrap()
 }
