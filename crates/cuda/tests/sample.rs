@@ -1,6 +1,8 @@
 //! Drawing tokens on the GPU (`Backend::sample_rows`, kernels/sample.cu) against the host
 //! reference (`realizar_model::draw`) on fresh random rows: greedy exactly, sampled tokens where
-//! the host's cumulative distribution puts the draw. Skips (saying why) without a CUDA device.
+//! the host's cumulative distribution puts the draw. And the top-k selection with the rows'
+//! log-sum-exps (`top_k_rows`) against the host's `TopK::of_row`. Skips (saying why) without a
+//! CUDA device.
 
 mod common;
 
@@ -100,4 +102,59 @@ fn sample_rows_matches_the_host_reference() {
     }
     println!("PASS sample_rows: {checked} rows, {mismatches} mismatches");
     assert_eq!(mismatches, 0, "GPU draws differ from the host reference");
+}
+
+#[test]
+fn top_k_matches_host_selection() {
+    let Some(g) = gpu() else { return };
+    let mut rng = rng("top_k");
+    let mut ok = true;
+    let mut cases = Vec::new();
+    for (rows, cols) in [(1, 1), (3, 37), (2, 1000), (2, 49155), (1, 128_256)] {
+        let mut x = normal(&mut rng, rows * cols, 3.0);
+        // Ties, NaN and -inf, which the order must handle as the host does.
+        for r in 0..rows {
+            let row = &mut x[r * cols..(r + 1) * cols];
+            if cols > 10 {
+                row[7] = row[3];
+                row[cols - 1] = row[3];
+                row[5] = f32::NAN;
+                row[6] = f32::NEG_INFINITY;
+                row[9] = 50.0;
+                row[cols / 2] = 50.0;
+            }
+        }
+        cases.push((rows, cols, x));
+    }
+    // Rows whose log-sum-exp is their maximum: two +inf entries; only NaN and one -inf; all
+    // -inf.
+    let cols = 3000;
+    let mut x = normal(&mut rng, 3 * cols, 3.0);
+    x[10] = f32::INFINITY;
+    x[2500] = f32::INFINITY;
+    x[cols..2 * cols].fill(f32::NAN);
+    x[cols + 1700] = f32::NEG_INFINITY;
+    x[2 * cols..].fill(f32::NEG_INFINITY);
+    cases.push((3, cols, x));
+    for (rows, cols, x) in cases {
+        let gx = g.buf_from_host(rows, cols, &x).unwrap();
+        for k in [1usize, 2, 8, 40] {
+            let got = g.top_k(&gx, rows, k).unwrap();
+            for r in 0..rows {
+                let want = realizar_model::TopK::of_row(&x[r * cols..(r + 1) * cols], k);
+                let lse_ok = got[r].lse == want.lse
+                    || (got[r].lse - want.lse).abs() <= 1e-4 * want.lse.abs().max(1.0);
+                let same = got[r].ids == want.ids && got[r].logits == want.logits && lse_ok;
+                println!(
+                    "{} top_k {rows}x{cols} k={k} row {r}: ids {:?}.. lse {} vs {}",
+                    if same { "PASS" } else { "FAIL" },
+                    &got[r].ids[..got[r].ids.len().min(4)],
+                    got[r].lse,
+                    want.lse
+                );
+                ok &= same;
+            }
+        }
+    }
+    assert!(ok, "GPU top-k differs from the host selection");
 }
