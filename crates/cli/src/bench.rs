@@ -39,6 +39,9 @@ pub struct BenchArgs<'a> {
 
 pub fn run(a: BenchArgs<'_>) -> Result<()> {
     let device = load::device(a.device)?;
+    if a.f16_weights == realizar_cuda::F16Weights::On && device == Device::Cpu {
+        anyhow::bail!("--f16-weights on keeps copies on a GPU: it needs --device cuda");
+    }
     let file = Arc::new(load::open_for(a.model, device)?);
     let desc = describe(&file);
     let (opts, what) = match a.parallel {

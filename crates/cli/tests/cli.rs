@@ -230,6 +230,24 @@ fn bench_parallel_prints_a_batched_bench_row_per_batch_size() {
 }
 
 #[test]
+fn bench_f16_weight_copies_need_a_gpu() {
+    let out = bench_tiny(&["-p", "8", "-n", "0", "-r", "1", "--f16-weights", "on"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "bench --f16-weights on ran on the CPU"
+    );
+    assert!(err.contains("--f16-weights on"), "{err}");
+    // Auto (and off) are fine on the CPU: there is nothing to copy there.
+    let out = bench_tiny(&["-p", "8", "-n", "0", "-r", "1", "--f16-weights", "off"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn bench_depth_runs_the_tests_after_that_much_context() {
     let out = bench_tiny(&["-p", "8", "-n", "4", "-r", "2", "-d", "40"]);
     let s = String::from_utf8_lossy(&out.stdout);
