@@ -13,7 +13,7 @@ mod sizing;
 use std::sync::Arc;
 
 use realizar_formats::ModelFile;
-use realizar_model::{config_of, LoadOptions, Model, ModelConfig, ModelError, Weights};
+use realizar_model::{config_of, LoadOptions, Model, ModelError, Weights};
 
 pub use backend::{
     CudaBackend, CudaBuf, CudaKv, CudaWeight, GraphStats, DEFAULT_GEMM_MIN_TOKENS,
@@ -205,81 +205,58 @@ pub fn load_cuda_with(
 ) -> Result<Model<CudaBackend>, ModelError> {
     let mut backend = CudaBackend::new(0)?;
     let cfg = config_of(&file)?;
+    if opts.deterministic {
+        // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
+        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) and the mmq kernels (their K splits
+        // depend on the batch) do not, nor does split-K attention (its split count depends on
+        // the batch), nor the flash kernel (taken by steps of many tokens a sequence); the f16
+        // weight copies are not made (below).
+        backend.set_gemm_min_tokens(usize::MAX);
+        backend.set_mmq_tokens(0, 0);
+        backend.set_attention_split(false);
+        backend.set_attention_flash(false);
+    }
     let (free, total) = backend.memory_info()?;
-    let base = Needs::of(&file, &cfg, opts);
+    let file_needs = Needs::of(&file, &cfg, opts);
     let copies = sizing::f16_copy_bytes(&file);
     let kv_fixed = match gpu.memory_fraction {
         Some(_) => 0,
         None => opts.kv_tokens.div_ceil(opts.block_size.max(1)) * opts.block_size.max(1),
-    } * base.kv_per_token;
+    } * file_needs.kv_per_token;
     let on = !opts.deterministic
         && backend.has_cublas()
         && copies > 0
         && match gpu.f16_weights.or_env() {
             F16Weights::On => true,
             F16Weights::Off => false,
-            F16Weights::Auto => {
-                f16_copies_fit(total, free, gpu.memory_fraction, &base, kv_fixed, copies)
-            }
-        };
-    backend.set_f16_weights(on);
-    let opts = match gpu.memory_fraction {
-        Some(fraction) => LoadOptions {
-            kv_tokens: kv_tokens_for_budget(
+            F16Weights::Auto => f16_copies_fit(
                 total,
                 free,
-                fraction,
-                &needs_on(&backend, &file, &cfg, opts),
-                opts.block_size.max(1),
-            )?,
-            ..opts.clone()
-        },
-        None => opts.clone(),
+                gpu.memory_fraction,
+                &file_needs,
+                kv_fixed,
+                copies,
+            ),
+        };
+    backend.set_f16_weights(on);
+    // The copies count as weights.
+    let needs = Needs {
+        weights: file_needs.weights + if on { copies } else { 0 },
+        ..file_needs
     };
-    load_onto(backend, file, cfg, &opts)
-}
-
-/// `Needs::of`, with the f16 weight copies counted as weights when the backend makes them.
-fn needs_on(
-    backend: &CudaBackend,
-    file: &ModelFile,
-    cfg: &ModelConfig,
-    opts: &LoadOptions,
-) -> Needs {
-    let mut needs = Needs::of(file, cfg, opts);
-    if backend.f16_weights() && !opts.deterministic {
-        needs.weights += sizing::f16_copy_bytes(file);
-    }
-    needs
-}
-
-fn load_onto(
-    mut backend: CudaBackend,
-    file: Arc<ModelFile>,
-    cfg: ModelConfig,
-    opts: &LoadOptions,
-) -> Result<Model<CudaBackend>, ModelError> {
-    if opts.deterministic {
-        // The mmvq and f32 kernels give a token the same arithmetic for any token count; the
-        // cuBLAS GEMMs (from `gemm_min_tokens` tokens) and the mmq kernels (their K splits
-        // depend on the batch) do not, nor does split-K attention (its split count depends on
-        // the batch), nor the flash kernel (taken by steps of many tokens a sequence).
-        backend.set_gemm_min_tokens(usize::MAX);
-        backend.set_mmq_tokens(0, 0);
-        backend.set_attention_split(false);
-        backend.set_attention_flash(false);
-        backend.set_f16_weights(false);
-    }
     let block_size = opts.block_size.max(1);
-    let n_blocks = opts.kv_tokens.div_ceil(block_size).max(1);
-    let needs = needs_on(&backend, &file, &cfg, opts);
-    let kv_bytes = n_blocks * block_size * needs.kv_per_token;
+    let kv_tokens = match gpu.memory_fraction {
+        Some(fraction) => kv_tokens_for_budget(total, free, fraction, &needs, block_size)?,
+        None => opts.kv_tokens,
+    };
+    let n_blocks = kv_tokens.div_ceil(block_size).max(1);
     backend.check_fits(
         "weights, KV cache and matmul scratch",
-        needs.weights + kv_bytes + needs.scratch,
+        needs.weights + n_blocks * block_size * needs.kv_per_token + needs.scratch,
     )?;
-    // Upload progress on stderr (indicatif draws nothing when stderr is not a terminal).
-    let bar = indicatif::ProgressBar::new(needs.weights as u64).with_style(
+    // Upload progress of the file's bytes on stderr (indicatif draws nothing when stderr is not
+    // a terminal).
+    let bar = indicatif::ProgressBar::new(file_needs.weights as u64).with_style(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
