@@ -34,7 +34,7 @@ mod weights;
 use attention::AttnArgs;
 pub(crate) use attention::ENTRY_POINTS as ATTENTION_ENTRY_POINTS;
 pub use graphs::GraphStats;
-pub(crate) use matmul::{MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
+pub(crate) use matmul::{dequant_kernel, MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
 
 pub use matmul::{DEFAULT_GEMM_MIN_TOKENS, DEFAULT_MMQ_F16_TOKENS, DEFAULT_MMQ_TOKENS};
 

@@ -33,19 +33,14 @@ impl Needs {
     }
 }
 
-/// Device bytes of the f16 weight copies (`CudaBackend::set_f16_weights`): every quantized
-/// matrix but the embedding table (looked up, never multiplied as a matrix), 2 bytes a value.
+/// Device bytes of the f16 weight copies (`CudaBackend::set_f16_weights`): every matrix of a
+/// type the copies are made for (the prefill tiles' dequantization kernels) but the embedding
+/// table (looked up, never multiplied as a matrix), 2 bytes a value.
 pub fn f16_copy_bytes(file: &ModelFile) -> usize {
-    use realizar_formats::GgmlType as T;
     file.tensors()
         .iter()
         .filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight")
-        .filter(|t| {
-            matches!(
-                t.ty,
-                T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q4K | T::Q5K | T::Q6K
-            )
-        })
+        .filter(|t| crate::backend::dequant_kernel(t.ty).is_some())
         .map(|t| 2 * (t.dims[0] * t.dims[1]) as usize)
         .sum()
 }

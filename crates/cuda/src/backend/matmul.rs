@@ -260,7 +260,7 @@ pub(super) struct Mat {
 
 /// The kernel that dequantizes rows of a weight type to f16 (the GEMM path's tiles, and the
 /// f16 weight copies).
-pub(super) fn dequant_kernel(ty: GgmlType) -> Option<&'static str> {
+pub(crate) fn dequant_kernel(ty: GgmlType) -> Option<&'static str> {
     fast_kernels(ty).map(|(_, d)| d)
 }
 

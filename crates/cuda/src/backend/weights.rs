@@ -34,11 +34,6 @@ impl CudaBackend {
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether quantized matrices get f16 copies at upload.
-    pub fn f16_weights(&self) -> bool {
-        self.f16_weights
-    }
-
     /// How many quantized matrices have f16 copies.
     pub fn f16_weight_copies(&self) -> u64 {
         self.f16_copies.load(Ordering::Relaxed)
