@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{check, gpu, normal, rng};
+use common::{check, gpu, normal, rng, store_random_kv};
 use rand::seq::SliceRandom;
 use realizar_cuda::CudaBuf;
 use realizar_model::backend::{AttnParams, AttnPlan, Backend, KvType};
@@ -100,16 +100,7 @@ fn flash_attention_matches_cpu_and_the_grouped_kernel() {
                     next += table.len();
                     let slot = |p: usize| table[p / bs] * bs as u32 + (p % bs) as u32;
                     let slots: Vec<u32> = (0..s.len).map(slot).collect();
-                    let k = normal(&mut rng, s.len * kvd, 1.0);
-                    let v = normal(&mut rng, s.len * kvd, 1.0);
-                    let gk = g.buf_from_host(s.len, kvd, &k).unwrap();
-                    let gv = g.buf_from_host(s.len, kvd, &v).unwrap();
-                    g.kv_store(&mut gkv, 0, &gk, &gv, &slots);
-                    let mut ck = c.alloc(s.len, kvd).unwrap();
-                    ck.as_mut_slice().copy_from_slice(&k);
-                    let mut cv = c.alloc(s.len, kvd).unwrap();
-                    cv.as_mut_slice().copy_from_slice(&v);
-                    c.kv_store(&mut ckv, 0, &ck, &cv, &slots);
+                    store_random_kv(&g, &mut gkv, &c, &mut ckv, 0, &slots, kvd, &mut rng);
                     for p in s.from..s.len {
                         plan.positions.push(p as u32);
                         plan.seq_of.push(si as u32);

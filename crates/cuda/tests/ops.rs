@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{check, gpu, normal, rng};
+use common::{check, gpu, normal, rng, store_random_kv};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use realizar_cuda::{CudaBackend, CudaBuf, SUPPORTED_TYPES};
@@ -658,18 +658,10 @@ fn kv_store_and_attention_match_cpu() {
                 let layer = 1;
                 // Fill every position of every sequence.
                 for s in &seqs {
-                    let k = normal(&mut rng, s.len * kvd, 1.0);
-                    let v = normal(&mut rng, s.len * kvd, 1.0);
                     let slots: Vec<u32> = (0..s.len)
                         .map(|p| s.table[p / bs] * bs as u32 + (p % bs) as u32)
                         .collect();
-                    let (gk, gv) = (
-                        g.buf_from_host(s.len, kvd, &k).unwrap(),
-                        g.buf_from_host(s.len, kvd, &v).unwrap(),
-                    );
-                    let (ck, cv) = (cpu_buf(&c, s.len, kvd, &k), cpu_buf(&c, s.len, kvd, &v));
-                    g.kv_store(&mut gkv, layer, &gk, &gv, &slots);
-                    c.kv_store(&mut ckv, layer, &ck, &cv, &slots);
+                    store_random_kv(&g, &mut gkv, &c, &mut ckv, layer, &slots, kvd, &mut rng);
                 }
                 let mut plan = AttnPlan {
                     block_size: bs,

@@ -6,10 +6,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
-use realizar_cuda::{CudaBackend, CudaWeight};
+use realizar_cuda::{CudaBackend, CudaKv, CudaWeight};
 use realizar_formats::{GgmlType, GgufFile, GgufWriter};
 use realizar_model::backend::{Backend, WeightUse};
 use realizar_model::weights::TensorView;
+use realizar_model::CpuBackend;
 
 /// The GPU backend, or `None` (after saying why) when this machine has no usable CUDA device.
 /// Once a device is found, failing to set the backend up is a test failure, not a skip.
@@ -195,4 +196,30 @@ pub fn upload(
         data,
     };
     g.upload(&tv, how).unwrap()
+}
+
+/// Random K and V rows (N(0, 1)) for the positions whose KV slots are `slots`, stored alike in
+/// `layer` of a GPU cache and of a CPU cache.
+#[allow(clippy::too_many_arguments)]
+pub fn store_random_kv(
+    g: &CudaBackend,
+    gkv: &mut CudaKv,
+    c: &CpuBackend,
+    ckv: &mut <CpuBackend as Backend>::Kv,
+    layer: usize,
+    slots: &[u32],
+    kvd: usize,
+    rng: &mut StdRng,
+) {
+    let n = slots.len();
+    let k = normal(rng, n * kvd, 1.0);
+    let v = normal(rng, n * kvd, 1.0);
+    let gk = g.buf_from_host(n, kvd, &k).unwrap();
+    let gv = g.buf_from_host(n, kvd, &v).unwrap();
+    g.kv_store(gkv, layer, &gk, &gv, slots);
+    let mut ck = c.alloc(n, kvd).unwrap();
+    ck.as_mut_slice().copy_from_slice(&k);
+    let mut cv = c.alloc(n, kvd).unwrap();
+    cv.as_mut_slice().copy_from_slice(&v);
+    c.kv_store(ckv, layer, &ck, &cv, slots);
 }
