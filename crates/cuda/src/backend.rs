@@ -334,6 +334,10 @@ pub struct CudaBackend {
     /// The flash kernel for prefill steps (`REALIZAR_CUDA_ATTN_FLASH=0` turns it off; off in
     /// deterministic mode, since whether a step takes it depends on the batch).
     attn_flash: bool,
+    /// cuBLAS calls are recorded into CUDA graphs (CUDA 12.2+ allocates cuBLAS's workspace
+    /// with stream-ordered allocation while capturing), so batched decode steps on the f16
+    /// weight copies are recorded too.
+    graph_blas: bool,
     /// Launches of the flash kernel, for tests.
     flash_launches: AtomicU64,
     /// Matmuls of one input in one launch where the kernel takes several matrices
@@ -409,6 +413,7 @@ impl CudaBackend {
             attn_split: std::env::var_os("REALIZAR_CUDA_ATTN_SPLIT").is_none_or(|v| v != "0"),
             attn_gqa: std::env::var_os("REALIZAR_CUDA_ATTN_GQA").is_none_or(|v| v != "0"),
             attn_flash: std::env::var_os("REALIZAR_CUDA_ATTN_FLASH").is_none_or(|v| v != "0"),
+            graph_blas: std::env::var_os("REALIZAR_CUDA_GRAPH_BLAS").is_none_or(|v| v != "0"),
             flash_launches: AtomicU64::new(0),
             group: std::env::var_os("REALIZAR_CUDA_GROUP").is_none_or(|v| v != "0"),
             f16_weights: false,
@@ -481,6 +486,13 @@ impl CudaBackend {
     /// own block, the first version's kernel).
     pub fn set_attention_gqa(&mut self, on: bool) {
         self.attn_gqa = on;
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether cuBLAS calls may be recorded into CUDA graphs (on by default;
+    /// `REALIZAR_CUDA_GRAPH_BLAS=0` keeps them out, and steps that reach cuBLAS run directly).
+    pub fn set_graph_blas(&mut self, on: bool) {
+        self.graph_blas = on;
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use common::{argmax, gpu, requantize, rng};
 use rand::Rng;
-use realizar_cuda::{load_cuda_from, CudaBackend};
+use realizar_cuda::{load_cuda_from, load_cuda_with, CudaBackend, F16Weights, GpuOptions};
 use realizar_formats::{GgmlType, ModelFile};
 use realizar_model::{LoadOptions, LogitsWanted, Model, SeqChunk};
 
@@ -230,4 +230,75 @@ fn warmed_up_model_equals_a_fresh_one() {
         "prefill after the warm-up",
     );
     println!("PASS warm-up: bit-identical to a fresh model over 22 steps");
+}
+
+/// Batched decode on the f16 weight copies (48 sequences: cuBLAS from 40 tokens) is recorded and
+/// replayed like the mmq steps, cuBLAS calls included, with the bits of the direct steps.
+#[test]
+fn batched_decode_on_weight_copies_replays() {
+    let Some(g) = gpu() else { return };
+    if !g.has_cublas() {
+        eprintln!("skipping: cuBLAS did not load");
+        return;
+    }
+    drop(g);
+    let root = common::repo_root().join("tests/fixtures/tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("llama-q4_1.gguf");
+    requantize(
+        &root.join("llama").join("model-f32.gguf"),
+        GgmlType::Q4_1,
+        &q,
+    );
+    let file = Arc::new(ModelFile::open(&q).unwrap());
+    let n = 48;
+    let opts = LoadOptions {
+        kv_tokens: n * 4 * BLOCK,
+        block_size: BLOCK,
+        max_batch_tokens: 256,
+        ..LoadOptions::default()
+    };
+    let on = GpuOptions {
+        f16_weights: F16Weights::On,
+        ..GpuOptions::default()
+    };
+    let mut a = load_cuda_with(file.clone(), &opts, &on).unwrap();
+    let mut b = load_cuda_with(file, &opts, &on).unwrap();
+    a.backend.set_graphs(true);
+    b.backend.set_graphs(false);
+    let vocab = a.cfg.vocab_size as u32;
+    let mut r = rng("graphs-f16-copies");
+    let mut seqs: Vec<Seq> = (0..n)
+        .map(|i| Seq {
+            tokens: (0..3).map(|_| r.gen_range(0..vocab)).collect(),
+            table: (4 * i as u32..4 * i as u32 + 4).collect(),
+        })
+        .collect();
+    let chunks: Vec<(usize, usize)> = (0..n).map(|s| (s, 3)).collect();
+    let l = step_both(&mut a, &mut b, &seqs, &chunks, "48 prompts");
+    for (s, row) in l.iter().enumerate() {
+        seqs[s].tokens.push(argmax(row));
+    }
+    let order: Vec<usize> = (0..n).collect();
+    let batched = a.backend.batched_gemms();
+    decode(
+        &mut a,
+        &mut b,
+        &mut seqs,
+        &order,
+        12,
+        "48 sequences on the copies",
+    );
+    let st = a.backend.graph_stats();
+    println!(
+        "graphs on the f16 copies: {st:?}, {} copies, {} batched calls",
+        a.backend.f16_weight_copies(),
+        a.backend.batched_gemms() - batched
+    );
+    assert!(a.backend.f16_weight_copies() > 0, "no f16 weight copies");
+    assert!(
+        st.recorded >= 1 && st.replayed >= 8,
+        "batched decode on the copies was not replayed: {st:?}"
+    );
+    println!("PASS graphs on the f16 copies: bit-identical over 12 steps of 48 sequences");
 }

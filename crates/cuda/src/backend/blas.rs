@@ -67,8 +67,8 @@ const PTR_TABLE_LEN: usize = 3 << 12;
 
 impl CudaBackend {
     /// The cuBLAS handle for a call made now, or `None` when the call is to be skipped: while a
-    /// record replays (it does not call cuBLAS), and while one is captured (cuBLAS is kept out
-    /// of records, graphs.rs: the recording is thrown away and the step runs directly).
+    /// record replays (it does not call cuBLAS), and, with `set_graph_blas(false)`, while one is
+    /// captured (the recording is thrown away and the step runs directly).
     fn blas_now(&self) -> Result<Option<&CudaBlas>, CudaError> {
         use std::sync::atomic::Ordering::Relaxed;
         let Some(h) = self.blas.as_ref() else {
@@ -77,7 +77,7 @@ impl CudaBackend {
         if self.replaying.load(Relaxed) {
             return Ok(None);
         }
-        if self.capturing.load(Relaxed) {
+        if self.capturing.load(Relaxed) && !self.graph_blas {
             self.capture_spoiled.store(true, Relaxed);
             return Ok(None);
         }
@@ -175,14 +175,23 @@ impl CudaBackend {
     }
 
     /// The device address of a pointer-table entry holding `ptrs` (written once, then found
-    /// again: a step's matrices and buffers keep their addresses from step to step).
-    fn ptr_entry(&self, s: &mut Scratch, ptrs: &[u64]) -> Result<u64, CudaError> {
+    /// again: a step's matrices and buffers keep their addresses from step to step). `None`
+    /// while a record is captured and the entry is new: the copy cannot be recorded, so the
+    /// recording is thrown away (the step's direct run, which comes first, wrote it).
+    fn ptr_entry(&self, s: &mut Scratch, ptrs: &[u64]) -> Result<Option<u64>, CudaError> {
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some(&p) = s.ptr_slots.get(ptrs) {
-            return Ok(p);
+            return Ok(Some(p));
+        }
+        if self.capturing.load(Relaxed) {
+            self.capture_spoiled.store(true, Relaxed);
+            return Ok(None);
         }
         if s.ptr_used + ptrs.len() > PTR_TABLE_LEN {
             s.ptr_slots.clear();
             s.ptr_used = 0;
+            // Records read entries that are about to be written over.
+            self.gen.fetch_add(1, Relaxed);
         }
         let base = ensure(self, &mut s.ptr_table, PTR_TABLE_LEN)?;
         let off = s.ptr_used;
@@ -195,7 +204,7 @@ impl CudaBackend {
         let p = base + 8 * off as u64;
         s.ptr_used += ptrs.len();
         s.ptr_slots.insert(ptrs.to_vec(), p);
-        Ok(p)
+        Ok(Some(p))
     }
 
     /// C_i (ntok x m row-major) = X (ntok x k, f16) A_i^T for the f16 copies A_i (m x k) of
@@ -217,7 +226,9 @@ impl CudaBackend {
         let mut ptrs: Vec<u64> = mats.iter().map(|m| m.wh).collect();
         ptrs.extend(std::iter::repeat_n(xb, n));
         ptrs.extend(mats.iter().map(|m| m.out));
-        let table = self.ptr_entry(s, &ptrs)?;
+        let Some(table) = self.ptr_entry(s, &ptrs)? else {
+            return Ok(());
+        };
         let (alpha, beta) = (1.0f32, 0.0f32);
         // As gemm_call, column-major, for each i: C_i^T (m x ntok) = A_i^T X^T.
         // SAFETY: the table holds n device addresses each of the f16 copies (m x k), the f16

@@ -11,9 +11,11 @@
 //! record. Steps from `gemm_min_tokens` tokens up (cuBLAS prefill) are not recorded, there
 //! launches being few next to the work, except pure decode steps (one token per sequence)
 //! whose matmuls the mmq kernels take (batched decode: the same shape repeats every step; a
-//! prefill chunk's rarely does); never steps whose matmuls take f16 weight copies (cuBLAS,
-//! `set_f16_weights`). A recording that reaches cuBLAS anyway (a weight type mmq
-//! lacks) skips the call, is thrown away, and the step runs directly.
+//! prefill chunk's rarely does), and pure decode steps whose matmuls take f16 weight copies
+//! (cuBLAS, `set_f16_weights`): cuBLAS calls are recorded too (`set_graph_blas`; with it off, a
+//! recording that reaches cuBLAS skips the call, is thrown away, and the step runs directly).
+//! A batched cuBLAS call's pointer table entry is written by the step's direct run; the table
+//! starting over bumps `gen`.
 //!
 //! A record replays exactly the launches of the step it was made from, with the same arguments,
 //! so results are bit-identical with and without graphs (tests/model.rs checks it).
@@ -146,13 +148,15 @@ impl CudaBackend {
         g.mode = Mode::Eager;
         g.key = None;
         self.replaying.store(false, Ordering::Relaxed);
+        let copies = self.f16_weights_take(ids.len());
+        let pure_decode = plan.seqs.len() == ids.len();
         let eligible = g.enabled
             && !self.sync_each
             && !ids.is_empty()
             && (ids.len() < self.gemm_min_tokens
                 || self.blas.is_none()
-                || (self.mmq_takes(ids.len()) && plan.seqs.len() == ids.len()))
-            && !self.f16_weights_take(ids.len())
+                || (pure_decode && (self.mmq_takes(ids.len()) || (copies && self.graph_blas))))
+            && (!copies || self.graph_blas)
             && self.check().is_ok();
         if !eligible {
             g.stats.eager += 1;
