@@ -18,9 +18,13 @@
 // into the mma's register layout (lane = 4 * g + q holds elements 4q..4q+3 and 16+4q..16+4q+3 of
 // rows g and g + 8). The next chunk's weights (into registers) and activations (cp.async into
 // the second of two shared buffers) are in flight while the current chunk is computed.
-// Grid: (ceil(rows / 64), ceil(ntok / TT), splits); split z takes blocks [z * kps, (z+1) * kps)
-// of the row and, when there are several splits, writes its partial sums to
-// part + z * ntok * rows, which mmq_reduce adds up in split order.
+// A launch takes the up to three matrices of a `Group` that multiply the same input (q, k and v;
+// gate and up), each with its own K split (kps_i type blocks a split, s_i splits, as when it is
+// launched alone, so the results are the same bits). Grid: (the matrices' 64-row tiles,
+// ceil(ntok / TT), the most splits of any); split z of a matrix takes blocks
+// [z * kps_i, (z+1) * kps_i) of the row and, when the matrix has several splits, writes its
+// partial sums to part_i + z * ntok * rows_i, which mmq_reduce adds up in split order. Blocks
+// with z past their matrix's splits have nothing to do.
 //
 // Needs sm_80 (mma.sync with s8 operands); the host uses these kernels only there.
 
@@ -318,14 +322,14 @@ struct MmqWeights {
     int b_begin, b_end, l;
     T cur0[T::BPC], cur1[T::BPC];
 
-    __device__ __forceinline__ MmqWeights(const u8* w, int rows, int cols, int kps) {
+    __device__ __forceinline__ MmqWeights(const u8* w, int rows, int cols, int kps, int bx) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         l = lane & 3;
         const int nblk = cols / T::QK;
         b_begin = blockIdx.z * kps;
         b_end = min(nblk, b_begin + kps);
         const size_t row_bytes = (size_t)nblk * T::BYTES;
-        const int r = blockIdx.x * MMQ_ROWS + warp * 16 + (lane >> 2);
+        const int r = bx * MMQ_ROWS + warp * 16 + (lane >> 2);
         w0 = w + (size_t)min(r, rows - 1) * row_bytes;
         w1 = w + (size_t)min(r + 8, rows - 1) * row_bytes;
         load(cur0, cur1, b_begin);
@@ -350,21 +354,19 @@ struct MmqWeights {
     }
 };
 
-// The block's tile of results (NT tiles of 8 tokens, 16 rows per warp, in the mma's layout:
-// acc[t][i] is row 16 * warp + g + 8 * (i >> 1), token 8t + 2l + (i & 1)) into out, or, when
-// the K range is split (gridDim.z > 1), into its split's partial sums at part + z * ntok * rows.
+// The block's tile of results (row tile bx; NT tiles of 8 tokens, 16 rows per warp, in the mma's
+// layout: acc[t][i] is row 16 * warp + g + 8 * (i >> 1), token 8t + 2l + (i & 1)) into o: the
+// output, or with a split K range the split's partial sums (`mmq_pick`).
 // (Adding the splits up in the launch instead, by the block that finishes a tile last, was
 // slower on an H200: 8B, 64 sequences, 17,432 against 19,475 tokens/s with mmq_reduce.)
 template <int NT>
-__device__ __forceinline__ void mmq_store(const float (&acc)[NT][4], float* __restrict__ out,
-                                          float* __restrict__ part, int rows, int ntok) {
+__device__ __forceinline__ void mmq_store(const float (&acc)[NT][4], float* __restrict__ o,
+                                          int rows, int ntok, int bx) {
     constexpr int TT = 8 * NT;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, l = lane & 3;
     const int t0 = blockIdx.y * TT;
-    const bool split = gridDim.z > 1;
-    float* o = split ? part + (size_t)blockIdx.z * ntok * rows : out;
-    const int row = blockIdx.x * MMQ_ROWS + warp * 16 + g;
+    const int row = bx * MMQ_ROWS + warp * 16 + g;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         int tok = t0 + 8 * t + 2 * l;
@@ -378,9 +380,8 @@ __device__ __forceinline__ void mmq_store(const float (&acc)[NT][4], float* __re
 
 template <class T, int TT>
 __device__ __forceinline__ void mmq(const u8* __restrict__ w, const i8* __restrict__ xq,
-                                    const float2* __restrict__ xds, float* __restrict__ out,
-                                    float* __restrict__ part, int rows, int cols, int ntok,
-                                    int kps) {
+                                    const float2* __restrict__ xds, float* __restrict__ o,
+                                    int rows, int cols, int ntok, int kps, int bx) {
     constexpr int CH = T::QK * T::BPC;      // elements per K chunk
     constexpr int STRIDE = CH + 16;         // bytes per token row in shared memory (bank spread)
     constexpr int G = T::QK / 32;           // groups per block
@@ -392,7 +393,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ w, const i8* __restri
     const int tid = threadIdx.x, lane = tid & 31;
     const int g = lane >> 2, l = lane & 3;
     const int t0 = blockIdx.y * TT;
-    MmqWeights<T> wt(w, rows, cols, kps);
+    MmqWeights<T> wt(w, rows, cols, kps, bx);
     const int b_end = wt.b_end;
 
     float acc[NT][4] = {};
@@ -477,15 +478,46 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ w, const i8* __restri
         }
         if (more) wt.next(nxt0, nxt1);
     }
-    mmq_store<NT>(acc, out, part, rows, ntok);
+    mmq_store<NT>(acc, o, rows, ntok, bx);
+}
+
+// The K splits of a launch's matrices: partial-sum buffers, type blocks a split, split counts.
+struct MmqSplits {
+    float* part[3];
+    int kps[3];
+    int n[3];
+};
+
+// Entry m of a 3-entry parameter array by selects (indexing it at run time would copy the
+// kernel parameters to local memory).
+template <class V>
+__device__ __forceinline__ V pick3(const V (&a)[3], int m) {
+    return m == 0 ? a[0] : m == 1 ? a[1] : a[2];
+}
+
+// This block's matrix of the group, its row tile, K split size, and where its results go (the
+// output, or the split's partial sums); false when the matrix has fewer splits than blockIdx.z.
+__device__ __forceinline__ bool mmq_pick(const Group& g, const MmqSplits& sp, int ntok,
+                                         const u8*& w, float*& o, int& rows, int& kps, int& bx) {
+    bx = group_pick(g, w, o, rows);
+    const int m = (int)blockIdx.x < g.n0 ? 0 : (int)blockIdx.x < g.n0 + g.n1 ? 1 : 2;
+    const int splits = pick3(sp.n, m);
+    if ((int)blockIdx.z >= splits) return false;
+    kps = pick3(sp.kps, m);
+    if (splits > 1) o = pick3(sp.part, m) + (size_t)blockIdx.z * ntok * rows;
+    return true;
 }
 
 #define MMQ(NAME, T, TT)                                                                        \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS)                                \
-        mmq_##NAME##_##TT(const u8* w, const i8* xq, const float2* xds, float* out, float* part, \
-                          int rows, int cols, int ntok, int kps) {                              \
+        mmq_##NAME##_##TT(Group g, MmqSplits sp, const i8* xq, const float2* xds, int cols,     \
+                          int ntok) {                                                           \
         pdl_entry();                                                                            \
-        mmq<T, TT>(w, xq, xds, out, part, rows, cols, ntok, kps);                               \
+        const u8* w;                                                                            \
+        float* o;                                                                               \
+        int rows, kps, bx;                                                                      \
+        if (mmq_pick(g, sp, ntok, w, o, rows, kps, bx))                                         \
+            mmq<T, TT>(w, xq, xds, o, rows, cols, ntok, kps, bx);                               \
     }
 
 #define MMQ_ALL(NAME, T) MMQ(NAME, T, 8) MMQ(NAME, T, 16) MMQ(NAME, T, 32) MMQ(NAME, T, 64)
@@ -656,8 +688,8 @@ __device__ __forceinline__ void group_h(const FQ6K& b, int j, u32 (&lo)[2], u32 
 
 template <class T, int TT>
 __device__ __forceinline__ void mmq_f16(const u8* __restrict__ w, const u8* __restrict__ xh,
-                                        float* __restrict__ out, float* __restrict__ part,
-                                        int rows, int cols, int ntok, int kps) {
+                                        float* __restrict__ o, int rows, int cols, int ntok,
+                                        int kps, int bx) {
     constexpr int CH = T::QK * T::BPC;  // elements per K chunk
     constexpr int STRIDE = 2 * CH + 64;  // bytes per token row in shared memory
     constexpr int G = T::QK / 32;
@@ -667,7 +699,7 @@ __device__ __forceinline__ void mmq_f16(const u8* __restrict__ w, const u8* __re
     const int tid = threadIdx.x, lane = tid & 31;
     const int g = lane >> 2, l = lane & 3;
     const int t0 = blockIdx.y * TT;
-    MmqWeights<T> wt(w, rows, cols, kps);
+    MmqWeights<T> wt(w, rows, cols, kps, bx);
     const int b_end = wt.b_end;
 
     float acc[NT][4] = {};
@@ -722,15 +754,18 @@ __device__ __forceinline__ void mmq_f16(const u8* __restrict__ w, const u8* __re
         }
         if (more) wt.next(nxt0, nxt1);
     }
-    mmq_store<NT>(acc, out, part, rows, ntok);
+    mmq_store<NT>(acc, o, rows, ntok, bx);
 }
 
 #define MMQ_F16(NAME, T, TT)                                                                    \
     extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS)                                \
-        mmq_f16_##NAME##_##TT(const u8* w, const u8* xh, float* out, float* part, int rows,      \
-                              int cols, int ntok, int kps) {                                    \
+        mmq_f16_##NAME##_##TT(Group g, MmqSplits sp, const u8* xh, int cols, int ntok) {        \
         pdl_entry();                                                                            \
-        mmq_f16<T, TT>(w, xh, out, part, rows, cols, ntok, kps);                                \
+        const u8* w;                                                                            \
+        float* o;                                                                               \
+        int rows, kps, bx;                                                                      \
+        if (mmq_pick(g, sp, ntok, w, o, rows, kps, bx))                                         \
+            mmq_f16<T, TT>(w, xh, o, rows, cols, ntok, kps, bx);                                \
     }
 
 #define MMQ_F16_ALL(NAME, T) \
@@ -745,13 +780,19 @@ MMQ_F16_ALL(q4_k, FQ4K)
 MMQ_F16_ALL(q5_k, FQ5K)
 MMQ_F16_ALL(q6_k, FQ6K)
 
-// out[i] = sum over z of part[z * n + i], in split order.
-extern "C" __global__ void mmq_reduce(const float* __restrict__ part, float* __restrict__ out,
-                                      int n, int splits) {
+// For each matrix of the group with several splits: out[i] = sum over z of part[z * n + i], in
+// split order, n = ntok * rows (the group's r_i; a matrix with one split has no blocks).
+extern "C" __global__ void mmq_reduce(Group g, MmqSplits sp) {
     pdl_entry();
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const u8* w;
+    float* out;
+    int n, b = group_pick(g, w, out, n);
+    const int m = (int)blockIdx.x < g.n0 ? 0 : (int)blockIdx.x < g.n0 + g.n1 ? 1 : 2;
+    const float* part = pick3(sp.part, m);
+    int i = b * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = 0.0f;
+    const int splits = pick3(sp.n, m);
     for (int z = 0; z < splits; z++) v += part[(size_t)z * n + i];
     out[i] = v;
 }

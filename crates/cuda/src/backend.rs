@@ -187,6 +187,7 @@ enum Arg {
     F(f32),
     Attn(AttnArgs),
     Group(matmul::Group),
+    Splits(matmul::MmqSplits),
 }
 
 /// The first `n` entries of an index array the forward pass passed.

@@ -397,21 +397,32 @@ fn matmul_after_attention_equals_unfused() {
 
 #[test]
 fn matmul_many_equals_one_matmul_per_weight() {
-    // q/k/v and gate/up go to one launch (mmvq or the f32 kernels, which take up to three
+    // q/k/v and gate/up go to one launch (the mmvq, mmq and f32 kernels take up to three
     // matrices); every output must be the one its own matmul gives, bit for bit, for every
-    // token count (mmq and cuBLAS take the larger ones one by one) and for runs of mixed types.
+    // token count (cuBLAS takes the larger ones one by one) and for runs of mixed types. Under
+    // mmq each matrix keeps the K split it has alone: the 14336-row matrix gets fewer splits
+    // than the small ones of its group.
     let Some(g) = gpu() else { return };
     let mut rng = rng("matmul_many");
     let mut ok = true;
-    let sets: [(&[GgmlType], usize); 5] = [
-        (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K], 2048),
-        (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K], 4096),
-        (&[GgmlType::Q4_1, GgmlType::Q4_1], 576),
-        (&[GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0], 2048),
-        (&[GgmlType::F16, GgmlType::F16], 256),
+    const ROWS: [usize; 3] = [96, 33, 64];
+    let sets: [(&[GgmlType], usize, [usize; 3]); 6] = [
+        (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K], 2048, ROWS),
+        (
+            &[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K],
+            2048,
+            [14336, 1024, 33],
+        ),
+        (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K], 4096, ROWS),
+        (&[GgmlType::Q4_1, GgmlType::Q4_1], 576, ROWS),
+        (
+            &[GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0],
+            2048,
+            ROWS,
+        ),
+        (&[GgmlType::F16, GgmlType::F16], 256, ROWS),
     ];
-    for (types, cols) in sets {
-        let rows = [96usize, 33, 64];
+    for (types, cols, rows) in sets {
         let ws: Vec<CudaWeight> = types
             .iter()
             .zip(rows)

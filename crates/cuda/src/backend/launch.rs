@@ -12,6 +12,7 @@ use crate::CudaError;
 // stay those of the CUDA side (kernels/attention.cu `AttnArgs`, common.cuh `Group`).
 const _: () = assert!(std::mem::size_of::<super::AttnArgs>() == 144);
 const _: () = assert!(std::mem::size_of::<super::matmul::Group>() == 72);
+const _: () = assert!(std::mem::size_of::<super::matmul::MmqSplits>() == 48);
 
 impl CudaBackend {
     pub(super) fn launch(
@@ -57,6 +58,7 @@ impl CudaBackend {
                 Arg::F(v) => v as *const f32 as *mut c_void,
                 Arg::Attn(v) => v as *const _ as *mut c_void,
                 Arg::Group(v) => v as *const _ as *mut c_void,
+                Arg::Splits(v) => v as *const _ as *mut c_void,
             })
             .collect();
         // SAFETY: a plain C union of integers and structs of integers; all-zero is valid.

@@ -289,6 +289,19 @@ unsafe impl DeviceRepr for Group {}
 /// Most matrices one launch takes.
 pub(super) const GROUP_MAX: usize = 3;
 
+/// The K splits of an mmq launch's matrices, as the CUDA struct of the same name
+/// (kernels/mmq.cu): each matrix's partial-sum buffer, type blocks a split and split count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct MmqSplits {
+    part: [u64; 3],
+    kps: [i32; 3],
+    n: [i32; 3],
+}
+
+// SAFETY: MmqSplits is #[repr(C)] plain data with the field order and types of the CUDA struct.
+unsafe impl DeviceRepr for MmqSplits {}
+
 impl Group {
     /// The group of `mats` (at most `GROUP_MAX`) at `per_block` rows per block, and the blocks
     /// of all of them (the grid's x).
@@ -309,7 +322,8 @@ impl Group {
 
 impl CudaBackend {
     /// out_i = x W_i^T for the matrices `mats` (at most `GROUP_MAX`, all of type `ty` and
-    /// `cols` wide). The mmvq and f32 kernels take them in one launch; mmq and cuBLAS one by one.
+    /// `cols` wide). The mmvq, mmq and f32 kernels take them in one launch; cuBLAS one by one
+    /// (on the f16 copies, equal rows in one batched call).
     pub(super) fn matmul_mats(
         &self,
         ty: GgmlType,
@@ -326,7 +340,7 @@ impl CudaBackend {
         if mats.len() > 1 && half {
             return self.gemm_copies(cols, mats, x);
         }
-        if mats.len() > 1 && (mmq.is_some() || gemm) {
+        if mats.len() > 1 && mmq.is_none() && gemm {
             for m in mats {
                 self.matmul_mats(ty, cols, std::slice::from_ref(m), x)?;
             }
@@ -360,7 +374,7 @@ impl CudaBackend {
                 let (xq, xds) = self.quantized_input(x, cols, mats)?;
                 MmqInput::Q8(xq, xds)
             };
-            return self.mmq(k, cols, mats[0], x, input);
+            return self.mmq(k, cols, mats, x, input);
         }
         let (xq, xds) = self.quantized_input(x, cols, mats)?;
         // Rows per block: REALIZAR_CUDA_MMVQ_ROWS (2 by default) for one token, 2 for more
@@ -466,16 +480,19 @@ impl CudaBackend {
         self.mmq_f16_tokens.0 <= ntok && ntok <= self.mmq_f16_tokens.1
     }
 
-    /// One matrix on the tensor-core kernels, the K range split when the grid is small.
+    /// The matrices of a group (at most `GROUP_MAX`) on the tensor-core kernels in one launch,
+    /// each matrix's K range split as it would be alone when its grid is small, and one
+    /// reduction launch for those that were split.
     fn mmq(
         &self,
         k: MmqKernels,
         cols: usize,
-        m: Mat,
+        mats: &[Mat],
         x: &CudaBuf,
         input: MmqInput,
     ) -> Result<(), CudaError> {
-        let (ntok, rows, qk) = (x.rows, m.rows, k.qk);
+        let (ntok, qk) = (x.rows, k.qk);
+        let mats = &mats[..mats.len().min(GROUP_MAX)];
         let names = match input {
             MmqInput::Q8(..) => k.q8,
             MmqInput::F16(_) => k.f16,
@@ -486,51 +503,73 @@ impl CudaBackend {
             17..=32 => (32, names[2]),
             _ => (64, names[3]),
         };
-        let tiles = rows.div_ceil(MMQ_ROWS) * ntok.div_ceil(tt);
-        let (splits, kps) = mmq_splits(cols, qk, tiles, self.mmq_wave * self.sm_count);
-        let part = if splits > 1 {
+        let mut sp = MmqSplits::default();
+        // Each split matrix's partial sums get their own stretch of the scratch buffer.
+        let mut offs = [0usize; GROUP_MAX];
+        let mut need = 0;
+        for (i, m) in mats.iter().enumerate() {
+            let tiles = m.rows.div_ceil(MMQ_ROWS) * ntok.div_ceil(tt);
+            let (splits, kps) = mmq_splits(cols, qk, tiles, self.mmq_wave * self.sm_count);
+            sp.kps[i] = kps as i32;
+            sp.n[i] = splits as i32;
+            if splits > 1 {
+                offs[i] = need;
+                need += splits * ntok * m.rows;
+            }
+        }
+        if need > 0 {
             let mut s = self.scratch();
-            ensure(self, &mut s.mmq_part, splits * ntok * rows)?
-        } else {
-            0
-        };
-        let grid = (
-            rows.div_ceil(MMQ_ROWS) as u32,
-            ntok.div_ceil(tt) as u32,
-            splits as u32,
-        );
-        let shape = [
-            Arg::P(m.out),
-            Arg::P(part),
-            Arg::I(rows as i32),
-            Arg::I(cols as i32),
-            Arg::I(ntok as i32),
-            Arg::I(kps as i32),
-        ];
-        let [a, b, c, d, e, f] = shape;
+            let part = ensure(self, &mut s.mmq_part, need)?;
+            for (i, &n) in sp.n.iter().enumerate() {
+                if n > 1 {
+                    sp.part[i] = part + 4 * offs[i] as u64;
+                }
+            }
+        }
+        let most = sp.n.iter().copied().max().unwrap_or(1).max(1);
+        let (group, blocks) = Group::new(mats, MMQ_ROWS);
+        let grid = (blocks as u32, ntok.div_ceil(tt) as u32, most as u32);
+        let shape = [Arg::I(cols as i32), Arg::I(ntok as i32)];
+        let [c, n] = shape;
         match input {
             MmqInput::Q8(xq, xds) => {
-                let args = [Arg::P(m.w), Arg::P(xq), Arg::P(xds), a, b, c, d, e, f];
+                let args = [
+                    Arg::Group(group),
+                    Arg::Splits(sp),
+                    Arg::P(xq),
+                    Arg::P(xds),
+                    c,
+                    n,
+                ];
                 self.launch(name, grid, 128, &args)?;
             }
             MmqInput::F16(xm) => {
-                let args = [Arg::P(m.w), Arg::P(xm), a, b, c, d, e, f];
+                let args = [Arg::Group(group), Arg::Splits(sp), Arg::P(xm), c, n];
                 let smem = mmq_f16_smem(qk, tt) as u32;
                 self.launch_smem(name, grid, 128, smem, &args)?;
             }
         }
-        if splits > 1 {
-            let n = ntok * rows;
+        if most > 1 {
+            // The reduction's group: each split matrix's ntok x rows sums, 256 a block.
+            let mut g = Group::default();
+            let mut blocks = 0;
+            for (i, m) in mats.iter().enumerate() {
+                let n = ntok * m.rows;
+                g.w[i] = sp.part[i];
+                g.out[i] = m.out;
+                g.rows[i] = n as i32;
+                g.blocks[i] = if sp.n[i] > 1 {
+                    n.div_ceil(256) as i32
+                } else {
+                    0
+                };
+                blocks += g.blocks[i] as usize;
+            }
             self.launch(
                 "mmq_reduce",
-                (n.div_ceil(256) as u32, 1, 1),
+                (blocks as u32, 1, 1),
                 256,
-                &[
-                    Arg::P(part),
-                    Arg::P(m.out),
-                    Arg::I(n as i32),
-                    Arg::I(splits as i32),
-                ],
+                &[Arg::Group(g), Arg::Splits(sp)],
             )?;
         }
         Ok(())
