@@ -219,9 +219,10 @@ pub fn load_cuda_with(
     let (free, total) = backend.memory_info()?;
     let file_needs = Needs::of(&file, &cfg, opts);
     let copies = sizing::f16_copy_bytes(&file);
+    let block_size = opts.block_size.max(1);
     let kv_fixed = match gpu.memory_fraction {
         Some(_) => 0,
-        None => opts.kv_tokens.div_ceil(opts.block_size.max(1)) * opts.block_size.max(1),
+        None => opts.kv_tokens.div_ceil(block_size) * block_size,
     } * file_needs.kv_per_token;
     let on = !opts.deterministic
         && backend.has_cublas()
@@ -244,7 +245,6 @@ pub fn load_cuda_with(
         weights: file_needs.weights + if on { copies } else { 0 },
         ..file_needs
     };
-    let block_size = opts.block_size.max(1);
     let kv_tokens = match gpu.memory_fraction {
         Some(fraction) => kv_tokens_for_budget(total, free, fraction, &needs, block_size)?,
         None => opts.kv_tokens,

@@ -33,6 +33,18 @@ impl Needs {
     }
 }
 
+/// What this process may take of a device's `total` memory, `free` of it free now, under
+/// `fraction` (the rest of the fraction is held by others and counts against it), never more
+/// than is free; without a fraction, what is free.
+fn usable(total: usize, free: usize, fraction: Option<f64>) -> usize {
+    match fraction {
+        Some(f) => ((total as f64 * f.clamp(0.0, 1.0)) as usize)
+            .saturating_sub(total.saturating_sub(free))
+            .min(free),
+        None => free,
+    }
+}
+
 /// Device bytes of the f16 weight copies (`CudaBackend::set_f16_weights`): every matrix of a
 /// type the copies are made for (the prefill tiles' dequantization kernels) but the embedding
 /// table (looked up, never multiplied as a matrix), 2 bytes a value.
@@ -58,13 +70,8 @@ pub fn f16_copies_fit(
     kv_fixed: usize,
     copies: usize,
 ) -> bool {
-    let budget = match fraction {
-        Some(f) => ((total as f64 * f.clamp(0.0, 1.0)) as usize)
-            .saturating_sub(total.saturating_sub(free))
-            .min(free),
-        None => free,
-    };
-    let room = budget.saturating_sub(needs.weights + needs.scratch + kv_fixed);
+    let room =
+        usable(total, free, fraction).saturating_sub(needs.weights + needs.scratch + kv_fixed);
     copies > 0 && copies <= room / 2
 }
 
@@ -88,9 +95,8 @@ pub fn kv_tokens_for_budget(
     let others = total.saturating_sub(free);
     let fixed = others + needs.weights + needs.scratch;
     let block_bytes = needs.kv_per_token.max(1) * block.max(1);
-    let blocks = budget.saturating_sub(fixed) / block_bytes;
-    // The budget may not exceed what is actually free.
-    let blocks = blocks.min(free.saturating_sub(needs.weights + needs.scratch) / block_bytes);
+    let blocks = usable(total, free, Some(fraction)).saturating_sub(needs.weights + needs.scratch)
+        / block_bytes;
     if blocks == 0 {
         return Err(CudaError::OutOfMemory {
             what: format!(
