@@ -234,7 +234,7 @@ impl CudaBackend {
         // SAFETY: the table holds n device addresses each of the f16 copies (m x k), the f16
         // input (ntok x k) and the f32 outputs (ntok x m), all live allocations of this
         // context (the callers' shape checks); alpha and beta are host f32 values.
-        unsafe {
+        let r = unsafe {
             blas_sys::cublasGemmBatchedEx(
                 *h.handle(),
                 blas_sys::cublasOperation_t::CUBLAS_OP_T,
@@ -258,18 +258,10 @@ impl CudaBackend {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
             .result()
-        }
-        .map_err(|e| CudaError::Blas {
-            call: "cublasGemmBatchedEx",
-            e,
-        })?;
+        };
+        self.blas_done("cublasGemmBatchedEx", r)?;
         self.batched_gemms
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.sync_each {
-            self.stream
-                .synchronize()
-                .map_err(|e| CudaError::kernel("cublasGemmBatchedEx", e))?;
-        }
         Ok(())
     }
 
@@ -345,7 +337,7 @@ impl CudaBackend {
         // SAFETY: a, xb and c are live device allocations of this context holding at least
         // m*k, ntok*k and ntok*ldc elements of the stated types (checked by the callers'
         // shape checks); alpha and beta are host f32 values, as the default pointer mode wants.
-        unsafe {
+        let r = unsafe {
             blas::gemm_ex(
                 *h.handle(),
                 blas_sys::cublasOperation_t::CUBLAS_OP_T,
@@ -367,15 +359,22 @@ impl CudaBackend {
                 blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
-        }
-        .map_err(|e| CudaError::Blas {
-            call: "cublasGemmEx",
-            e,
-        })?;
+        };
+        self.blas_done("cublasGemmEx", r)
+    }
+
+    /// A cuBLAS call's result as this crate's error, naming the call; with
+    /// `REALIZAR_CUDA_SYNC`, after waiting for the call, so that a failure shows at it.
+    fn blas_done(
+        &self,
+        call: &'static str,
+        r: Result<(), blas::CublasError>,
+    ) -> Result<(), CudaError> {
+        r.map_err(|e| CudaError::Blas { call, e })?;
         if self.sync_each {
             self.stream
                 .synchronize()
-                .map_err(|e| CudaError::kernel("cublasGemmEx", e))?;
+                .map_err(|e| CudaError::kernel(call, e))?;
         }
         Ok(())
     }

@@ -48,9 +48,7 @@ impl CudaBackend {
             return Ok(none);
         }
         let mut s = self.scratch();
-        if self.f16_weights_take(rows)
-            || (!self.mmq_takes(rows) && rows >= self.gemm_min_tokens && self.blas.is_some())
-        {
+        if self.f16_weights_take(rows) || (!self.mmq_takes(rows) && self.gemm_takes(rows)) {
             // cuBLAS next (on f16 weight copies or f16 tiles): the plain f16 copy `to_half`
             // would write, the address tagged with its low bit (`put_half` in common.cuh).
             let xh = s.gemm_input(self, rows * cols)?;
@@ -61,8 +59,8 @@ impl CudaBackend {
             s.halved = None;
             return Ok(ActSlot { xm, ..none });
         }
-        let quantized_path = self.mmq_takes(rows)
-            || (rows < self.gemm_min_tokens || self.blas.is_none()) && cols >= self.mmvq_min_cols;
+        let quantized_path =
+            self.mmq_takes(rows) || !self.gemm_takes(rows) && cols >= self.mmvq_min_cols;
         if !quantized_path {
             return Ok(none);
         }

@@ -336,7 +336,7 @@ impl CudaBackend {
         // dequantization in the step.
         let half = self.f16_weights_take(ntok) && mats.iter().all(|m| m.wh != 0);
         let mmq = mmq_kernels(ty).filter(|_| !self.exact && !half && self.mmq_takes(ntok));
-        let gemm = half || (!self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some());
+        let gemm = half || self.gemm_takes(ntok);
         if mats.len() > 1 && half {
             return self.gemm_copies(cols, mats, x);
         }
@@ -599,6 +599,12 @@ impl CudaBackend {
     }
 
     /// Whether the mmq kernels take matmuls of `ntok` tokens (of the types they cover).
+    /// Whether the cuBLAS path (f16 tiles dequantized in the step) takes matmuls of `ntok`
+    /// tokens that mmq and the f16 weight copies do not.
+    pub(super) fn gemm_takes(&self, ntok: usize) -> bool {
+        !self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some()
+    }
+
     pub(super) fn mmq_takes(&self, ntok: usize) -> bool {
         self.sm_count > 0 && self.mmq_tokens.0 <= ntok && ntok <= self.mmq_tokens.1
     }
