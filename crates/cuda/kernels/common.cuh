@@ -167,3 +167,24 @@ __device__ __forceinline__ int group_pick(const Group& g, const u8*& w, float*& 
     w = g.w2, out = g.o2, rows = g.r2;
     return b - g.n1;
 }
+
+// The attention kernels' parameters (attention.cu, flash.cu); the layout matches `AttnArgs` in
+// backend/attention.rs.
+struct AttnArgs {
+    const float* q;         // [T, n_head * hd]
+    const u8* kc;           // [n_slots, kv_dim]
+    const u8* vc;           // [n_slots, kv_dim]
+    const u32* positions;   // [T]
+    const u32* seq_of;      // [T]
+    const u32* table_off;   // [n_seqs]: start of each sequence's block table in `tables`
+    const u32* tables;      // concatenated block tables
+    float* out;             // [T, n_head * hd]
+    float* part;            // [T, n_head, splits, hd + 2] when gridDim.z > 1
+    int block_size, kv_dim, n_head, n_head_kv, hd, window;  // window 0: none
+    float scale;
+    size_t sc_off;          // q8_0: the scales' byte offset in kc and vc
+    i8* xq;                 // not null: out's 8-bit copy for the next matmul (hd % 32 == 0)
+    float2* xds;
+    u16* xm;                // not null: out's f16 copy for the f16 mmq kernels
+    int n_tokens;           // T (the flash kernel's tiles; the others have a block per token)
+};

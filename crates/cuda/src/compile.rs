@@ -49,6 +49,7 @@ const SOURCES: &[Source] = &[
     source!("gemm.cu", true),
     source!("sample.cu", false),
     source!("attention.cu", false),
+    source!("flash.cu", false),
     source!("elementwise.cu", true),
 ];
 
@@ -154,6 +155,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ),
     ("sample.cu", &["top_k_rows", "sample_rows"]),
     ("attention.cu", crate::backend::ATTENTION_ENTRY_POINTS),
+    ("flash.cu", crate::backend::FLASH_ENTRY_POINTS),
     (
         "elementwise.cu",
         &[

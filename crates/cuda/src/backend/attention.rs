@@ -1,8 +1,8 @@
 //! Attention over the paged KV cache: the kernel choice, split-K sizing and the launch.
 //!
-//! Three kernels (kernels/attention.cu): `attn_flash_f16_<hd>` for prefill steps over an f16
-//! cache (head dims 64 and 128, sm_80+): a block per KV head and tile of consecutive tokens, on
-//! the tensor cores; `attn_gqa_<type>_<hd>_<ng>` for 8-bit and f16 caches and head dims of 32,
+//! Three kernels: `attn_flash_f16_<hd>` (kernels/flash.cu) for prefill steps over an f16 cache
+//! (head dims 64 and 128, sm_80+): a block per KV head and tile of consecutive tokens, on the
+//! tensor cores; in kernels/attention.cu, `attn_gqa_<type>_<hd>_<ng>` for 8-bit and f16 caches and head dims of 32,
 //! 64, 128 or 256, one block per token and group of `ng` query heads that share a KV head, so
 //! each cached row is read once per group; and `attention_<type>` for everything else (one
 //! block per token and query head). Long contexts of few tokens are cut into splits whose
@@ -15,7 +15,7 @@ use super::fused::ActSlot;
 use super::{graphs, matmul, prefix, Arg, CudaBackend, CudaBuf, CudaKv, DevKv};
 use crate::CudaError;
 
-/// The attention kernel's parameters; layout matches `AttnArgs` in kernels/attention.cu.
+/// The attention kernel's parameters; layout matches `AttnArgs` in kernels/common.cuh.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(super) struct AttnArgs {
@@ -46,7 +46,7 @@ pub(super) struct AttnArgs {
 // field order and types as the CUDA struct it is passed as.
 unsafe impl DeviceRepr for AttnArgs {}
 
-/// Rows (token x query-head pairs) of one flash block: `FA_ROWS` in kernels/attention.cu.
+/// Rows (token x query-head pairs) of one flash block: `FA_ROWS` in kernels/flash.cu.
 const FLASH_ROWS: usize = 64;
 /// The flash kernel takes steps of at least this many tokens...
 const FLASH_MIN_TOKENS: usize = 32;
@@ -320,6 +320,9 @@ pub(super) fn cache_kernels(ty: DevKv) -> (&'static str, &'static str, &'static 
     (ENTRY_POINTS[i + 2], ENTRY_POINTS[i], ENTRY_POINTS[i + 1])
 }
 
+/// The entry points of kernels/flash.cu.
+pub(crate) const FLASH_ENTRY_POINTS: &[&str] = &["attn_flash_f16_64", "attn_flash_f16_128"];
+
 /// The entry points of kernels/attention.cu.
 pub(crate) const ENTRY_POINTS: &[&str] = &[
     "kv_store_f32",
@@ -380,8 +383,6 @@ pub(crate) const ENTRY_POINTS: &[&str] = &[
     "attn_gqa_q8_0_256_1",
     "attn_gqa_q8_0_256_2",
     "attn_gqa_q8_0_256_4",
-    "attn_flash_f16_64",
-    "attn_flash_f16_128",
 ];
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::{Arg, CudaBackend};
 use crate::CudaError;
 
 // The struct arguments are passed by address, as the kernels' C structs: their sizes must
-// stay those of the CUDA side (kernels/attention.cu `AttnArgs`, common.cuh `Group`).
+// stay those of the CUDA side (common.cuh `AttnArgs` and `Group`).
 const _: () = assert!(std::mem::size_of::<super::AttnArgs>() == 144);
 const _: () = assert!(std::mem::size_of::<super::matmul::Group>() == 72);
 const _: () = assert!(std::mem::size_of::<super::matmul::MmqSplits>() == 48);
