@@ -306,7 +306,19 @@ extern "C" __global__ void attention_merge(const float* __restrict__ part, float
 // each lane summing its 8 dimensions over its own subset of the keys until the end, when the
 // subsets are added up. The warps merge at the end, and with several splits each block writes
 // the same partials as `attention`, which attention_merge combines.
+//
+// Staged (an f16 cache of head dim 64 or 128, sm_80+): each warp's 32 K and V rows come into
+// shared memory by cp.async instead of registers, the K rows a batch ahead, so that the warp
+// scores a batch while its values load and sums the values while the next batch's keys load.
+// The arithmetic and its order are those of the direct loads. A K row is padded by 16 bytes,
+// so that lanes reading 16 bytes of their own rows hit distinct banks. The end's per-warp sums
+// go to the same (dynamic) shared memory, after the loop.
 #define GQA_WARPS 4
+#if __CUDA_ARCH__ >= 800
+#define GQA_CAN_STAGE 1
+#else
+#define GQA_CAN_STAGE 0
+#endif
 
 // Elements e .. e + 7 of a cache (e a multiple of 8) as floats: one 16-byte load for f16, one
 // 8-byte load for the 8-bit types (and the group's scale for q8_0).
@@ -332,14 +344,36 @@ __device__ __forceinline__ void kv_ld8(const u8* base, size_t sc_off, size_t e, 
     }
 }
 
+// Copies the HD-half rows at column kh of the slots that lanes 0..31 hold into dst (a row every
+// LD halves), 16 bytes a lane at a time with a row's pieces on consecutive lanes, as one
+// cp.async group.
+template <int HD, int LD>
+__device__ __forceinline__ void gqa_stage_rows(u16* dst, const u8* cache, u32 slot, int kv_dim,
+                                               int kh, int lane) {
+    constexpr int CH = HD / 8;
+#pragma unroll
+    for (int it = 0; it < CH; it++) {
+        int i = it * 32 + lane, r = i / CH, c = i % CH;
+        u32 s = __shfl_sync(0xffffffffu, slot, r);
+        cp_async(dst + r * LD + c * 8, (const u16*)cache + (size_t)s * kv_dim + kh + c * 8, true);
+    }
+    cp_async_commit();
+}
+
 template <int KT, int HD, int NG>
 __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
     constexpr int LPR = HD / 8, KPI = 32 / LPR;
+    constexpr bool ST = GQA_CAN_STAGE && KT == KT_F16 && (HD == 64 || HD == 128);
+    constexpr int KLD = HD + 8;  // a staged K row's stride in halves
     __shared__ __align__(16) float s_q[NG][HD];
     __shared__ float s_m[GQA_WARPS][NG], s_l[GQA_WARPS][NG];
-    __shared__ float s_acc[GQA_WARPS][NG][HD];
+    // [GQA_WARPS][NG][HD] floats at the end; while staged, before that, each warp's K and V rows.
+    extern __shared__ __align__(16) u8 gqa_smem[];
+    float(*s_acc)[NG][HD] = (float(*)[NG][HD])gqa_smem;
     const u32 FULL = 0xffffffffu;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    u16* sk = (u16*)gqa_smem + warp * 32 * (KLD + HD);
+    u16* sv = sk + 32 * KLD;
     int h0 = blockIdx.x * NG, t = blockIdx.y;
     int qd = a.n_head * HD;
     int kh = (h0 / (a.n_head / a.n_head_kv)) * HD;
@@ -347,6 +381,17 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
     const u32* table = a.tables + a.table_off[a.seq_of[t]];
     int lo, hi, splits = gridDim.z;
     key_range(a, pos, lo, hi);
+    // The slot of this lane's key of the batch at `base`; lanes past the end take the last key
+    // (and weigh it 0).
+    auto slot_at = [&](int base) {
+        int j = min(base + lane, hi);
+        return table[j / a.block_size] * (u32)a.block_size + (u32)(j % a.block_size);
+    };
+    u32 slot = 0;
+    if (ST && lo + warp * 32 <= hi) {
+        slot = slot_at(lo + warp * 32);
+        gqa_stage_rows<HD, KLD>(sk, a.kc, slot, a.kv_dim, kh, lane);
+    }
     // Heads h0 .. h0 + NG - 1 are contiguous in the token's query row.
     for (int i = threadIdx.x; i < NG * HD; i += blockDim.x) {
         float x = a.q[(size_t)t * qd + (size_t)h0 * HD + i];
@@ -364,11 +409,16 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
     }
     const size_t vh = kh + (lane % LPR) * 8;
     for (int base = lo + warp * 32; base <= hi; base += GQA_WARPS * 32) {
-        // This lane's key; lanes past the end read the last key and weigh it 0.
-        int j = base + lane;
-        bool valid = j <= hi;
-        int jc = valid ? j : hi;
-        u32 slot = table[jc / a.block_size] * (u32)a.block_size + (u32)(jc % a.block_size);
+        // This lane's key.
+        bool valid = base + lane <= hi;
+        if (ST) {
+            // This batch's values load while its keys (staged a batch ago) are scored.
+            gqa_stage_rows<HD, HD>(sv, a.vc, slot, a.kv_dim, kh, lane);
+            cp_async_wait_but_one();
+            __syncwarp();
+        } else {
+            slot = slot_at(base);
+        }
         const size_t kr = (size_t)slot * a.kv_dim + kh;
         float s[NG];
 #pragma unroll
@@ -376,7 +426,11 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
 #pragma unroll
         for (int c = 0; c < HD / 8; c++) {
             float kf[8];
-            kv_ld8<KT>(a.kc, a.sc_off, kr + 8 * c, kf);
+            if (ST) {
+                kv_ld8<KT>((const u8*)(sk + lane * KLD), 0, 8 * c, kf);
+            } else {
+                kv_ld8<KT>(a.kc, a.sc_off, kr + 8 * c, kf);
+            }
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 float4 q0 = *(const float4*)&s_q[g][8 * c];
@@ -398,12 +452,30 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
             for (int i = 0; i < 8; i++) acc[g][i] *= alpha;
             m[g] = mn;
         }
+        u32 next = 0;
+        if (ST) {
+            // The next batch's keys load while this one's values are summed.
+            __syncwarp();
+            int nb = base + GQA_WARPS * 32;
+            if (nb <= hi) {
+                next = slot_at(nb);
+                gqa_stage_rows<HD, KLD>(sk, a.kc, next, a.kv_dim, kh, lane);
+            } else {
+                cp_async_commit();  // an empty group keeps the count of groups to wait for
+            }
+            cp_async_wait_but_one();
+            __syncwarp();
+        }
 #pragma unroll 8
         for (int it = 0; it < LPR; it++) {
             int k = it * KPI + lane / LPR;
-            u32 sk = __shfl_sync(FULL, slot, k);
             float vf[8];
-            kv_ld8<KT>(a.vc, a.sc_off, (size_t)sk * a.kv_dim + vh, vf);
+            if (ST) {
+                kv_ld8<KT>((const u8*)(sv + k * HD), 0, (lane % LPR) * 8, vf);
+            } else {
+                u32 sl = __shfl_sync(FULL, slot, k);
+                kv_ld8<KT>(a.vc, a.sc_off, (size_t)sl * a.kv_dim + vh, vf);
+            }
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 float pk = __shfl_sync(FULL, p[g], k);
@@ -411,6 +483,15 @@ __device__ __forceinline__ void attn_gqa(const AttnArgs& a) {
                 for (int i = 0; i < 8; i++) acc[g][i] += pk * vf[i];
             }
         }
+        if (ST) {
+            __syncwarp();  // the values are read before the next batch's copy lands
+            slot = next;
+        }
+    }
+    if (ST) {
+        // The sums below overwrite other warps' staged rows.
+        cp_async_wait_all();
+        __syncthreads();
     }
 #pragma unroll
     for (int g = 0; g < NG; g++) {

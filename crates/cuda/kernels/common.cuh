@@ -41,6 +41,37 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
     return (u32)a;
 }
 
+// Asynchronous global -> shared copies (sm_80): 16 or 8 bytes, or zeros where !ok (a source
+// size of 0 fills the destination with zeros; src must still be a valid address).
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool ok) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(ok ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool ok) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(ok ? 8 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+#endif
+}
+// Waits for all but the latest committed group.
+__device__ __forceinline__ void cp_async_wait_but_one() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+#endif
+}
+
 // c += A B on the f16 tensor cores (sm_80+), f32 accumulate: A 16 x 16 row-major in the
 // m16n8k16 fragment layout (lane 4g + q: a0 = A[g][2q..], a1 = A[g + 8][2q..], a2 = A[g][2q + 8..],
 // a3 = A[g + 8][2q + 8..]), B 16 x 8 (b0 = B[2q..][g], b1 = B[2q + 8..][g]), C 16 x 8

@@ -53,31 +53,6 @@ __device__ __forceinline__ void mma_k16(int (&c)[4], int a0, int a1, int b0) {
 #endif
 }
 
-// Asynchronous global -> shared copies (sm_80): 16 or 8 bytes, or zeros where !ok (a source
-// size of 0 fills the destination with zeros; src must still be a valid address).
-__device__ __forceinline__ void cp_async(void* dst, const void* src, bool ok) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(ok ? 16 : 0));
-#endif
-}
-__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool ok) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(ok ? 8 : 0));
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
-#endif
-}
-
 // A 32-bit little-endian int at a 2-byte-aligned address, and at a 4-byte-aligned one.
 __device__ __forceinline__ int mq_ld2(const u8* p) {
     return (int)((u32)ld16(p) | ((u32)ld16(p + 2) << 16));

@@ -32,7 +32,9 @@ mod ops;
 mod weights;
 
 use attention::AttnArgs;
-pub(crate) use attention::{ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS};
+pub(crate) use attention::{
+    ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS, GQA_SMEM_MAX,
+};
 pub use graphs::GraphStats;
 pub(crate) use matmul::{dequant_kernel, MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
 

@@ -247,10 +247,15 @@ impl CudaBackend {
         } else {
             t
         };
-        self.launch(
+        let smem = match (flash, gqa) {
+            (None, Some((_, ng))) => gqa_smem(kv.ty, p.head_dim, ng, self.has_mmq()),
+            _ => 0,
+        };
+        self.launch_smem(
             name,
             (groups as u32, ys as u32, splits as u32),
             threads,
+            smem,
             &[Arg::Attn(args)],
         )?;
         if splits > 1 {
@@ -305,6 +310,26 @@ pub(super) fn gqa_kernel(
     let i = GQA_FIRST + 15 * kind + 4 * row + ng.trailing_zeros() as usize;
     Some((ENTRY_POINTS[i], ng))
 }
+
+/// Warps in a grouped kernel's block: `GQA_WARPS` in kernels/attention.cu.
+const GQA_WARPS: usize = 4;
+
+/// The dynamic shared memory of a grouped kernel, in bytes: its warps' sums at the end
+/// (`GQA_WARPS` x `ng` x `hd` floats), and where the kernel stages its rows (an f16 cache of head
+/// dim 64 or 128 on sm_80+: `ST` in kernels/attention.cu), each warp's 32 K rows (padded by 8
+/// halves) and 32 V rows before that.
+pub(super) fn gqa_smem(ty: DevKv, hd: usize, ng: usize, sm80: bool) -> u32 {
+    let sums = GQA_WARPS * ng * hd * 4;
+    let staged = if sm80 && ty == DevKv::F16 && matches!(hd, 64 | 128) {
+        GQA_WARPS * 32 * (2 * hd + 8) * 2
+    } else {
+        0
+    };
+    sums.max(staged) as u32
+}
+
+/// The most any grouped kernel asks for (staged, head dim 128).
+pub(crate) const GQA_SMEM_MAX: u32 = (GQA_WARPS * 32 * (2 * 128 + 8) * 2) as u32;
 
 /// Where the grouped kernels start in `ENTRY_POINTS`.
 const GQA_FIRST: usize = 13;
@@ -388,6 +413,21 @@ pub(crate) const ENTRY_POINTS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gqa_shared_memory_holds_the_staged_rows_or_the_sums() {
+        // Staged: 4 warps x 32 rows of K (hd + 8 halves) and V (hd halves).
+        assert_eq!(gqa_smem(DevKv::F16, 128, 4, true), 4 * 32 * 264 * 2);
+        assert_eq!(gqa_smem(DevKv::F16, 64, 8, true), 4 * 32 * 136 * 2);
+        assert_eq!(GQA_SMEM_MAX, gqa_smem(DevKv::F16, 128, 8, true));
+        // Not staged (before sm_80, other head dims and cache types): the sums alone.
+        assert_eq!(gqa_smem(DevKv::F16, 128, 4, false), 4 * 4 * 128 * 4);
+        assert_eq!(gqa_smem(DevKv::F16, 256, 4, true), 4 * 4 * 256 * 4);
+        assert_eq!(gqa_smem(DevKv::Fp8, 128, 8, true), 4 * 8 * 128 * 4);
+        assert_eq!(gqa_smem(DevKv::Q8_0, 32, 1, true), 4 * 32 * 4);
+        // The staged rows outweigh the sums of any group that fits (heads x hd <= 1024).
+        assert!(gqa_smem(DevKv::F16, 64, 8, true) >= 4 * 1024 * 4);
+    }
 
     #[test]
     fn gqa_kernel_takes_the_largest_group_that_fits() {
