@@ -360,11 +360,13 @@ __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __rest
     }
 
 // One token, ROWS rows per block (REALIZAR_CUDA_MMVQ_ROWS; the default is two rows), with
-// launch bounds LB. Two rows of q4_0 and q4_1 fit 32 registers without spilling, so they ask
-// for 16 blocks an SM, which keep more loads in flight (H200, tg128: 8B Q4_0 +7%, SmolLM2 Q4_1
-// +1-2%); the K-quants and four rows would spill, q8_0 measured no gain (-1%), and q5_0 and
-// q5_1 were not measured: they have none.
+// launch bounds LB for two rows: more blocks an SM keep more loads in flight. q4_0 and q4_1 fit
+// 32 registers without spilling and ask for 16 blocks an SM (H200, tg128: 8B Q4_0 +7%, SmolLM2
+// Q4_1 +1-2%); the K-quants fit 40 (from 40-48) and ask for 12 (8B Q4_K_M +3-7%, 1B within its
+// noise), and would spill at 32 (8B Q4_K_M -6.5%). q8_0 measured no gain at 32 (-1%), q5_0 and
+// q5_1 were not measured, and four rows would spill: they have none.
 #define MMVQ_FULL __launch_bounds__(THREADS, 16)
+#define MMVQ_K __launch_bounds__(THREADS, 12)
 #define MMVQ_R(NAME, T, ROWS, LB)                                                               \
     extern "C" __global__ void LB mmvq_##NAME##_1r##ROWS(Group g, const int* xq,                \
                                                          const float2* xds, int cols, int ntok) { \
@@ -384,6 +386,6 @@ MMVQ_ALL(q4_1, MQ4_1, MMVQ_FULL)
 MMVQ_ALL(q5_0, MQ5_0, )
 MMVQ_ALL(q5_1, MQ5_1, )
 MMVQ_ALL(q8_0, MQ8_0, )
-MMVQ_ALL(q4_k, MQ4K, )
-MMVQ_ALL(q5_k, MQ5K, )
-MMVQ_ALL(q6_k, MQ6K, )
+MMVQ_ALL(q4_k, MQ4K, MMVQ_K)
+MMVQ_ALL(q5_k, MQ5K, MMVQ_K)
+MMVQ_ALL(q6_k, MQ6K, MMVQ_K)
