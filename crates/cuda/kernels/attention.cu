@@ -307,14 +307,18 @@ extern "C" __global__ void attention_merge(const float* __restrict__ part, float
 // subsets are added up. The warps merge at the end, and with several splits each block writes
 // the same partials as `attention`, which attention_merge combines.
 //
-// Staged (an f16 cache of head dim 64 or 128, sm_80+): each warp's 32 K and V rows come into
-// shared memory by cp.async instead of registers, the K rows a batch ahead, so that the warp
-// scores a batch while its values load and sums the values while the next batch's keys load.
-// The arithmetic and its order are those of the direct loads. A K row is padded by 16 bytes,
-// so that lanes reading 16 bytes of their own rows hit distinct banks. The end's per-warp sums
-// go to the same (dynamic) shared memory, after the loop.
+// Staged (an f16 cache of head dim 64 or 128, on the parts whose SMs hold two staged blocks or
+// more): each warp's 32 K and V rows come into shared memory by cp.async instead of registers,
+// the K rows a batch ahead, so that the warp scores a batch while its values load and sums the
+// values while the next batch's keys load. The arithmetic and its order are those of the direct
+// loads. A K row is padded by 16 bytes, so that lanes reading 16 bytes of their own rows hit
+// distinct banks. The end's per-warp sums go to the same (dynamic) shared memory, after the
+// loop. A block takes 67.6 KiB at head dim 128: sm_80, sm_87, sm_90, sm_100 and sm_103 hold 164
+// KiB or more an SM; the others (sm_86, sm_89, sm_120: ~100 KiB) would run one block an SM, and
+// keep the direct loads. `stages_gqa` in backend/attention.rs is the host's copy of this list.
 #define GQA_WARPS 4
-#if __CUDA_ARCH__ >= 800
+#if __CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870 || __CUDA_ARCH__ == 900 || \
+    __CUDA_ARCH__ == 1000 || __CUDA_ARCH__ == 1030
 #define GQA_CAN_STAGE 1
 #else
 #define GQA_CAN_STAGE 0

@@ -305,6 +305,9 @@ pub struct CudaBackend {
     mmq_wave: usize,
     /// The device has programmatic dependent launch (sm_90 and later).
     has_pdl: bool,
+    /// Whether the grouped attention kernels stage their K/V rows in shared memory (the
+    /// device's arch is one `attention::stages_gqa` lists).
+    gqa_stages: bool,
     /// Kernels are launched with programmatic dependent launch (`pdl_entry` in common.cuh;
     /// `REALIZAR_CUDA_PDL=0` turns it off; needs `has_pdl`).
     pdl: bool,
@@ -376,6 +379,8 @@ impl CudaBackend {
         let kernels = Kernels::load(&ctx)?;
         let sm_count = mmq_sm_count(&ctx);
         let has_pdl = matches!(ctx.compute_capability(), Ok((major, _)) if major >= 9);
+        let gqa_stages = matches!(ctx.compute_capability(),
+            Ok((major, minor)) if attention::stages_gqa(major, minor));
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaBackend {
             ctx,
@@ -401,6 +406,7 @@ impl CudaBackend {
             sm_count,
             mmq_wave: mmq_wave_from_env(),
             has_pdl,
+            gqa_stages,
             pdl: has_pdl && std::env::var_os("REALIZAR_CUDA_PDL").is_none_or(|v| v != "0"),
             blas: blas::open_blas(&stream),
             scratch: Mutex::new(matmul::Scratch::default()),

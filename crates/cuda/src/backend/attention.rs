@@ -248,7 +248,7 @@ impl CudaBackend {
             t
         };
         let smem = match (flash, gqa) {
-            (None, Some((_, ng))) => gqa_smem(kv.ty, p.head_dim, ng, self.has_mmq()),
+            (None, Some((_, ng))) => gqa_smem(kv.ty, p.head_dim, ng, self.gqa_stages),
             _ => 0,
         };
         self.launch_smem(
@@ -314,13 +314,20 @@ pub(super) fn gqa_kernel(
 /// Warps in a grouped kernel's block: `GQA_WARPS` in kernels/attention.cu.
 const GQA_WARPS: usize = 4;
 
+/// Whether the grouped kernels stage their rows in shared memory on a device of compute
+/// capability `major.minor`: the parts whose SMs hold two staged blocks or more
+/// (`GQA_CAN_STAGE` in kernels/attention.cu, which this must match).
+pub(super) fn stages_gqa(major: i32, minor: i32) -> bool {
+    matches!((major, minor), (8, 0) | (8, 7) | (9, 0) | (10, 0) | (10, 3))
+}
+
 /// The dynamic shared memory of a grouped kernel, in bytes: its warps' sums at the end
 /// (`GQA_WARPS` x `ng` x `hd` floats), and where the kernel stages its rows (an f16 cache of head
-/// dim 64 or 128 on sm_80+: `ST` in kernels/attention.cu), each warp's 32 K rows (padded by 8
-/// halves) and 32 V rows before that.
-pub(super) fn gqa_smem(ty: DevKv, hd: usize, ng: usize, sm80: bool) -> u32 {
+/// dim 64 or 128 on a device where `stages_gqa`: `ST` in kernels/attention.cu), each warp's 32 K
+/// rows (padded by 8 halves) and 32 V rows before that.
+pub(super) fn gqa_smem(ty: DevKv, hd: usize, ng: usize, stages: bool) -> u32 {
     let sums = GQA_WARPS * ng * hd * 4;
-    let staged = if sm80 && ty == DevKv::F16 && matches!(hd, 64 | 128) {
+    let staged = if stages && ty == DevKv::F16 && matches!(hd, 64 | 128) {
         GQA_WARPS * 32 * (2 * hd + 8) * 2
     } else {
         0
@@ -427,6 +434,14 @@ mod tests {
         assert_eq!(gqa_smem(DevKv::Q8_0, 32, 1, true), 4 * 32 * 4);
         // The staged rows outweigh the sums of any group that fits (heads x hd <= 1024).
         assert!(gqa_smem(DevKv::F16, 64, 8, true) >= 4 * 1024 * 4);
+        // Staged where an SM holds two blocks or more: A100, Orin, H100/H200, B200/B300.
+        for (major, minor) in [(8, 0), (8, 7), (9, 0), (10, 0), (10, 3)] {
+            assert!(stages_gqa(major, minor), "sm_{major}{minor}");
+        }
+        // Not on the ~100 KiB parts (RTX 30/40/50, sm_86/89/120), nor before sm_80.
+        for (major, minor) in [(8, 6), (8, 9), (12, 0), (7, 5), (7, 0)] {
+            assert!(!stages_gqa(major, minor), "sm_{major}{minor}");
+        }
     }
 
     #[test]
