@@ -2,11 +2,11 @@
 //!
 //! Three kernels: `attn_flash_f16_<hd>` (kernels/flash.cu) for prefill steps over an f16 cache
 //! (head dims 64 and 128, sm_80+): a block per KV head and tile of consecutive tokens, on the
-//! tensor cores; in kernels/attention.cu, `attn_gqa_<type>_<hd>_<ng>` for 8-bit and f16 caches and head dims of 32,
-//! 64, 128 or 256, one block per token and group of `ng` query heads that share a KV head, so
-//! each cached row is read once per group; and `attention_<type>` for everything else (one
-//! block per token and query head). Long contexts of few tokens are cut into splits whose
-//! partials `attention_merge` combines.
+//! tensor cores; in kernels/attention.cu, `attn_gqa_<type>_<hd>_<ng>` for 8-bit and f16 caches
+//! and head dims of 32, 64, 128 or 256, one block per token and group of `ng` query heads that
+//! share a KV head, so each cached row is read once per group; and `attention_<type>` for
+//! everything else (one block per token and query head). Long contexts of few tokens are cut
+//! into splits whose partials `attention_merge` combines.
 
 use cudarc::driver::DeviceRepr;
 use realizar_model::backend::{AttnParams, AttnPlan};
