@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{check_dot, gpu, normal, rng};
+use common::{check_dot, normal, rng};
 use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
 use realizar_model::backend::{Backend, WeightUse};
 use realizar_quant::GgmlType;
@@ -32,11 +32,9 @@ fn matmul(
 
 #[test]
 fn f16_weight_copies_give_the_gemm_paths_bits() {
-    let Some(mut g) = gpu() else { return };
-    if !g.has_cublas() {
-        eprintln!("skipping: cuBLAS did not load");
+    let Some(mut g) = common::gpu_with_cublas() else {
         return;
-    }
+    };
     let mut rng = rng("f16_weights");
     let mut ok = true;
     g.set_f16_weight_min_tokens(8);
@@ -112,11 +110,9 @@ fn f16_weight_copies_give_the_gemm_paths_bits() {
 /// kernels may sum in another order), and the batched call was made.
 #[test]
 fn grouped_copies_batch_equal_rows() {
-    let Some(mut g) = gpu() else { return };
-    if !g.has_cublas() {
-        eprintln!("skipping: cuBLAS did not load");
+    let Some(mut g) = common::gpu_with_cublas() else {
         return;
-    }
+    };
     let mut rng = rng("f16_weights_grouped");
     let mut ok = true;
     g.set_f16_weights(true);

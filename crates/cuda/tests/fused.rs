@@ -463,11 +463,9 @@ fn matmul_many_equals_one_matmul_per_weight() {
 /// one after a GEMM has written over the input (an F32 weight's GEMM, which converts nothing).
 #[test]
 fn gemm_input_converted_once() {
-    let Some(g) = gpu() else { return };
-    if !g.has_cublas() {
-        eprintln!("skipping: cuBLAS did not load");
+    let Some(g) = common::gpu_with_cublas() else {
         return;
-    }
+    };
     let mut rng = rng("gemm_input");
     // More tokens than the mmq kernels take, so the matmuls go through cuBLAS.
     let (ntok, cols) = (100, 512);

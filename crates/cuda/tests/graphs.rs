@@ -236,11 +236,9 @@ fn warmed_up_model_equals_a_fresh_one() {
 /// replayed like the mmq steps, cuBLAS calls included, with the bits of the direct steps.
 #[test]
 fn batched_decode_on_weight_copies_replays() {
-    let Some(g) = gpu() else { return };
-    if !g.has_cublas() {
-        eprintln!("skipping: cuBLAS did not load");
+    let Some(g) = common::gpu_with_cublas() else {
         return;
-    }
+    };
     drop(g);
     let root = common::repo_root().join("tests/fixtures/tiny");
     let dir = tempfile::tempdir().unwrap();

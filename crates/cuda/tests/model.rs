@@ -382,11 +382,9 @@ fn llama_8b_shape_matches_cpu() {
 /// the flash-attention kernel; then decode through mmvq. Both against the CPU.
 #[test]
 fn f16_weight_copies_and_flash_prefill_match_cpu() {
-    let Some(g) = gpu() else { return };
-    if !g.has_cublas() {
-        eprintln!("skipping: cuBLAS did not load");
+    let Some(g) = common::gpu_with_cublas() else {
         return;
-    }
+    };
     drop(g);
     let dir = tempfile::tempdir().unwrap();
     let mut r = rng("f16-copies");

@@ -38,6 +38,17 @@ pub fn gpu() -> Option<CudaBackend> {
     }
 }
 
+/// `gpu()`, or `None` (after saying why) when cuBLAS did not load: for the tests of the cuBLAS
+/// paths.
+pub fn gpu_with_cublas() -> Option<CudaBackend> {
+    let g = gpu()?;
+    if !g.has_cublas() {
+        eprintln!("skipping: cuBLAS did not load");
+        return None;
+    }
+    Some(g)
+}
+
 /// A generator seeded from the clock (printed, and overridable by REALIZAR_TEST_SEED) so every
 /// run draws fresh inputs and a failure can be replayed.
 pub fn rng(test: &str) -> StdRng {
