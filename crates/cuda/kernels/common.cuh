@@ -199,6 +199,12 @@ __device__ __forceinline__ int group_pick(const Group& g, const u8*& w, float*& 
     return b - g.n1;
 }
 
+// Which of the group's matrices (0, 1 or 2) this block works on, as `group_pick` chooses.
+__device__ __forceinline__ int group_matrix(const Group& g) {
+    const int b = blockIdx.x;
+    return b < g.n0 ? 0 : b < g.n0 + g.n1 ? 1 : 2;
+}
+
 // The attention kernels' parameters (attention.cu, flash.cu); the layout matches `AttnArgs` in
 // backend/attention.rs.
 struct AttnArgs {

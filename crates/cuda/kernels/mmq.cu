@@ -475,7 +475,7 @@ __device__ __forceinline__ V pick3(const V (&a)[3], int m) {
 __device__ __forceinline__ bool mmq_pick(const Group& g, const MmqSplits& sp, int ntok,
                                          const u8*& w, float*& o, int& rows, int& kps, int& bx) {
     bx = group_pick(g, w, o, rows);
-    const int m = (int)blockIdx.x < g.n0 ? 0 : (int)blockIdx.x < g.n0 + g.n1 ? 1 : 2;
+    const int m = group_matrix(g);
     const int splits = pick3(sp.n, m);
     if ((int)blockIdx.z >= splits) return false;
     kps = pick3(sp.kps, m);
@@ -762,7 +762,7 @@ extern "C" __global__ void mmq_reduce(Group g, MmqSplits sp) {
     const u8* w;
     float* out;
     int n, b = group_pick(g, w, out, n);
-    const int m = (int)blockIdx.x < g.n0 ? 0 : (int)blockIdx.x < g.n0 + g.n1 ? 1 : 2;
+    const int m = group_matrix(g);
     const float* part = pick3(sp.part, m);
     int i = b * blockDim.x + threadIdx.x;
     if (i >= n) return;

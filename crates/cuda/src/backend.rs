@@ -33,7 +33,7 @@ mod weights;
 
 use attention::AttnArgs;
 pub(crate) use attention::{
-    ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS, GQA_SMEM_MAX,
+    stages_gqa, ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS, GQA_SMEM_MAX,
 };
 pub use graphs::GraphStats;
 pub(crate) use matmul::{dequant_kernel, MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
@@ -378,9 +378,9 @@ impl CudaBackend {
             .map_err(|e| CudaError::call("cuStreamCreate", e))?;
         let kernels = Kernels::load(&ctx)?;
         let sm_count = mmq_sm_count(&ctx);
-        let has_pdl = matches!(ctx.compute_capability(), Ok((major, _)) if major >= 9);
-        let gqa_stages = matches!(ctx.compute_capability(),
-            Ok((major, minor)) if attention::stages_gqa(major, minor));
+        let cc = ctx.compute_capability().ok();
+        let has_pdl = matches!(cc, Some((major, _)) if major >= 9);
+        let gqa_stages = matches!(cc, Some((major, minor)) if attention::stages_gqa(major, minor));
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaBackend {
             ctx,

@@ -243,7 +243,7 @@ impl Kernels {
                     )
                     .map_err(|e| CudaError::kernel(name, e))?;
                 }
-                if name.starts_with("attn_gqa_f16_") && major >= 8 {
+                if name.starts_with("attn_gqa_f16_") && crate::backend::stages_gqa(major, minor) {
                     // The staged grouped kernels' K and V rows (more than 48 KiB at head dim 128).
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -317,7 +317,7 @@ const GQA_WARPS: usize = 4;
 /// Whether the grouped kernels stage their rows in shared memory on a device of compute
 /// capability `major.minor`: the parts whose SMs hold two staged blocks or more
 /// (`GQA_CAN_STAGE` in kernels/attention.cu, which this must match).
-pub(super) fn stages_gqa(major: i32, minor: i32) -> bool {
+pub(crate) fn stages_gqa(major: i32, minor: i32) -> bool {
     matches!((major, minor), (8, 0) | (8, 7) | (9, 0) | (10, 0) | (10, 3))
 }
 

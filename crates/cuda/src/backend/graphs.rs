@@ -155,7 +155,7 @@ impl CudaBackend {
             && !ids.is_empty()
             && (ids.len() < self.gemm_min_tokens
                 || self.blas.is_none()
-                || (pure_decode && (self.mmq_takes(ids.len()) || (copies && self.graph_blas))))
+                || (pure_decode && (self.mmq_takes(ids.len()) || copies)))
             && (!copies || self.graph_blas)
             && self.check().is_ok();
         if !eligible {

@@ -529,8 +529,7 @@ impl CudaBackend {
         let most = sp.n.iter().copied().max().unwrap_or(1).max(1);
         let (group, blocks) = Group::new(mats, MMQ_ROWS);
         let grid = (blocks as u32, ntok.div_ceil(tt) as u32, most as u32);
-        let shape = [Arg::I(cols as i32), Arg::I(ntok as i32)];
-        let [c, n] = shape;
+        let (c, n) = (Arg::I(cols as i32), Arg::I(ntok as i32));
         match input {
             MmqInput::Q8(xq, xds) => {
                 let args = [
@@ -598,13 +597,13 @@ impl CudaBackend {
         self.launch(name, grid, 128, &args)
     }
 
-    /// Whether the mmq kernels take matmuls of `ntok` tokens (of the types they cover).
     /// Whether the cuBLAS path (f16 tiles dequantized in the step) takes matmuls of `ntok`
     /// tokens that mmq and the f16 weight copies do not.
     pub(super) fn gemm_takes(&self, ntok: usize) -> bool {
         !self.exact && ntok >= self.gemm_min_tokens && self.blas.is_some()
     }
 
+    /// Whether the mmq kernels take matmuls of `ntok` tokens (of the types they cover).
     pub(super) fn mmq_takes(&self, ntok: usize) -> bool {
         self.sm_count > 0 && self.mmq_tokens.0 <= ntok && ntok <= self.mmq_tokens.1
     }
