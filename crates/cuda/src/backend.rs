@@ -305,6 +305,9 @@ pub struct CudaBackend {
     mmq_wave: usize,
     /// The device has programmatic dependent launch (sm_90 and later).
     has_pdl: bool,
+    /// One-row norms run as a cluster of blocks (sm_90 and later; fused.rs `norm_cluster`;
+    /// off in deterministic mode, where a token's norm must not depend on the batch).
+    cluster_norms: bool,
     /// Whether the grouped attention kernels stage their K/V rows in shared memory (the
     /// device's arch is one `attention::stages_gqa` lists).
     gqa_stages: bool,
@@ -406,6 +409,7 @@ impl CudaBackend {
             sm_count,
             mmq_wave: mmq_wave_from_env(),
             has_pdl,
+            cluster_norms: has_pdl,
             gqa_stages,
             pdl: has_pdl && std::env::var_os("REALIZAR_CUDA_PDL").is_none_or(|v| v != "0"),
             blas: blas::open_blas(&stream),
@@ -474,6 +478,14 @@ impl CudaBackend {
         // Recorded steps hold the old launches.
         self.gen.fetch_add(1, Ordering::Relaxed);
         self.pdl
+    }
+
+    /// Whether a one-row norm of 4,096 columns or more runs as a cluster of blocks where the
+    /// device has clusters (on by default): another order of the sum of squares than a norm of
+    /// several rows, so deterministic mode turns it off.
+    pub fn set_cluster_norms(&mut self, on: bool) {
+        self.cluster_norms = on && self.has_pdl;
+        self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Decode matmuls on rows at least `n` wide use the 8-bit mmvq kernels (narrower ones the

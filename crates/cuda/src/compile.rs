@@ -55,7 +55,16 @@ const SOURCES: &[Source] = &[
 
 /// Every kernel entry point, by file.
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
-    ("norm.cu", &["rms_norm", "add_rms_norm", "rms_norm_heads"]),
+    (
+        "norm.cu",
+        &[
+            "rms_norm",
+            "add_rms_norm",
+            "rms_norm_heads",
+            "rms_norm_cl",
+            "add_rms_norm_cl",
+        ],
+    ),
     ("rope.cu", &["rope"]),
     (
         "matvec.cu",

@@ -86,7 +86,15 @@ fn add_rms_norm_fused_equals_unfused_and_cpu() {
     let c = CpuBackend::new(Arc::new(()));
     let mut rng = rng("add_rms_norm");
     let mut ok = true;
-    for (rows, cols) in [(1, 64), (5, 576), (3, 4096), (16, 2048)] {
+    // One row of 4096 and 5120: the cluster norms on sm_90 and later.
+    for (rows, cols) in [
+        (1, 64),
+        (5, 576),
+        (3, 4096),
+        (16, 2048),
+        (1, 4096),
+        (1, 5120),
+    ] {
         let x = normal(&mut rng, rows * cols, 2.0);
         let y = normal(&mut rng, rows * cols, 1.0);
         let wv = normal(&mut rng, cols, 1.0);

@@ -34,6 +34,30 @@ impl CudaBackend {
         smem: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
+        self.launch_ex(name, grid, block, smem, 1, args)
+    }
+
+    /// `launch` in clusters of `cluster` blocks along x (sm_90 and later; grid.0 a multiple).
+    pub(super) fn launch_cluster(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        cluster: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        self.launch_ex(name, grid, block, 0, cluster, args)
+    }
+
+    fn launch_ex(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        cluster: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
         let f = self.kernels.get(name)?;
         // Count the launch in `epoch` when it may write activations (all but the mmvq and mmq
         // matmuls, which write only their output, and the GEMM path's weight dequantization,
@@ -64,16 +88,33 @@ impl CudaBackend {
         // SAFETY: a plain C union of integers and structs of integers; all-zero is valid.
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
         value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
+        // SAFETY: as above.
+        let mut dims: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        dims.clusterDim.x = cluster;
+        dims.clusterDim.y = 1;
+        dims.clusterDim.z = 1;
+        let mut attrs = [
+            sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            },
+            sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value: dims,
+            },
+        ];
         // Not for the mmq kernels (5-64-token matmuls: batched decode, short prefill chunks)
         // and their reduction: launched early, they cost more than they saved (H200, 8B
         // Q4_K_M, 64 sequences: S_TG 5,187-5,190 with them, 5,576-5,708 without them,
         // 5,553-5,689 with no programmatic launch at all).
         let programmatic = self.pdl && !name.starts_with("mmq_");
+        // The attributes in use: the programmatic one first where it is on, then the cluster's.
+        if !programmatic {
+            attrs.swap(0, 1);
+        }
+        let used = u32::from(programmatic) + u32::from(cluster > 1);
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -83,8 +124,8 @@ impl CudaBackend {
             blockDimZ: 1,
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(programmatic),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: used,
         };
         self.ctx
             .bind_to_thread()
@@ -92,7 +133,7 @@ impl CudaBackend {
         // SAFETY: every launch site passes the argument list of the kernel's C signature (same
         // order and types); device addresses come from live allocations of this context whose
         // sizes the callers check against the shapes they pass; struct arguments are the C
-        // structs (sizes asserted above). `params` and `attr` outlive the call, and `f` is a
+        // structs (sizes asserted above). `params` and `attrs` outlive the call, and `f` is a
         // function of this context's loaded modules. With the programmatic attribute, every
         // kernel waits for the one before it (`pdl_entry`, checked in compile.rs's tests).
         unsafe {
