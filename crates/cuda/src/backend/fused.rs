@@ -130,7 +130,7 @@ impl CudaBackend {
             Arg::P(slot.xm),
         ]);
         // One row on sm_90 and later: a cluster of blocks. (H200, 8B Q4_K_M: add_rms_norm 6.10
-        // -> 5.25 us, tg128 +2.4-2.9%. Not for more rows: prefill of 512 tokens -16%, batched
+        // -> 5.25 us, tg128 +2.4-2.9%. Not for more rows: prefill (16 x 512 tokens) -16%, batched
         // decode -2 to -6%; nor for narrower rows: SmolLM2, 576 columns, tg128 -6 to -7%.)
         let cluster_kernel = match name {
             "rms_norm" => Some("rms_norm_cl"),
