@@ -125,10 +125,11 @@ extern "C" __global__ void __launch_bounds__(1024)
 // blockDim.x). Each block sums the squares of its slice; the blocks read each other's sums
 // through distributed shared memory, so every block has the row's sum (added in rank order:
 // the same in each), and then scales and quantizes its slice. One block a row runs a whole
-// row's arithmetic on one SM (H200, 4096 columns: 6.1 us a norm, issue-bound; 5.25 us so). The
-// sum is in another order than one block's: the host takes these for both norms alike (the
-// fused and unfused paths give the same bits), and not in deterministic mode, since it takes
-// them for one row only (backend/fused.rs).
+// row's arithmetic on one SM (H200, 4096 columns: 6.1 us a norm, issue-bound; 5.25 us as a
+// cluster). The sum is in another order than one block's: the host takes these for both norms
+// alike (the fused and unfused paths give the same bits), and not in deterministic mode, since
+// it takes them for one row only (backend/fused.rs). Before sm_90 (no clusters) the body is
+// empty: the host launches these only where the device has clusters (`cluster_norms`).
 __device__ __forceinline__ void norm_cluster(float* x, const float* y, const float* w, float* out,
                                              int cols, float eps, i8* xq, float2* xds, u16* xm) {
 #if __CUDA_ARCH__ >= 900
