@@ -20,6 +20,7 @@ shape=${SHAPE:-llama-3.1-8b} type=${TYPE:-Q4_K_M}
 f="/tmp/kt-$shape-$type.gguf"
 [ -f "$f" ] || "$bin" synth --fast --shape "$shape" --type "$type" -o "$f" >/dev/null || exit 1
 out=${OUT:-/tmp}
+mkdir -p "$out"
 csv="$out/ncu-$shape-$type.csv"
 ncu --csv --cache-control none --clock-control none --metrics gpu__time_duration.sum \
     --launch-skip "${SKIP:-4000}" --launch-count "${COUNT:-320}" \

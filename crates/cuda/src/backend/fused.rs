@@ -29,14 +29,21 @@ const NORM_CLUSTER_MIN_COLS: usize = 4096;
 /// element where the slice allows. None: one block a row (rows that are not 32-element groups,
 /// or too long).
 pub(crate) fn norm_cluster(cols: usize) -> Option<(usize, u32)> {
-    let groups = cols / 32;
     if !cols.is_multiple_of(32) {
         return None;
     }
-    let n = (2..=8).rev().find(|&n| groups.is_multiple_of(n))?;
+    let n = (2..=CLUSTER_MAX)
+        .rev()
+        .find(|&n| (cols / 32).is_multiple_of(n))?;
     let len = cols / n;
-    (len <= 8 * 1024).then(|| (n, len.min(1024) as u32))
+    (len <= NORM_REGS * 1024).then(|| (n, len.min(1024) as u32))
 }
+
+/// The most blocks of a portable cluster.
+const CLUSTER_MAX: usize = 8;
+
+/// Elements a thread of a norm kernel keeps in registers (`NORM_REGS` in kernels/norm.cu).
+const NORM_REGS: usize = 8;
 
 /// Device addresses of a matmul input's copies that the kernel writing the input also writes
 /// (0: not this one): the 8-bit values and scales, or the f16 copy (in the f16 mmq kernels'
