@@ -377,6 +377,23 @@ __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __rest
         mmvq<T, 1, ROWS>(w, xq, xds, out, rows, cols, ntok, b);                                 \
     }
 
+// One token, two rows a block, over a group of two weight types: matrices from `split` on of
+// type T2, the others of T (an 8B Q4_K_M's q and k in Q4_K, its v in Q6_K in some layers): one
+// launch where there would be one a type. Each block's arithmetic is its type's 2-row kernel's.
+#define MMVQ_MIX(NAME, T, T2)                                                                   \
+    extern "C" __global__ void MMVQ_K mmvq_mix_##NAME##_1r2(Group g, const int* xq,             \
+                                                            const float2* xds, int cols,         \
+                                                            int ntok, int split) {               \
+        pdl_entry();                                                                            \
+        const u8* w;                                                                            \
+        float* out;                                                                             \
+        int rows, b = group_pick(g, w, out, rows);                                              \
+        if (group_matrix(g) >= split)                                                           \
+            mmvq<T2, 1, 2>(w, xq, xds, out, rows, cols, ntok, b);                               \
+        else                                                                                    \
+            mmvq<T, 1, 2>(w, xq, xds, out, rows, cols, ntok, b);                                \
+    }
+
 #define MMVQ_ALL(NAME, T, LB)                                                                   \
     MMVQ(NAME, T, 1, 1) MMVQ(NAME, T, 2, 2) MMVQ(NAME, T, 4, 2) MMVQ(NAME, T, 8, 2)             \
     MMVQ_R(NAME, T, 2, LB) MMVQ_R(NAME, T, 4, )
@@ -389,3 +406,6 @@ MMVQ_ALL(q8_0, MQ8_0, )
 MMVQ_ALL(q4_k, MQ4K, MMVQ_K)
 MMVQ_ALL(q5_k, MQ5K, MMVQ_K)
 MMVQ_ALL(q6_k, MQ6K, MMVQ_K)
+MMVQ_MIX(q4_k_q6_k, MQ4K, MQ6K)
+MMVQ_MIX(q5_k_q6_k, MQ5K, MQ6K)
+MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)

@@ -767,6 +767,9 @@ impl CudaBackend {
             let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
             return Ok(self.gemm_copies(x.cols, &all, x)?);
         }
+        if self.group && self.matmul_mixed(&mats, x)? {
+            return Ok(());
+        }
         let mut i = 0;
         while i < mats.len() {
             let ty = mats[i].0;

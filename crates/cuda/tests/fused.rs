@@ -414,8 +414,12 @@ fn matmul_many_equals_one_matmul_per_weight() {
     let mut rng = rng("matmul_many");
     let mut ok = true;
     const ROWS: [usize; 3] = [96, 33, 64];
-    let sets: [(&[GgmlType], usize, [usize; 3]); 6] = [
+    // (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K) and (Q4_K, Q5_K) take one launch for one token
+    // (`mmvq_mix_*`).
+    let sets: [(&[GgmlType], usize, [usize; 3]); 8] = [
         (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K], 2048, ROWS),
+        (&[GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q6K], 2048, ROWS),
+        (&[GgmlType::Q4K, GgmlType::Q5K], 2048, ROWS),
         (
             &[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K],
             2048,

@@ -396,6 +396,53 @@ impl CudaBackend {
         self.launch(name, grid, 128, &args)
     }
 
+    /// One launch for a one-token group of two weight types (`mmvq_mix_*`: the first matrices
+    /// of one type, the rest of another, as an 8B Q4_K_M's q, k in Q4_K and v in Q6_K), where
+    /// each type alone would take the 2-row mmvq kernel; the same bits as those launches.
+    /// Ok(false) where it does not apply.
+    pub(super) fn matmul_mixed(
+        &self,
+        mats: &[(GgmlType, Mat)],
+        x: &CudaBuf,
+    ) -> Result<bool, CudaError> {
+        let cols = x.cols;
+        let split = mats.iter().take_while(|(t, _)| *t == mats[0].0).count();
+        let Some(&(second, _)) = mats.get(split) else {
+            return Ok(false);
+        };
+        let name = match (mats[0].0, second) {
+            (GgmlType::Q4K, GgmlType::Q6K) => "mmvq_mix_q4_k_q6_k_1r2",
+            (GgmlType::Q5K, GgmlType::Q6K) => "mmvq_mix_q5_k_q6_k_1r2",
+            (GgmlType::Q4K, GgmlType::Q5K) => "mmvq_mix_q4_k_q5_k_1r2",
+            _ => return Ok(false),
+        };
+        let takes = x.rows == 1
+            && mats.len() <= GROUP_MAX
+            && mats[split..].iter().all(|(t, _)| *t == second)
+            && !self.exact
+            && self.mmvq_rows == 2
+            && cols >= self.mmvq_min_cols
+            && !self.f16_weights_take(1)
+            && !self.mmq_takes(1)
+            && !self.gemm_takes(1);
+        if !takes {
+            return Ok(false);
+        }
+        let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
+        let (xq, xds) = self.quantized_input(x, cols, &all)?;
+        let (group, blocks) = Group::new(&all, 2);
+        let args = [
+            Arg::Group(group),
+            Arg::P(xq),
+            Arg::P(xds),
+            Arg::I(cols as i32),
+            Arg::I(1),
+            Arg::I(split as i32),
+        ];
+        self.launch(name, (blocks as u32, 1, 1), 128, &args)?;
+        Ok(true)
+    }
+
     /// The 8-bit copy of `x` (int8 values, then a (d, d * sum) pair per 32), quantized now
     /// unless the copy made last is of the same input and nothing has written since: q, k and
     /// v (and gate and up) multiply the same input.
