@@ -168,6 +168,14 @@ __device__ __forceinline__ void q8_warp(float v, i8* xq, float2* xds) {
     if (lane == 0) *xds = make_float2(d, d * s);
 }
 
+// act 0: SiLU, 1: GELU (tanh approximation): the glu kernels' activation (elementwise.cu, and
+// matvec.cu's, which apply it to the gate rows they compute).
+__device__ __forceinline__ float glu_act(float g, int act) {
+    if (act == 0) return g / (1.0f + expf(-g));
+    const float k = 0.7978845608f;
+    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
 // The matrices of one matmul launch: up to three weights that multiply the same input (q, k and
 // v; gate and up), each with its own output and row count. Blocks 0 .. n0 - 1 take matrix 0, the
 // next n1 blocks matrix 1, the rest matrix 2; a plain matmul is a group of one. The layout

@@ -46,13 +46,6 @@ extern "C" __global__ void embed_float(const u8* __restrict__ table, const u32* 
     }
 }
 
-// act 0: SiLU, 1: GELU (tanh approximation).
-__device__ __forceinline__ float glu_act(float g, int act) {
-    if (act == 0) return g / (1.0f + expf(-g));
-    const float k = 0.7978845608f;
-    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
-}
-
 // gate = act(gate) * up.
 extern "C" __global__ void glu(float* __restrict__ gate, const float* __restrict__ up, long long n,
                                int act) {

@@ -8,6 +8,18 @@
 
 #define WARPS 4
 
+// A dequantized 32-element chunk dotted with 32 activations (16-byte aligned).
+__device__ __forceinline__ float chunk_dot(const float (&v)[32], const float* x) {
+    const float4* xp = (const float4*)x;
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float4 a = xp[k];
+        s += v[4 * k] * a.x + v[4 * k + 1] * a.y + v[4 * k + 2] * a.z + v[4 * k + 3] * a.w;
+    }
+    return s;
+}
+
 template <class T, int NT>
 __device__ __forceinline__ void matvec_q(const u8* __restrict__ w, const float* __restrict__ x,
                                          float* __restrict__ out, int rows, int cols, int ntok,
@@ -25,19 +37,8 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ w, const float* 
         float v[32];
         T::chunk(wr + (c / T::CHUNKS) * T::BYTES, c % T::CHUNKS, v);
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t0 + t < ntok) {
-                const float4* xp = (const float4*)(x + (size_t)(t0 + t) * cols + c * 32);
-                float s = 0.0f;
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    float4 a = xp[k];
-                    s += v[4 * k] * a.x + v[4 * k + 1] * a.y + v[4 * k + 2] * a.z +
-                         v[4 * k + 3] * a.w;
-                }
-                acc[t] += s;
-            }
-        }
+        for (int t = 0; t < NT; t++)
+            if (t0 + t < ntok) acc[t] += chunk_dot(v, x + (size_t)(t0 + t) * cols + c * 32);
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -113,6 +114,34 @@ __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* 
     }
 }
 
+// One token's gated MLP input: out[r] = act(gate[r] . x) * (up[r] . x), a warp a row of both
+// matrices, each row's sum the bits matvec_<type>_1 gives it and the product glu's. Grid
+// (rows / WARPS). Saves glu's launch where the next matmul reads f32 activations (an 8-bit copy
+// for it would need the 32 rows of a group, from 8 blocks: a fused form that counted finished
+// groups with atomics lost 4-8% on the H200).
+template <class T>
+__device__ __forceinline__ void matvec_glu(const u8* __restrict__ gate, const u8* __restrict__ up,
+                                           const float* __restrict__ x, float* __restrict__ out,
+                                           int rows, int cols, int act) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    size_t row_bytes = (size_t)(cols / T::QK) * T::BYTES;
+    const u8* g = gate + (size_t)row * row_bytes;
+    const u8* u = up + (size_t)row * row_bytes;
+    float ag = 0.0f, au = 0.0f;
+    for (int c = lane; c < cols / 32; c += 32) {
+        float vg[32], vu[32];
+        size_t at = (size_t)(c / T::CHUNKS) * T::BYTES;
+        T::chunk(g + at, c % T::CHUNKS, vg);
+        T::chunk(u + at, c % T::CHUNKS, vu);
+        ag += chunk_dot(vg, x + c * 32);
+        au += chunk_dot(vu, x + c * 32);
+    }
+    float sg = warp_sum(ag), su = warp_sum(au);
+    if (lane == 0) out[row] = glu_act(sg, act) * su;
+}
+
 #define MATVEC_ONE(NAME, CALL)                                                                  \
     extern "C" __global__ void NAME(Group g, const float* x, int cols, int ntok) {              \
         pdl_entry();                                                                            \
@@ -124,7 +153,12 @@ __device__ __forceinline__ void matvec_f(const u8* __restrict__ w, const float* 
 
 #define MATVEC_Q(NAME, T)                                                                       \
     MATVEC_ONE(matvec_##NAME##_1, (matvec_q<T, 1>))                                             \
-    MATVEC_ONE(matvec_##NAME##_8, (matvec_q<T, 8>))
+    MATVEC_ONE(matvec_##NAME##_8, (matvec_q<T, 8>))                                             \
+    extern "C" __global__ void matvec_glu_##NAME(const u8* gate, const u8* up, const float* x,  \
+                                                 float* out, int rows, int cols, int act) {      \
+        pdl_entry();                                                                            \
+        matvec_glu<T>(gate, up, x, out, rows, cols, act);                                       \
+    }
 
 #define MATVEC_F(NAME, KIND)                                                                    \
     MATVEC_ONE(matvec_##NAME##_1, (matvec_f<KIND, 1>))                                          \

@@ -311,6 +311,75 @@ fn matmul_after_fused_input_equals_unfused() {
     assert!(ok, "a matmul after a fused input differs");
 }
 
+/// Gate, up and glu of one token in one kernel where the f32 kernels take the matmuls and the
+/// down projection reads f32 activations (narrow rows as SmolLM2's, or exact mode): the gate
+/// bits of the grouped matmul and `glu`, and the down matmul after them the same bits; the
+/// fused kernel leaves `up` unwritten, which shows it ran. Twice in a row. Wider shapes keep
+/// the matmuls and `glu` (which writes the down projection's 8-bit copy: no conversion of its
+/// own).
+#[test]
+fn gate_up_glu_fused_equals_unfused() {
+    let Some(mut g) = gpu() else { return };
+    let mut rng = rng("gate_up_glu");
+    let mut ok = true;
+    // (type, cols, n_ff, activation, exact mode, one kernel)
+    let cases = [
+        (GgmlType::Q4_1, 576, 1536, Activation::Silu, false, true),
+        (GgmlType::Q4_0, 576, 1536, Activation::GeluTanh, false, true),
+        (GgmlType::Q5_0, 576, 1536, Activation::Silu, false, true),
+        (GgmlType::Q5_1, 576, 1536, Activation::Silu, false, true),
+        (GgmlType::Q8_0, 576, 1536, Activation::Silu, false, true),
+        (GgmlType::Q4K, 768, 1536, Activation::GeluTanh, false, true),
+        (GgmlType::Q5K, 512, 1024, Activation::Silu, false, true),
+        (GgmlType::Q6K, 512, 1024, Activation::Silu, false, true),
+        (GgmlType::Q4K, 4096, 14336, Activation::Silu, true, true),
+        (GgmlType::Q4K, 4096, 14336, Activation::Silu, false, false),
+        (GgmlType::Q4K, 768, 2048, Activation::Silu, false, false),
+    ];
+    for (ty, cols, n_ff, act, exact, one) in cases {
+        g.set_exact(exact);
+        let mut weight = |r: usize, c: usize| {
+            let data = common::quantize(ty, &normal(&mut rng, r * c, 1.0), r, c);
+            upload(&g, ty, r, c, &data, WeightUse::Matrix)
+        };
+        let (wg, wu) = (weight(n_ff, cols), weight(n_ff, cols));
+        let wd = q4k_weight(&g, &mut rng, 64, n_ff);
+        let x = normal(&mut rng, cols, 1.0);
+        let run = |g: &CudaBackend| -> (Vec<f32>, Vec<f32>, u64, bool) {
+            let gx = g.buf_from_host(1, cols, &x).unwrap();
+            let mut gate = g.buf_from_host(1, n_ff, &vec![f32::NAN; n_ff]).unwrap();
+            let mut up = g.buf_from_host(1, n_ff, &vec![f32::NAN; n_ff]).unwrap();
+            let mut down = g.buf_from_host(1, 64, &vec![f32::NAN; 64]).unwrap();
+            g.gate_up_glu(&wg, &wu, &gx, &mut gate, &mut up, act)
+                .unwrap();
+            let up_unwritten = g.read(&up, 1).unwrap().iter().all(|v| v.is_nan());
+            let conversions = matmul_counted(g, &wd, &gate, &mut down);
+            let (gate, down) = (g.read(&gate, 1).unwrap(), g.read(&down, 1).unwrap());
+            (gate, down, conversions, up_unwritten)
+        };
+        let (a, b) = both(&mut g, run);
+        let again = run(&g);
+        let what = format!("gate_up_glu {ty:?} {n_ff}x{cols} {act:?} (exact: {exact})");
+        ok &= same(&format!("{what}: gate"), &a.0, &b.0);
+        ok &= same(&format!("{what}: down after it"), &a.1, &b.1);
+        ok &= same(&format!("{what}: gate, run again"), &again.0, &a.0);
+        ok &= same(&format!("{what}: down, run again"), &again.1, &a.1);
+        if (a.3, again.3, b.3) != (one, one, false) {
+            println!(
+                "FAIL {what}: up unwritten fused {} / {}, unfused {} (one kernel expected: {one})",
+                a.3, again.3, b.3
+            );
+            ok = false;
+        }
+        // The down projection reads an 8-bit input from 2048 columns (mmvq_min_cols).
+        if !exact && n_ff >= 2048 {
+            ok &= copy_used(&what, a.2, b.2);
+        }
+    }
+    g.set_exact(false);
+    assert!(ok, "fused gate/up/glu differs");
+}
+
 /// Attention writes the o projection's 8-bit (or f16) input itself, in the attention kernel or,
 /// with split keys, in the merge: the matmul after it gives the same bits as with its own
 /// conversion launch. One token at short and long contexts (one split, several), a few tokens

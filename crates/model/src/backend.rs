@@ -189,6 +189,21 @@ pub trait Backend {
     );
     /// gate = act(gate) * up.
     fn glu(&self, gate: &mut Self::Buf, up: &Self::Buf, act: Activation);
+    /// The gated MLP's input: gate = act(W_gate x) * (W_up x), with `up` free to hold W_up x
+    /// (one kernel where the backend fuses them).
+    fn gate_up_glu(
+        &self,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+        x: &Self::Buf,
+        gate: &mut Self::Buf,
+        up: &mut Self::Buf,
+        act: Activation,
+    ) -> Result<(), ModelError> {
+        self.matmul_many(&[w_gate, w_up], x, &mut [&mut *gate, &mut *up])?;
+        self.glu(gate, up, act);
+        Ok(())
+    }
     /// x += y.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
     /// x += y, then out = rms_norm(x) (one kernel where the backend fuses them).

@@ -429,12 +429,14 @@ impl<B: Backend> Model<B> {
             b.add_rms_norm(&mut s.x, res, &lw.ffn_norm, cfg.norm_eps, &mut s.xn);
 
             // MLP block.
-            b.matmul_many(
-                &[&lw.ffn_gate, &lw.ffn_up],
+            b.gate_up_glu(
+                &lw.ffn_gate,
+                &lw.ffn_up,
                 &s.xn,
-                &mut [&mut s.gate, &mut s.up],
+                &mut s.gate,
+                &mut s.up,
+                cfg.activation,
             )?;
-            b.glu(&mut s.gate, &s.up, cfg.activation);
             b.matmul(&lw.ffn_down, &s.gate, &mut s.o)?;
             let res = match &lw.post_ffn_norm {
                 Some(pn) => {

@@ -15,6 +15,8 @@
 
 use realizar_model::backend::{AttnPlan, RopeParams};
 use realizar_model::config::{Activation, RopeLayout};
+use realizar_model::ModelError;
+use realizar_quant::GgmlType;
 
 use super::matmul::{ensure, GEMM_F16};
 use super::{grid1, prefix, Arg, CudaBackend, CudaBuf, CudaKv, CudaWeight, DevKv};
@@ -37,6 +39,21 @@ pub(crate) fn norm_cluster(cols: usize) -> Option<(usize, u32)> {
         .find(|&n| (cols / 32).is_multiple_of(n))?;
     let len = cols / n;
     (len <= NORM_REGS * 1024).then(|| (n, len.min(1024) as u32))
+}
+
+/// The fused gate/up/glu kernel of a weight type (the f32 kernels').
+fn glu_kernel(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4_0 => "matvec_glu_q4_0",
+        GgmlType::Q4_1 => "matvec_glu_q4_1",
+        GgmlType::Q5_0 => "matvec_glu_q5_0",
+        GgmlType::Q5_1 => "matvec_glu_q5_1",
+        GgmlType::Q8_0 => "matvec_glu_q8_0",
+        GgmlType::Q4K => "matvec_glu_q4_k",
+        GgmlType::Q5K => "matvec_glu_q5_k",
+        GgmlType::Q6K => "matvec_glu_q6_k",
+        _ => return None,
+    })
 }
 
 /// The most blocks of a portable cluster.
@@ -221,6 +238,55 @@ impl CudaBackend {
         self.launch(name, grid1(n, 256), 256, &args)?;
         self.act_written(slot, gate.ptr, gate.rows, gate.cols);
         Ok(())
+    }
+
+    /// gate = act(W_gate x) * (W_up x) for one token in one kernel (kernels/matvec.cu
+    /// `matvec_glu_*`), in place of the f32 kernels' grouped matmul and `glu`: narrow rows (or
+    /// exact mode) whose down projection also reads f32 activations, as SmolLM2's. Each row's
+    /// sum is the same bits; `up` is left as it was. Ok(false) where it does not apply (fusion
+    /// off, more tokens, other matmul paths, weight types or a down projection that reads an
+    /// 8-bit copy, which `glu` writes): the caller runs the matmuls and `glu`.
+    pub(super) fn do_gate_up_glu(
+        &self,
+        wg: &CudaWeight,
+        wu: &CudaWeight,
+        x: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+        act: Activation,
+    ) -> Result<bool, ModelError> {
+        let ((tg, g), (tu, u)) = (self.mat(wg, x, gate)?, self.mat(wu, x, up)?);
+        let (rows, cols) = (g.rows, x.cols);
+        // The f32 kernels, as matmul_mats chooses them for one token, for gate and up, and
+        // f32 activations for the down projection (act_slot's choice).
+        let narrow = |n: usize| self.exact || n < self.mmvq_min_cols;
+        let takes = self.fused
+            && x.rows == 1
+            && tg == tu
+            && u.rows == rows
+            && narrow(cols)
+            && narrow(rows)
+            && !self.f16_weights_take(1)
+            && !self.mmq_takes(1)
+            && !self.gemm_takes(1);
+        let Some(name) = glu_kernel(tg).filter(|_| takes) else {
+            return Ok(false);
+        };
+        let a = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let args = [
+            Arg::P(g.w),
+            Arg::P(u.w),
+            Arg::P(x.ptr),
+            Arg::P(gate.ptr),
+            Arg::I(rows as i32),
+            Arg::I(cols as i32),
+            Arg::I(a),
+        ];
+        self.launch(name, (rows.div_ceil(4) as u32, 1, 1), 128, &args)?;
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -298,6 +298,24 @@ impl Backend for CudaBackend {
         self.keep(self.do_glu(gate, up, act));
     }
 
+    fn gate_up_glu(
+        &self,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+        x: &CudaBuf,
+        gate: &mut CudaBuf,
+        up: &mut CudaBuf,
+        act: Activation,
+    ) -> Result<(), ModelError> {
+        self.check()?;
+        if self.do_gate_up_glu(w_gate, w_up, x, gate, up, act)? {
+            return Ok(());
+        }
+        self.matmul_many(&[w_gate, w_up], x, &mut [&mut *gate, &mut *up])?;
+        self.glu(gate, up, act);
+        Ok(())
+    }
+
     fn add(&self, x: &mut CudaBuf, y: &CudaBuf) {
         let n = x.len();
         if n == 0 {
