@@ -41,6 +41,14 @@ pub(crate) fn norm_cluster(cols: usize) -> Option<(usize, u32)> {
     (len <= NORM_REGS * 1024).then(|| (n, len.min(1024) as u32))
 }
 
+/// The glu kernels' `act` argument (`glu_act` in kernels/common.cuh).
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::Silu => 0,
+        Activation::GeluTanh => 1,
+    }
+}
+
 /// The fused gate/up/glu kernel of a weight type (the f32 kernels').
 fn glu_kernel(ty: GgmlType) -> Option<&'static str> {
     Some(match ty {
@@ -218,16 +226,12 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let a = match act {
-            Activation::Silu => 0,
-            Activation::GeluTanh => 1,
-        };
         let slot = self.act_slot(gate.rows, gate.cols)?;
         let mut args = vec![
             Arg::P(gate.ptr),
             Arg::P(up.ptr),
             Arg::L(n as i64),
-            Arg::I(a),
+            Arg::I(act_code(act)),
         ];
         let name = if slot.xq != 0 || slot.xm != 0 {
             args.extend([Arg::P(slot.xq), Arg::P(slot.xds), Arg::P(slot.xm)]);
@@ -255,26 +259,19 @@ impl CudaBackend {
         up: &CudaBuf,
         act: Activation,
     ) -> Result<bool, ModelError> {
+        if !self.fused || x.rows != 1 {
+            return Ok(false);
+        }
         let ((tg, g), (tu, u)) = (self.mat(wg, x, gate)?, self.mat(wu, x, up)?);
         let (rows, cols) = (g.rows, x.cols);
-        // The f32 kernels, as matmul_mats chooses them for one token, for gate and up, and
-        // f32 activations for the down projection (act_slot's choice).
-        let narrow = |n: usize| self.exact || n < self.mmvq_min_cols;
-        let takes = self.fused
-            && x.rows == 1
-            && tg == tu
+        // The f32 kernels for gate and up, and f32 activations for the down projection (the
+        // f32 kernels there too, so act_slot gives no 8-bit copy).
+        let takes = tg == tu
             && u.rows == rows
-            && narrow(cols)
-            && narrow(rows)
-            && !self.f16_weights_take(1)
-            && !self.mmq_takes(1)
-            && !self.gemm_takes(1);
+            && self.one_token_mmvq(cols) == Some(false)
+            && self.one_token_mmvq(rows) == Some(false);
         let Some(name) = glu_kernel(tg).filter(|_| takes) else {
             return Ok(false);
-        };
-        let a = match act {
-            Activation::Silu => 0,
-            Activation::GeluTanh => 1,
         };
         let args = [
             Arg::P(g.w),
@@ -283,7 +280,7 @@ impl CudaBackend {
             Arg::P(gate.ptr),
             Arg::I(rows as i32),
             Arg::I(cols as i32),
-            Arg::I(a),
+            Arg::I(act_code(act)),
         ];
         self.launch(name, (rows.div_ceil(4) as u32, 1, 1), 128, &args)?;
         Ok(true)

@@ -396,6 +396,16 @@ impl CudaBackend {
         self.launch(name, grid, 128, &args)
     }
 
+    /// The kernels `matmul_mats` gives one token's matmul of a quantized type on rows `cols`
+    /// wide: the mmvq kernels (true) or the f32 ones (false); None where the f16 weight copies,
+    /// mmq or cuBLAS would take it. The fused one-token kernels take the same cases.
+    pub(super) fn one_token_mmvq(&self, cols: usize) -> Option<bool> {
+        if self.f16_weights_take(1) || self.mmq_takes(1) || self.gemm_takes(1) {
+            return None;
+        }
+        Some(!self.exact && cols >= self.mmvq_min_cols)
+    }
+
     /// One launch for a one-token group of two weight types (`mmvq_mix_*`: the first matrices
     /// of one type, the rest of another, as an 8B Q4_K_M's q, k in Q4_K and v in Q6_K), where
     /// each type alone would take the 2-row mmvq kernel; the same bits as those launches.
@@ -419,12 +429,8 @@ impl CudaBackend {
         let takes = x.rows == 1
             && mats.len() <= GROUP_MAX
             && mats[split..].iter().all(|(t, _)| *t == second)
-            && !self.exact
             && self.mmvq_rows == 2
-            && cols >= self.mmvq_min_cols
-            && !self.f16_weights_take(1)
-            && !self.mmq_takes(1)
-            && !self.gemm_takes(1);
+            && self.one_token_mmvq(cols) == Some(true);
         if !takes {
             return Ok(false);
         }
