@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{check, gpu, normal, rng, upload};
+use common::{check, gpu, normal, rng, same, upload};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight};
@@ -17,21 +17,6 @@ use realizar_quant::GgmlType;
 
 fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn same(what: &str, a: &[f32], b: &[f32]) -> bool {
-    let diff = a
-        .iter()
-        .zip(b)
-        .filter(|(x, y)| x.to_bits() != y.to_bits())
-        .count();
-    if diff == 0 && a.len() == b.len() {
-        println!("PASS {what}: bit-identical ({} values)", a.len());
-        true
-    } else {
-        println!("FAIL {what}: {diff} of {} values differ", a.len());
-        false
-    }
 }
 
 /// A random `rows x cols` Q4_K matrix on the GPU.

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{check, gpu, normal, rng, store_random_kv};
+use common::{check, gpu, normal, q8_1_round, reference_matmul, rng, store_random_kv};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use realizar_cuda::{CudaBackend, CudaBuf, SUPPORTED_TYPES};
@@ -54,40 +54,6 @@ fn widths(ty: GgmlType) -> Vec<usize> {
     } else {
         vec![qk, 3 * qk, 5 * qk]
     }
-}
-
-/// The fast path's activation rounding, as kernels/mmvq.cu does it: blocks of 32, d = amax/127,
-/// q = round-half-even(x / d); returns the rounded activations d * q.
-fn q8_1_round(x: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for b in x.chunks(32) {
-        let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        out.extend(b.iter().map(|&v| d * (v * id).round_ties_even()));
-    }
-    out
-}
-
-/// out[t][r] = sum_c w[r][c] * x[t][c] in f64, with w dequantized from its blocks.
-fn reference_matmul(ty: GgmlType, wq: &[u8], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
-    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
-    let mut w = vec![0.0f32; rows * cols];
-    for r in 0..rows {
-        realizar_quant::dequantize_row(ty, &wq[r * rb..(r + 1) * rb], &mut w[r * cols..][..cols])
-            .unwrap();
-    }
-    let ntok = x.len() / cols;
-    let mut out = vec![0.0f32; ntok * rows];
-    for t in 0..ntok {
-        for r in 0..rows {
-            let s: f64 = (0..cols)
-                .map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64)
-                .sum();
-            out[t * rows + r] = s as f32;
-        }
-    }
-    out
 }
 
 /// The same values rounded to f16 (bf16 for BF16 weights), as the GEMM path feeds cuBLAS.
