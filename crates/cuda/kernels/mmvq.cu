@@ -409,3 +409,204 @@ MMVQ_ALL(q6_k, MQ6K, MMVQ_K)
 MMVQ_MIX(q4_k_q6_k, MQ4K, MQ6K)
 MMVQ_MIX(q5_k_q6_k, MQ5K, MQ6K)
 MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)
+
+// ---- Streamed one-token kernels (sm_90 and later): mmvq_bulk_<type> ----
+//
+// The 2-row kernels above hold one batch of loads a block in flight, and a block lives about one
+// DRAM round trip: at 12 blocks an SM gate/up ran at 2.67 TB/s of the H200's 4.8 (DRAM 56%).
+// Here the weights come into shared memory by the copy engine (`cp.async.bulk`), which takes no
+// registers. A block has W consumer warps (8 or 16) and one producer warp. A chunk is a slice of
+// BULK_SLICE columns of W consecutive rows (one copy a row slice, into a stage of up to
+// BULK_MAX_STAGES); the block walks its row groups (group c, c + grid, ...) slice by slice. Each
+// consumer warp takes one row of the group: its lanes take the slice's pieces round robin (as the
+// 2-row kernel's threads), accumulate over the row's slices, and the warp's sum is the row's.
+// A stage's "full" barrier completes when its copies land; its "empty" barrier when every
+// consumer warp is done with it, and only then does the producer copy the next chunk into it:
+// the warps run decoupled, up to a ring of stages apart. A row's order of summation depends on
+// its width only, so it has the same bits whatever group it is launched in. The host takes
+// these kernels for one token in fast mode outside deterministic mode, where the row is a
+// multiple of BULK_SLICE columns, and by default for Q4_0 weights only: on an H200 they made
+// 8B Q4_0 decode 5% faster and 8B Q4_K_M 5-8% slower than the 2-row kernels (backend/bulk.rs).
+// At most 64 registers (`__maxnreg__`): ptxas's own choice spilled at 40.
+//
+// The weights never change during a step, so the producer's copies start before the wait for
+// the kernel ahead (a norm, glu, attention): they overlap its end. The consumers read the
+// activations and write outputs only after `pdl_entry()`.
+
+#define BULK_SLICE 2048
+#define BULK_MAX_STAGES 8
+
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, u32 count) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+
+// The barrier's phase completes when `bytes` more have landed (and the one arrival is made).
+__device__ __forceinline__ void mbar_expect(unsigned long long* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+#endif
+}
+
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global `src` to shared `dst`,
+// counted on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes,
+                                          unsigned long long* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+        ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar))
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done;
+    do {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; "
+            "selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(smem_addr(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
+// Row group c of the group's matrices (W rows of one matrix, fewer in a matrix's last group;
+// `Group`'s block counts are row-group counts here): its weights, output, first row and row
+// count.
+template <int W>
+__device__ __forceinline__ const u8* bulk_rows(const Group& g, int c, size_t row_bytes,
+                                               float*& out, int& row0, int& nrows) {
+    const u8* w;
+    int rows;
+    if (c < g.n0) {
+        w = g.w0, out = g.o0, rows = g.r0;
+    } else if ((c -= g.n0) < g.n1) {
+        w = g.w1, out = g.o1, rows = g.r1;
+    } else {
+        c -= g.n1;
+        w = g.w2, out = g.o2, rows = g.r2;
+    }
+    row0 = c * W;
+    nrows = min(W, rows - row0);
+    return w + (size_t)row0 * row_bytes;
+}
+
+// A walk over a block's chunks: stage s (parity `phase` of its barriers' use), slice k of row
+// group c; counters instead of divisions.
+struct BulkWalk {
+    int s, phase, k, c;
+    __device__ __forceinline__ void next(int stages, int nslice, int grid) {
+        if (++s == stages) s = 0, phase ^= 1;
+        if (++k == nslice) k = 0, c += grid;
+    }
+};
+
+template <class T, int W>
+__device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict__ xq,
+                                          const float2* __restrict__ xds, int cols, int stages) {
+    constexpr int SLICE_BYTES = BULK_SLICE / T::QK * T::BYTES;
+    constexpr int PIECES = BULK_SLICE / T::QK * T::SUBS;
+    constexpr int STAGE_BYTES = W * SLICE_BYTES;
+    extern __shared__ __align__(128) u8 bulk_buf[];
+    __shared__ __align__(8) unsigned long long full[BULK_MAX_STAGES], empty[BULK_MAX_STAGES];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nslice = cols / BULK_SLICE;
+    const size_t row_bytes = (size_t)nslice * SLICE_BYTES;
+    const int total = g.n0 + g.n1 + g.n2, grid = gridDim.x, b = blockIdx.x;
+    const int chunks = (b < total ? (total - b + grid - 1) / grid : 0) * nslice;
+    // The activations' copy (cols int8 values, then cols / 32 (d, d * sum) pairs), then the
+    // stages.
+    int* xs = (int*)bulk_buf;
+    float2* ds = (float2*)(bulk_buf + cols);
+    u8* stage0 = bulk_buf + cols + cols / 4;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], W);
+        }
+#if __CUDA_ARCH__ >= 900
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+    }
+    __syncthreads();
+    float* out;
+    int row0, nrows;
+    BulkWalk at = {0, 0, 0, b};
+    if (warp == W) {
+        // The producer: each chunk into its stage once the consumers are done with the stage's
+        // last use (none on the first pass).
+        if (lane == 0) {
+            for (int q = 0; q < chunks; q++, at.next(stages, nslice, grid)) {
+                if (q >= stages) mbar_wait(&empty[at.s], (u32)(at.phase ^ 1));
+                const u8* w = bulk_rows<W>(g, at.c, row_bytes, out, row0, nrows);
+                w += (size_t)at.k * SLICE_BYTES;
+                u8* dst = stage0 + at.s * STAGE_BYTES;
+                mbar_expect(&full[at.s], (u32)(nrows * SLICE_BYTES));
+                for (int r = 0; r < nrows; r++)
+                    bulk_copy(dst + r * SLICE_BYTES, w + r * row_bytes, SLICE_BYTES, &full[at.s]);
+            }
+        }
+        return;
+    }
+    pdl_entry();
+    // The activations into shared memory: with the stages there, L1 has little room left.
+    for (int i = threadIdx.x; i < cols / 16; i += W * 32) ((int4*)xs)[i] = ((const int4*)xq)[i];
+    for (int i = threadIdx.x; i < cols / 64; i += W * 32) ((int4*)ds)[i] = ((const int4*)xds)[i];
+    // The consumer warps only (the producer does not take part).
+    asm volatile("bar.sync 1, %0;" ::"r"(W * 32) : "memory");
+    float acc = 0.0f;
+    for (int q = 0; q < chunks; q++, at.next(stages, nslice, grid)) {
+        bulk_rows<W>(g, at.c, row_bytes, out, row0, nrows);
+        mbar_wait(&full[at.s], (u32)at.phase);
+        if (warp < nrows) {
+            const u8* wr = stage0 + at.s * STAGE_BYTES + warp * SLICE_BYTES;
+            const int* xk = xs + at.k * (BULK_SLICE / 4);
+            const float2* dk = ds + at.k * (BULK_SLICE / 32);
+#pragma unroll
+            for (int i = lane; i < PIECES; i += 32) {
+                const int blk = i / T::SUBS, sub = i % T::SUBS;
+                T wv;
+                wv.load(wr + blk * T::BYTES, sub);
+                acc += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
+            }
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[at.s]);
+        if (at.k == nslice - 1) {
+            const float v = warp_sum(acc);
+            if (lane == 0 && warp < nrows) out[row0 + warp] = v;
+            acc = 0.0f;
+        }
+    }
+}
+
+#define MMVQ_BULK(NAME, T, W)                                                                   \
+    extern "C" __global__ void __maxnreg__(64)                                                  \
+        mmvq_bulk_##NAME##_w##W(Group g, const int* xq, const float2* xds, int cols,            \
+                                int stages) {                                                   \
+        mmvq_bulk<T, W>(g, xq, xds, cols, stages);                                              \
+    }
+#define MMVQ_BULK_ALL(NAME, T) MMVQ_BULK(NAME, T, 8) MMVQ_BULK(NAME, T, 16)
+
+MMVQ_BULK_ALL(q4_0, MQ4_0)
+MMVQ_BULK_ALL(q4_1, MQ4_1)
+MMVQ_BULK_ALL(q5_0, MQ5_0)
+MMVQ_BULK_ALL(q5_1, MQ5_1)
+MMVQ_BULK_ALL(q8_0, MQ8_0)
+MMVQ_BULK_ALL(q4_k, MQ4K)
+MMVQ_BULK_ALL(q5_k, MQ5K)
+MMVQ_BULK_ALL(q6_k, MQ6K)

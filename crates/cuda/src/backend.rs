@@ -24,6 +24,7 @@ use crate::CudaError;
 
 mod attention;
 mod blas;
+mod bulk;
 mod fused;
 mod graphs;
 mod launch;
@@ -35,6 +36,7 @@ use attention::AttnArgs;
 pub(crate) use attention::{
     stages_gqa, ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS, GQA_SMEM_MAX,
 };
+pub(crate) use bulk::{BULK_ENTRY_POINTS, BULK_SMEM_MAX};
 pub use graphs::GraphStats;
 pub(crate) use matmul::{dequant_kernel, MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
 
@@ -293,6 +295,8 @@ pub struct CudaBackend {
     /// Rows per block of the one-token mmvq kernels (1, 2 or 4; `REALIZAR_CUDA_MMVQ_ROWS`; 2 by
     /// default: H200, 8B Q4_K_M tg128 300.87 t/s against 271.86 with 1 row, same run).
     mmvq_rows: usize,
+    /// The streamed one-token kernels (bulk.rs).
+    bulk: bulk::Bulk,
     /// Matmuls of this many tokens (inclusive range) use the tensor-core mmq kernels.
     mmq_tokens: (usize, usize),
     /// Those of them with this many tokens use the f16 mmq kernels (f16 activations) instead
@@ -406,6 +410,7 @@ impl CudaBackend {
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|n| matches!(n, 1 | 2 | 4))
                 .unwrap_or(2),
+            bulk: bulk::Bulk::from_env(has_pdl),
             sm_count,
             mmq_wave: mmq_wave_from_env(),
             has_pdl,

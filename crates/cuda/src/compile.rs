@@ -158,6 +158,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "mmvq_mix_q4_k_q5_k_1r2",
         ],
     ),
+    ("mmvq.cu", &crate::backend::BULK_ENTRY_POINTS),
     ("mmq.cu", &crate::backend::MMQ_ENTRY_POINTS),
     (
         "gemm.cu",
@@ -247,9 +248,9 @@ impl Kernels {
             };
             let names = ENTRY_POINTS
                 .iter()
-                .find(|(f, _)| *f == src.file)
-                .map_or(&[][..], |(_, n)| *n);
-            for &name in names {
+                .filter(|(f, _)| *f == src.file)
+                .flat_map(|(_, n)| n.iter().copied());
+            for name in names {
                 let f = module
                     .load_function(name)
                     .map_err(|e| CudaError::kernel(name, e))?;
@@ -260,6 +261,14 @@ impl Kernels {
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         crate::backend::MMQ_F16_SMEM_MAX as i32,
+                    )
+                    .map_err(|e| CudaError::kernel(name, e))?;
+                }
+                if name.starts_with("mmvq_bulk_") && major >= 9 {
+                    // The streamed kernels' stages (backend/bulk.rs).
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        crate::backend::BULK_SMEM_MAX as i32,
                     )
                     .map_err(|e| CudaError::kernel(name, e))?;
                 }
@@ -439,13 +448,20 @@ mod tests {
     #[test]
     fn every_file_has_entry_points_and_sources_exist() {
         for src in SOURCES {
-            let names = ENTRY_POINTS.iter().find(|(f, _)| *f == src.file);
-            let Some((_, names)) = names else {
-                panic!("{} has no entry points listed", src.file);
-            };
-            for n in names.iter() {
+            let names: Vec<&str> = ENTRY_POINTS
+                .iter()
+                .filter(|(f, _)| *f == src.file)
+                .flat_map(|(_, n)| n.iter().copied())
+                .collect();
+            assert!(!names.is_empty(), "{} has no entry points listed", src.file);
+            for n in names {
+                let bulk = n
+                    .strip_prefix("mmvq_bulk_")
+                    .and_then(|r| r.rsplit_once("_w"))
+                    .is_some_and(|(ty, _)| src.text.contains(&format!("MMVQ_BULK_ALL({ty},")));
                 assert!(
-                    src.text
+                    bulk || src
+                        .text
                         .contains(n.trim_end_matches("_1").trim_end_matches("_8"))
                         || src.text.contains("MATVEC_")
                         || src.text.contains("MMVQ_ALL(")
@@ -490,11 +506,28 @@ mod tests {
         None
     }
 
+    /// Whether the streamed matmuls' body (`mmvq_bulk` in `text`) reads nothing but weights
+    /// before `pdl_entry()`: up to it, only the barriers' setup and the first copies.
+    fn bulk_waits(text: &str) -> bool {
+        let Some(at) = text.find("__device__ __forceinline__ void mmvq_bulk(") else {
+            return false;
+        };
+        let body = &text[at..];
+        let Some(wait) = body.find("pdl_entry();") else {
+            return false;
+        };
+        let before = &body[..wait];
+        ["xq[", "xq)", "xds[", "xds)", "out["]
+            .iter()
+            .all(|p| !before.contains(p))
+    }
+
     /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them with
     /// programmatic dependent launch on sm_90, which lets a kernel start before the one ahead
     /// of it has finished; one without the wait would read unfinished results. The body is
-    /// found after the parameter list's matching parenthesis (past `__launch_bounds__(..)`),
-    /// wherever the brace is.
+    /// found after the parameter list's matching parenthesis (past `__launch_bounds__(..)` and
+    /// `__maxnreg__(..)`), wherever the brace is. The streamed matmuls' body is a call of
+    /// `mmvq_bulk`, which copies weights before its `pdl_entry()` (`bulk_waits`).
     #[test]
     fn every_kernel_waits_for_the_one_before() {
         let mut kernels = 0;
@@ -507,13 +540,15 @@ mod tests {
                 let rest = &text[at..];
                 let mut sig = skip_blank(&rest["__global__".len()..]);
                 sig = skip_blank(sig.strip_prefix("void").unwrap_or(sig));
-                if sig.starts_with("__launch_bounds__") {
-                    sig = after_parens(sig).unwrap_or("");
+                while sig.starts_with("__launch_bounds__") || sig.starts_with("__maxnreg__") {
+                    sig = skip_blank(after_parens(sig).unwrap_or(""));
                 }
                 let body = after_parens(sig).map(skip_blank).unwrap_or("");
                 let first = body.strip_prefix('{').map(skip_blank).unwrap_or("");
+                // The streamed matmuls issue their first weight copies, then wait (mmvq.cu).
+                let streamed = first.starts_with("mmvq_bulk<") && bulk_waits(text);
                 assert!(
-                    first.starts_with("pdl_entry();"),
+                    first.starts_with("pdl_entry();") || streamed,
                     "{file}: a kernel does not start with pdl_entry(): {}",
                     &rest[..rest.len().min(120)]
                 );

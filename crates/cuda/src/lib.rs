@@ -210,12 +210,14 @@ pub fn load_cuda_with(
         // cuBLAS GEMMs (from `gemm_min_tokens` tokens) and the mmq kernels (their K splits
         // depend on the batch) do not, nor does split-K attention (its split count depends on
         // the batch), nor the flash kernel (taken by steps of many tokens a sequence), nor the
-        // cluster norms (one-token steps); the f16 weight copies are not made (below).
+        // cluster norms and the streamed matmuls (one-token steps); the f16 weight copies are
+        // not made (below).
         backend.set_gemm_min_tokens(usize::MAX);
         backend.set_mmq_tokens(0, 0);
         backend.set_attention_split(false);
         backend.set_attention_flash(false);
         backend.set_cluster_norms(false);
+        backend.set_mmvq_bulk(false);
     }
     let (free, total) = backend.memory_info()?;
     let file_needs = Needs::of(&file, &cfg, opts);

@@ -305,7 +305,7 @@ unsafe impl DeviceRepr for MmqSplits {}
 impl Group {
     /// The group of `mats` (at most `GROUP_MAX`) at `per_block` rows per block, and the blocks
     /// of all of them (the grid's x).
-    fn new(mats: &[Mat], per_block: usize) -> (Group, usize) {
+    pub(super) fn new(mats: &[Mat], per_block: usize) -> (Group, usize) {
         let mut g = Group::default();
         let mut total = 0;
         for (i, m) in mats.iter().take(GROUP_MAX).enumerate() {
@@ -377,6 +377,9 @@ impl CudaBackend {
             return self.mmq(k, cols, mats, x, input);
         }
         let (xq, xds) = self.quantized_input(x, cols, mats)?;
+        if nt == 1 && self.matmul_bulk(ty, cols, mats, xq, xds)? {
+            return Ok(());
+        }
         // Rows per block: REALIZAR_CUDA_MMVQ_ROWS (2 by default) for one token, 2 for more
         // (kernels/mmvq.cu).
         let per_block = match nt {
@@ -426,15 +429,19 @@ impl CudaBackend {
             (GgmlType::Q4K, GgmlType::Q5K) => "mmvq_mix_q4_k_q5_k_1r2",
             _ => return Ok(false),
         };
+        let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
+        // Where the streamed kernels take either type, each type's launch takes them, so a
+        // row has their bits whatever its group.
         let takes = x.rows == 1
             && mats.len() <= GROUP_MAX
             && mats[split..].iter().all(|(t, _)| *t == second)
             && self.mmvq_rows == 2
-            && self.one_token_mmvq(cols) == Some(true);
+            && self.one_token_mmvq(cols) == Some(true)
+            && !self.bulk_takes(mats[0].0, cols, &all[..split])
+            && !self.bulk_takes(second, cols, &all[split..]);
         if !takes {
             return Ok(false);
         }
-        let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
         let (xq, xds) = self.quantized_input(x, cols, &all)?;
         let (group, blocks) = Group::new(&all, 2);
         let args = [

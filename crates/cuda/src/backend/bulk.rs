@@ -1,0 +1,287 @@
+//! The streamed one-token matmul kernels (`mmvq_bulk_<type>_w<W>`, kernels/mmvq.cu; sm_90 and
+//! later): weight rows copied into shared memory by the copy engine (`cp.async.bulk`) a
+//! 2048-column slice of W rows at a time, up to 8 such chunks in flight a block, one producer
+//! warp and W consumer warps (a row each), a grid of a few blocks an SM walking the group's row
+//! groups. The 2-row mmvq kernels hold one batch of loads a block in flight and ran the 8B's
+//! gate/up at 2.67 TB/s of the H200's 4.8; the copies need no registers, so a block keeps far
+//! more bytes in flight. Same 8-bit activations and dp4a dots as mmvq; another order of the
+//! row's sum, so deterministic mode turns them off (a one-token row must add up as the
+//! multi-token kernels add it). They won for Q4_0 weights only (`DEFAULT_TYPES`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use realizar_quant::GgmlType;
+
+use super::matmul::{Group, Mat, GROUP_MAX};
+use super::{Arg, CudaBackend};
+use crate::CudaError;
+
+/// Columns a chunk (kernels/mmvq.cu `BULK_SLICE`): whole blocks of every type, and a multiple of
+/// 16 bytes for each (Q6_K: 8 blocks, 1,680 bytes).
+const SLICE: usize = 2048;
+
+/// Most stages a block (kernels/mmvq.cu `BULK_MAX_STAGES`).
+const MAX_STAGES: usize = 8;
+
+/// Dynamic shared memory the kernels may ask for: the sm_90 opt-in limit (227 KiB) less
+/// their static shared memory (the barriers) and a margin.
+pub(crate) const BULK_SMEM_MAX: usize = 226 * 1024;
+
+/// Every type's kernels: 8 and 16 consumer warps a block (kernels/mmvq.cu `W`), each warp a
+/// row of a chunk; one more warp copies.
+const KERNELS: [(GgmlType, [&str; 2]); 8] = [
+    (GgmlType::Q4_0, ["mmvq_bulk_q4_0_w8", "mmvq_bulk_q4_0_w16"]),
+    (GgmlType::Q4_1, ["mmvq_bulk_q4_1_w8", "mmvq_bulk_q4_1_w16"]),
+    (GgmlType::Q5_0, ["mmvq_bulk_q5_0_w8", "mmvq_bulk_q5_0_w16"]),
+    (GgmlType::Q5_1, ["mmvq_bulk_q5_1_w8", "mmvq_bulk_q5_1_w16"]),
+    (GgmlType::Q8_0, ["mmvq_bulk_q8_0_w8", "mmvq_bulk_q8_0_w16"]),
+    (GgmlType::Q4K, ["mmvq_bulk_q4_k_w8", "mmvq_bulk_q4_k_w16"]),
+    (GgmlType::Q5K, ["mmvq_bulk_q5_k_w8", "mmvq_bulk_q5_k_w16"]),
+    (GgmlType::Q6K, ["mmvq_bulk_q6_k_w8", "mmvq_bulk_q6_k_w16"]),
+];
+
+/// The entry points, for compile.rs.
+pub(crate) const BULK_ENTRY_POINTS: [&str; 2 * KERNELS.len()] = {
+    let mut names = [""; 2 * KERNELS.len()];
+    let mut i = 0;
+    while i < KERNELS.len() {
+        names[2 * i] = KERNELS[i].1[0];
+        names[2 * i + 1] = KERNELS[i].1[1];
+        i += 1;
+    }
+    names
+};
+
+/// The types whose one-token matmuls take the streamed kernels by default. H200, tg128 against
+/// the 2-row mmvq kernels in the same call (`bench -p 0 -n 128 -r 3`): 8B Q4_0 376.49 ->
+/// 390.04; 8B Q4_K_M (Q4_K and Q6_K through them) 375.84 / 370.12 -> 357.69 / 352.70, so the
+/// K-quants keep mmvq (`REALIZAR_CUDA_MMVQ_BULK=all` takes every type, `0` none).
+const DEFAULT_TYPES: [GgmlType; 1] = [GgmlType::Q4_0];
+
+/// How the streamed kernels run: whether at all and for which types, consumer warps a block,
+/// blocks an SM and a block's shared memory (the input's copy and the stages). The environment
+/// sets them (`REALIZAR_CUDA_MMVQ_BULK=0` turns the kernels off, `=all` takes every type;
+/// `REALIZAR_CUDA_BULK_WARPS`, `_BPS` and `_SMEM` are for measuring).
+#[derive(Debug)]
+pub(super) struct Bulk {
+    on: bool,
+    /// Every type has its kernel, not only the default's (`DEFAULT_TYPES`).
+    all_types: bool,
+    /// Consumer warps a block: 8 or 16.
+    warps: usize,
+    blocks_per_sm: usize,
+    smem: usize,
+    /// Launches made, for tests.
+    launches: AtomicU64,
+}
+
+/// The shared-memory copy of a one-token input `cols` wide: int8 values, a (d, d * sum) pair a
+/// 32.
+fn x_bytes(cols: usize) -> usize {
+    cols + cols / 4
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+impl Bulk {
+    /// The configuration for a device with (`sm90`) or without the bulk copies.
+    pub(super) fn from_env(sm90: bool) -> Bulk {
+        let mode = std::env::var("REALIZAR_CUDA_MMVQ_BULK").unwrap_or_default();
+        let on = sm90 && mode != "0";
+        let all_types = mode == "all";
+        let blocks_per_sm = env_usize("REALIZAR_CUDA_BULK_BPS").unwrap_or(2).clamp(1, 8);
+        let smem = env_usize("REALIZAR_CUDA_BULK_SMEM")
+            .unwrap_or(96 * 1024)
+            .min(BULK_SMEM_MAX / blocks_per_sm - 1024);
+        let warps = if env_usize("REALIZAR_CUDA_BULK_WARPS") == Some(16) {
+            16
+        } else {
+            8
+        };
+        Bulk {
+            on,
+            all_types,
+            warps,
+            blocks_per_sm,
+            smem,
+            launches: AtomicU64::new(0),
+        }
+    }
+
+    /// The launch of a one-token group: (kernel, stages), or None where the kernels do not
+    /// take it (rows not a whole number of chunk slices, a weight not 16-byte aligned, fewer
+    /// than two stages).
+    fn plan(&self, ty: GgmlType, cols: usize, mats: &[Mat]) -> Option<(&'static str, usize)> {
+        if !self.on
+            || mats.is_empty()
+            || mats.len() > GROUP_MAX
+            || cols == 0
+            || !cols.is_multiple_of(SLICE)
+            || mats.iter().any(|m| !m.w.is_multiple_of(16))
+        {
+            return None;
+        }
+        if !self.all_types && !DEFAULT_TYPES.contains(&ty) {
+            return None;
+        }
+        let names = KERNELS.iter().find(|(t, _)| *t == ty)?.1;
+        let name = names[usize::from(self.warps == 16)];
+        let stage = self.stage_bytes(ty);
+        let stages = (self.smem.saturating_sub(x_bytes(cols)) / stage).min(MAX_STAGES);
+        (stages >= 2).then_some((name, stages))
+    }
+
+    /// A stage's bytes for `ty`.
+    fn stage_bytes(&self, ty: GgmlType) -> usize {
+        self.warps * SLICE / ty.block_size() * ty.type_size()
+    }
+}
+
+impl CudaBackend {
+    /// Whether one-token matmuls of every type take the streamed kernels where they apply (by
+    /// default only `DEFAULT_TYPES`, where the device has the bulk copies): another order of a
+    /// row's sum than the multi-token kernels, so deterministic mode turns them off.
+    pub fn set_mmvq_bulk(&mut self, on: bool) {
+        self.bulk.on = on && self.has_pdl;
+        self.bulk.all_types = on;
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The streamed kernels' shape: consumer warps a block (16, or else 8), blocks an SM (1-8)
+    /// and a block's stages (bytes; at most what fits beside the other blocks of its SM). Set
+    /// from the environment at start; tests try others.
+    pub fn set_mmvq_bulk_shape(&mut self, warps: usize, blocks_per_sm: usize, stages: usize) {
+        self.bulk.warps = if warps == 16 { 16 } else { 8 };
+        let bps = blocks_per_sm.clamp(1, 8);
+        self.bulk.blocks_per_sm = bps;
+        self.bulk.smem = stages.min(BULK_SMEM_MAX / bps - 1024);
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the streamed kernels are on (they need sm_90 or later).
+    pub fn mmvq_bulk(&self) -> bool {
+        self.bulk.on
+    }
+
+    /// Launches of the streamed kernels so far.
+    pub fn mmvq_bulk_launches(&self) -> u64 {
+        self.bulk.launches.load(Ordering::Relaxed)
+    }
+
+    /// Whether the streamed kernels take one token's product with `mats` (of type `ty`, rows
+    /// `cols` wide) where the mmvq kernels would.
+    pub(super) fn bulk_takes(&self, ty: GgmlType, cols: usize, mats: &[Mat]) -> bool {
+        self.bulk.plan(ty, cols, mats).is_some()
+    }
+
+    /// One token's product with the group `mats` on the streamed kernels, from the 8-bit copy
+    /// (`xq`, `xds`) of its input. Ok(false) where they do not take it.
+    pub(super) fn matmul_bulk(
+        &self,
+        ty: GgmlType,
+        cols: usize,
+        mats: &[Mat],
+        xq: u64,
+        xds: u64,
+    ) -> Result<bool, CudaError> {
+        let Some((name, stages)) = self.bulk.plan(ty, cols, mats) else {
+            return Ok(false);
+        };
+        let (group, row_groups) = Group::new(mats, self.bulk.warps);
+        // Whole shares: each block gets the same number of row groups, or one fewer.
+        let slots = (self.sm_count * self.bulk.blocks_per_sm).max(1);
+        let each = row_groups.div_ceil(slots).max(1);
+        let grid = row_groups.div_ceil(each);
+        let smem = (x_bytes(cols) + stages * self.bulk.stage_bytes(ty)) as u32;
+        let args = [
+            Arg::Group(group),
+            Arg::P(xq),
+            Arg::P(xds),
+            Arg::I(cols as i32),
+            Arg::I(stages as i32),
+        ];
+        self.launch_smem(
+            name,
+            (grid as u32, 1, 1),
+            32 * (self.bulk.warps as u32 + 1),
+            smem,
+            &args,
+        )?;
+        self.bulk.launches.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mat(rows: usize) -> Mat {
+        Mat {
+            w: 1 << 20,
+            wh: 0,
+            rows,
+            out: 0,
+        }
+    }
+
+    fn config(on: bool) -> Bulk {
+        Bulk {
+            on,
+            all_types: true,
+            warps: 8,
+            blocks_per_sm: 2,
+            smem: 96 * 1024,
+            launches: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn plans_follow_widths_and_stages() {
+        let c = config(true);
+        // 8B gate/up (Q4_K, 1,152 bytes a row slice): 8 stages of 9 KiB after the input's
+        // 5 KiB.
+        let gate = [mat(14336), mat(14336)];
+        assert_eq!(
+            c.plan(GgmlType::Q4K, 4096, &gate),
+            Some(("mmvq_bulk_q4_k_w8", 8))
+        );
+        // 8B down in Q6_K: 13,440-byte stages, 5 in 96 KiB after the input's 17.5 KiB; Q8_0's
+        // 17,408: 5.
+        assert_eq!(
+            c.plan(GgmlType::Q6K, 14336, &[mat(4096)]),
+            Some(("mmvq_bulk_q6_k_w8", 5))
+        );
+        assert_eq!(
+            c.plan(GgmlType::Q8_0, 2048, &[mat(33)]),
+            Some(("mmvq_bulk_q8_0_w8", 5))
+        );
+        // Any rows: a matrix's last row group may be short.
+        let qkv = [mat(4096), mat(1023), mat(1)];
+        assert!(c.plan(GgmlType::Q4_0, 4096, &qkv).is_some());
+        // Widths that are not whole slices (SmolLM2's 576), a weight that is not 16-byte
+        // aligned, a type without a kernel, the switch off.
+        assert_eq!(c.plan(GgmlType::Q4_1, 576, &[mat(64)]), None);
+        assert_eq!(c.plan(GgmlType::Q4K, 3072, &[mat(64)]), None);
+        let odd = [Mat { w: 8, ..mat(64) }];
+        assert_eq!(c.plan(GgmlType::Q4K, 4096, &odd), None);
+        assert_eq!(c.plan(GgmlType::Q2K, 4096, &[mat(64)]), None);
+        assert_eq!(config(false).plan(GgmlType::Q4K, 4096, &[mat(64)]), None);
+        // By default only Q4_0.
+        let default = Bulk {
+            all_types: false,
+            ..config(true)
+        };
+        assert_eq!(default.plan(GgmlType::Q4K, 4096, &gate), None);
+        assert!(default.plan(GgmlType::Q4_0, 4096, &gate).is_some());
+        // Room for fewer than two stages.
+        let small = Bulk {
+            smem: 24 * 1024,
+            ..config(true)
+        };
+        assert_eq!(small.plan(GgmlType::Q8_0, 2048, &[mat(8)]), None);
+        assert!(small.plan(GgmlType::Q4K, 2048, &[mat(8)]).is_some());
+    }
+}

@@ -1,0 +1,100 @@
+//! The streamed one-token matmul kernels (`mmvq_bulk_*`, sm_90 and later) against the 8-bit
+//! reference and against the 2-row mmvq kernels they replace. Skips (saying why) without a
+//! CUDA device or on one without the bulk copies.
+
+mod common;
+
+use common::{check_dot, gpu, normal, q8_1_round, quantize, reference_matmul, rng, same, upload};
+use realizar_cuda::{CudaBackend, CudaBuf, CudaWeight, SUPPORTED_TYPES};
+use realizar_model::backend::{Backend, WeightUse};
+use realizar_quant::GgmlType;
+
+fn nan_buf(g: &CudaBackend, rows: usize) -> CudaBuf {
+    g.buf_from_host(1, rows, &vec![f32::NAN; rows]).unwrap()
+}
+
+/// One token through a group of matrices of `ty`, `cols` wide: the grouped launch against
+/// the reference, each matrix alone (the same bits: a row's order does not depend on its group),
+/// and the 2-row mmvq kernels (the same products, another order of the sum).
+fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], what: &str) -> bool {
+    let mut rng = rng(&format!("bulk {ty} {cols} {rows:?}"));
+    let data: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|&r| quantize(ty, &normal(&mut rng, r * cols, 1.0), r, cols))
+        .collect();
+    let ws: Vec<CudaWeight> = rows
+        .iter()
+        .zip(&data)
+        .map(|(&r, d)| upload(g, ty, r, cols, d, WeightUse::Matrix))
+        .collect();
+    let x = normal(&mut rng, cols, 1.0);
+    let gx = g.buf_from_host(1, cols, &x).unwrap();
+    let run = |g: &CudaBackend| -> Vec<Vec<f32>> {
+        let mut outs: Vec<CudaBuf> = rows.iter().map(|&r| nan_buf(g, r)).collect();
+        let wrefs: Vec<&CudaWeight> = ws.iter().collect();
+        let mut orefs: Vec<&mut CudaBuf> = outs.iter_mut().collect();
+        g.matmul_many(&wrefs, &gx, &mut orefs).unwrap();
+        outs.iter().map(|o| g.read(o, 1).unwrap()).collect()
+    };
+    let before = g.mmvq_bulk_launches();
+    let got = run(g);
+    let launched = g.mmvq_bulk_launches() - before;
+    let mut ok = launched == 1;
+    if !ok {
+        println!("FAIL {what}: {launched} streamed launches for the group, want 1");
+    }
+    let xr = q8_1_round(&x);
+    for (i, &r) in rows.iter().enumerate() {
+        let w = format!("{what} matrix {i} ({r} rows)");
+        let want = reference_matmul(ty, &data[i], r, cols, &xr);
+        ok &= check_dot(
+            &format!("{w} vs q8_1 reference"),
+            &got[i],
+            &want,
+            cols,
+            1e-4,
+        );
+        let mut one = nan_buf(g, r);
+        g.matmul(&ws[i], &gx, &mut one).unwrap();
+        ok &= same(&format!("{w} alone"), &g.read(&one, 1).unwrap(), &got[i]);
+    }
+    g.set_mmvq_bulk(false);
+    let old = run(g);
+    g.set_mmvq_bulk(true);
+    for (i, &r) in rows.iter().enumerate() {
+        let w = format!("{what} matrix {i} ({r} rows) vs 2-row mmvq");
+        ok &= check_dot(&w, &got[i], &old[i], cols, 1e-5);
+    }
+    ok
+}
+
+#[test]
+fn bulk_matmul_matches_reference() {
+    let Some(mut g) = gpu() else { return };
+    // Every type (by default only Q4_0 takes them).
+    g.set_mmvq_bulk(true);
+    if !g.mmvq_bulk() {
+        eprintln!("skipping: the streamed kernels need sm_90 or later");
+        return;
+    }
+    let mut ok = true;
+    // Every type in a q/k/v-like group of 2048-wide rows (one slice a row), short last row
+    // groups (33 and 1 rows).
+    for &ty in SUPPORTED_TYPES.iter().filter(|t| t.is_quantized()) {
+        ok &= check_group(&mut g, ty, 2048, &[300, 33, 1], &format!("{ty} 2048"));
+    }
+    // 8B's down projection (7 slices a row; 16 row groups a block, so the stage ring wraps)
+    // and gate/up (2 slices), and a Q4_0 down.
+    ok &= check_group(&mut g, GgmlType::Q6K, 14336, &[4096], "Q6_K down");
+    ok &= check_group(&mut g, GgmlType::Q4K, 4096, &[14336, 14336], "Q4_K gate/up");
+    ok &= check_group(&mut g, GgmlType::Q4_0, 14336, &[4096], "Q4_0 down");
+    // Other shapes of the grid (a block's shared memory: the input's copy, then the stages):
+    // one block an SM with two stages; 16 consumer warps a block, two blocks an SM with three
+    // stages.
+    g.set_mmvq_bulk_shape(8, 1, 17920 + 2 * 8 * 1152);
+    ok &= check_group(&mut g, GgmlType::Q4K, 14336, &[2048, 100], "Q4_K 2 stages");
+    g.set_mmvq_bulk_shape(16, 2, 5120 + 3 * 16 * 1680);
+    ok &= check_group(&mut g, GgmlType::Q6K, 4096, &[4096, 1023], "Q6_K 16 warps");
+    ok &= check_group(&mut g, GgmlType::Q4_1, 2048, &[300, 33, 1], "Q4_1 16 warps");
+    assert!(ok, "the streamed kernels differ");
+}
