@@ -36,7 +36,7 @@ use attention::AttnArgs;
 pub(crate) use attention::{
     stages_gqa, ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS, GQA_SMEM_MAX,
 };
-pub(crate) use bulk::{BULK_ENTRY_POINTS, BULK_SMEM_MAX};
+pub(crate) use bulk::{bulk_arch, BULK_ENTRY_POINTS, BULK_SMEM_MAX};
 pub use graphs::GraphStats;
 pub(crate) use matmul::{dequant_kernel, MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
 
@@ -410,7 +410,7 @@ impl CudaBackend {
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|n| matches!(n, 1 | 2 | 4))
                 .unwrap_or(2),
-            bulk: bulk::Bulk::from_env(has_pdl),
+            bulk: bulk::Bulk::from_env(matches!(cc, Some((major, _)) if bulk_arch(major))),
             sm_count,
             mmq_wave: mmq_wave_from_env(),
             has_pdl,

@@ -264,8 +264,9 @@ impl Kernels {
                     )
                     .map_err(|e| CudaError::kernel(name, e))?;
                 }
-                if name.starts_with("mmvq_bulk_") && major >= 9 {
-                    // The streamed kernels' stages (backend/bulk.rs).
+                if name.starts_with("mmvq_bulk_") && crate::backend::bulk_arch(major) {
+                    // The streamed kernels' stages (backend/bulk.rs; other devices do not
+                    // launch them).
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         crate::backend::BULK_SMEM_MAX as i32,

@@ -27,6 +27,13 @@ const MAX_STAGES: usize = 8;
 /// their static shared memory (the barriers) and a margin.
 pub(crate) const BULK_SMEM_MAX: usize = 226 * 1024;
 
+/// Whether a device of compute capability `major` runs the streamed kernels: the bulk copies
+/// need sm_90, and the stages 227 KiB of shared memory a block, which sm_90 and sm_100/103
+/// have (sm_120 has 99 KiB, and would refuse the kernels' shared-memory attribute).
+pub(crate) fn bulk_arch(major: i32) -> bool {
+    matches!(major, 9 | 10)
+}
+
 /// Every type's kernels: 8 and 16 consumer warps a block (kernels/mmvq.cu `W`), each warp a
 /// row of a chunk; one more warp copies.
 const KERNELS: [(GgmlType, [&str; 2]); 8] = [
@@ -64,6 +71,8 @@ const DEFAULT_TYPES: [GgmlType; 1] = [GgmlType::Q4_0];
 /// `REALIZAR_CUDA_BULK_WARPS`, `_BPS` and `_SMEM` are for measuring).
 #[derive(Debug)]
 pub(super) struct Bulk {
+    /// The device runs them (`bulk_arch`).
+    arch: bool,
     on: bool,
     /// Every type has its kernel, not only the default's (`DEFAULT_TYPES`).
     all_types: bool,
@@ -86,10 +95,10 @@ fn env_usize(name: &str) -> Option<usize> {
 }
 
 impl Bulk {
-    /// The configuration for a device with (`sm90`) or without the bulk copies.
-    pub(super) fn from_env(sm90: bool) -> Bulk {
+    /// The configuration for a device that runs the kernels (`arch`, `bulk_arch`) or not.
+    pub(super) fn from_env(arch: bool) -> Bulk {
         let mode = std::env::var("REALIZAR_CUDA_MMVQ_BULK").unwrap_or_default();
-        let on = sm90 && mode != "0";
+        let on = arch && mode != "0";
         let all_types = mode == "all";
         let blocks_per_sm = env_usize("REALIZAR_CUDA_BULK_BPS").unwrap_or(2).clamp(1, 8);
         let smem = env_usize("REALIZAR_CUDA_BULK_SMEM")
@@ -101,6 +110,7 @@ impl Bulk {
             8
         };
         Bulk {
+            arch,
             on,
             all_types,
             warps,
@@ -144,7 +154,7 @@ impl CudaBackend {
     /// default only `DEFAULT_TYPES`, where the device has the bulk copies): another order of a
     /// row's sum than the multi-token kernels, so deterministic mode turns them off.
     pub fn set_mmvq_bulk(&mut self, on: bool) {
-        self.bulk.on = on && self.has_pdl;
+        self.bulk.on = on && self.bulk.arch;
         self.bulk.all_types = on;
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
@@ -160,7 +170,7 @@ impl CudaBackend {
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether the streamed kernels are on (they need sm_90 or later).
+    /// Whether the streamed kernels are on (they need sm_90 or sm_100/103: `bulk_arch`).
     pub fn mmvq_bulk(&self) -> bool {
         self.bulk.on
     }
@@ -229,6 +239,7 @@ mod tests {
 
     fn config(on: bool) -> Bulk {
         Bulk {
+            arch: true,
             on,
             all_types: true,
             warps: 8,
@@ -236,6 +247,12 @@ mod tests {
             smem: 96 * 1024,
             launches: AtomicU64::new(0),
         }
+    }
+
+    #[test]
+    fn archs_with_room_for_the_stages() {
+        assert!(bulk_arch(9) && bulk_arch(10));
+        assert!(!bulk_arch(8) && !bulk_arch(12));
     }
 
     #[test]
