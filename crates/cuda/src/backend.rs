@@ -36,7 +36,7 @@ use attention::AttnArgs;
 pub(crate) use attention::{
     stages_gqa, ENTRY_POINTS as ATTENTION_ENTRY_POINTS, FLASH_ENTRY_POINTS, GQA_SMEM_MAX,
 };
-pub(crate) use bulk::{bulk_arch, BULK_ENTRY_POINTS, BULK_SMEM_MAX};
+pub(crate) use bulk::{bulk_smem_limit, BULK_ENTRY_POINTS};
 pub use graphs::GraphStats;
 pub(crate) use matmul::{dequant_kernel, MMQ_ENTRY_POINTS, MMQ_F16_SMEM_MAX};
 
@@ -385,6 +385,7 @@ impl CudaBackend {
             .map_err(|e| CudaError::call("cuStreamCreate", e))?;
         let kernels = Kernels::load(&ctx)?;
         let sm_count = mmq_sm_count(&ctx);
+        let bulk_smem = bulk_smem_limit(&ctx);
         let cc = ctx.compute_capability().ok();
         let has_pdl = matches!(cc, Some((major, _)) if major >= 9);
         let gqa_stages = matches!(cc, Some((major, minor)) if attention::stages_gqa(major, minor));
@@ -410,7 +411,7 @@ impl CudaBackend {
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|n| matches!(n, 1 | 2 | 4))
                 .unwrap_or(2),
-            bulk: bulk::Bulk::from_env(matches!(cc, Some((major, _)) if bulk_arch(major))),
+            bulk: bulk::Bulk::from_env(bulk_smem),
             sm_count,
             mmq_wave: mmq_wave_from_env(),
             has_pdl,

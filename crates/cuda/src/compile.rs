@@ -221,6 +221,7 @@ impl Kernels {
             .compute_capability()
             .map_err(|e| CudaError::call("cuDeviceGetAttribute(compute capability)", e))?;
         let arch = format!("sm_{major}{minor}");
+        let bulk_smem = crate::backend::bulk_smem_limit(ctx);
         let start = std::time::Instant::now();
         let cache_dir = cache_dir();
         let mut funcs = HashMap::new();
@@ -264,12 +265,12 @@ impl Kernels {
                     )
                     .map_err(|e| CudaError::kernel(name, e))?;
                 }
-                if name.starts_with("mmvq_bulk_") && crate::backend::bulk_arch(major) {
-                    // The streamed kernels' stages (backend/bulk.rs; other devices do not
-                    // launch them).
+                if name.starts_with("mmvq_bulk_") && bulk_smem > 0 {
+                    // The streamed kernels' stages (backend/bulk.rs; devices where the limit
+                    // is 0 do not launch them).
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        crate::backend::BULK_SMEM_MAX as i32,
+                        bulk_smem as i32,
                     )
                     .map_err(|e| CudaError::kernel(name, e))?;
                 }
@@ -517,10 +518,17 @@ mod tests {
         let Some(wait) = body.find("pdl_entry();") else {
             return false;
         };
-        let before = &body[..wait];
-        ["xq[", "xq)", "xds[", "xds)", "out["]
-            .iter()
-            .all(|p| !before.contains(p))
+        // From the body's brace: the parameter list names xq and xds.
+        let Some(open) = body.find('{') else {
+            return false;
+        };
+        let before = &body[open..wait];
+        let named = |id: &str| {
+            before
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|t| t == id)
+        };
+        !named("xq") && !named("xds") && !before.contains("out[")
     }
 
     /// Every kernel's body starts with `pdl_entry()` (common.cuh): the host launches them with

@@ -217,7 +217,7 @@ pub fn load_cuda_with(
         backend.set_attention_split(false);
         backend.set_attention_flash(false);
         backend.set_cluster_norms(false);
-        backend.set_mmvq_bulk(false);
+        backend.set_mmvq_bulk(false, false);
     }
     let (free, total) = backend.memory_info()?;
     let file_needs = Needs::of(&file, &cfg, opts);

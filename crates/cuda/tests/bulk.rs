@@ -58,9 +58,9 @@ fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], w
         g.matmul(&ws[i], &gx, &mut one).unwrap();
         ok &= same(&format!("{w} alone"), &g.read(&one, 1).unwrap(), &got[i]);
     }
-    g.set_mmvq_bulk(false);
+    g.set_mmvq_bulk(false, true);
     let old = run(g);
-    g.set_mmvq_bulk(true);
+    g.set_mmvq_bulk(true, true);
     for (i, &r) in rows.iter().enumerate() {
         let w = format!("{what} matrix {i} ({r} rows) vs 2-row mmvq");
         ok &= check_dot(&w, &got[i], &old[i], cols, 1e-5);
@@ -72,7 +72,7 @@ fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], w
 fn bulk_matmul_matches_reference() {
     let Some(mut g) = gpu() else { return };
     // Every type (by default only Q4_0 takes them).
-    g.set_mmvq_bulk(true);
+    g.set_mmvq_bulk(true, true);
     if !g.mmvq_bulk() {
         eprintln!("skipping: the streamed kernels need sm_90 or later");
         return;
@@ -83,8 +83,8 @@ fn bulk_matmul_matches_reference() {
     for &ty in SUPPORTED_TYPES.iter().filter(|t| t.is_quantized()) {
         ok &= check_group(&mut g, ty, 2048, &[300, 33, 1], &format!("{ty} 2048"));
     }
-    // 8B's down projection (7 slices a row; 16 row groups a block, so the stage ring wraps)
-    // and gate/up (2 slices), and a Q4_0 down.
+    // 8B's down projection (7 slices a row, 2 row groups a block on 132 SMs: 14 chunks through
+    // 5 stages, so the stage ring wraps) and gate/up (2 slices), and a Q4_0 down.
     ok &= check_group(&mut g, GgmlType::Q6K, 14336, &[4096], "Q6_K down");
     ok &= check_group(&mut g, GgmlType::Q4K, 4096, &[14336, 14336], "Q4_K gate/up");
     ok &= check_group(&mut g, GgmlType::Q4_0, 14336, &[4096], "Q4_0 down");
@@ -96,5 +96,11 @@ fn bulk_matmul_matches_reference() {
     g.set_mmvq_bulk_shape(16, 2, 5120 + 3 * 16 * 1680);
     ok &= check_group(&mut g, GgmlType::Q6K, 4096, &[4096, 1023], "Q6_K 16 warps");
     ok &= check_group(&mut g, GgmlType::Q4_1, 2048, &[300, 33, 1], "Q4_1 16 warps");
+    // Every type through several slices and a wrapping ring: one block an SM, 2 row groups a
+    // block of 4 slices each (8 chunks), 3 to 5 stages.
+    g.set_mmvq_bulk_shape(8, 1, 10240 + 3 * 17408);
+    for &ty in SUPPORTED_TYPES.iter().filter(|t| t.is_quantized()) {
+        ok &= check_group(&mut g, ty, 8192, &[2000], &format!("{ty} 8192, ring"));
+    }
     assert!(ok, "the streamed kernels differ");
 }

@@ -9,6 +9,9 @@
 //! multi-token kernels add it). They won for Q4_0 weights only (`DEFAULT_TYPES`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::CudaContext;
 
 use realizar_quant::GgmlType;
 
@@ -23,15 +26,40 @@ const SLICE: usize = 2048;
 /// Most stages a block (kernels/mmvq.cu `BULK_MAX_STAGES`).
 const MAX_STAGES: usize = 8;
 
-/// Dynamic shared memory the kernels may ask for: the sm_90 opt-in limit (227 KiB) less
+/// Dynamic shared memory the kernels may ask for at most: the sm_90 opt-in limit (227 KiB) less
 /// their static shared memory (the barriers) and a margin.
 pub(crate) const BULK_SMEM_MAX: usize = 226 * 1024;
 
 /// Whether a device of compute capability `major` runs the streamed kernels: the bulk copies
 /// need sm_90, and the stages 227 KiB of shared memory a block, which sm_90 and sm_100/103
-/// have (sm_120 has 99 KiB, and would refuse the kernels' shared-memory attribute).
+/// have (sm_120 has 99 KiB).
 pub(crate) fn bulk_arch(major: i32) -> bool {
     matches!(major, 9 | 10)
+}
+
+/// The dynamic shared memory a streamed kernel's block may have on `ctx`'s device: its opt-in
+/// limit less the kernels' static shared memory and a margin, at most `BULK_SMEM_MAX`; 0 where
+/// the device does not run them (`bulk_arch`) or its limit cannot be read.
+pub(crate) fn bulk_smem_limit(ctx: &Arc<CudaContext>) -> usize {
+    use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+    match ctx.compute_capability() {
+        Ok((major, _)) if bulk_arch(major) => ctx
+            .attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_or(0, |n| {
+                (n.max(0) as usize).saturating_sub(1024).min(BULK_SMEM_MAX)
+            }),
+        _ => 0,
+    }
+}
+
+/// Registers a thread (the kernels' `__maxnreg__`) and a multiprocessor (sm_90, sm_100).
+const REGS: usize = 64;
+const SM_REGS: usize = 65536;
+
+/// The most blocks of `warps` consumer warps (and the producer) an SM holds by registers: 3 of
+/// 8 warps, 1 of 16.
+fn max_blocks(warps: usize) -> usize {
+    (SM_REGS / (REGS * 32 * (warps + 1))).max(1)
 }
 
 /// Every type's kernels: 8 and 16 consumer warps a block (kernels/mmvq.cu `W`), each warp a
@@ -71,8 +99,8 @@ const DEFAULT_TYPES: [GgmlType; 1] = [GgmlType::Q4_0];
 /// `REALIZAR_CUDA_BULK_WARPS`, `_BPS` and `_SMEM` are for measuring).
 #[derive(Debug)]
 pub(super) struct Bulk {
-    /// The device runs them (`bulk_arch`).
-    arch: bool,
+    /// A block's dynamic shared memory on this device (`bulk_smem_limit`; 0: not run here).
+    limit: usize,
     on: bool,
     /// Every type has its kernel, not only the default's (`DEFAULT_TYPES`).
     all_types: bool,
@@ -95,29 +123,33 @@ fn env_usize(name: &str) -> Option<usize> {
 }
 
 impl Bulk {
-    /// The configuration for a device that runs the kernels (`arch`, `bulk_arch`) or not.
-    pub(super) fn from_env(arch: bool) -> Bulk {
+    /// The configuration for a device whose blocks may have `limit` bytes of dynamic shared
+    /// memory (`bulk_smem_limit`; 0 where it does not run the kernels).
+    pub(super) fn from_env(limit: usize) -> Bulk {
         let mode = std::env::var("REALIZAR_CUDA_MMVQ_BULK").unwrap_or_default();
-        let on = arch && mode != "0";
-        let all_types = mode == "all";
-        let blocks_per_sm = env_usize("REALIZAR_CUDA_BULK_BPS").unwrap_or(2).clamp(1, 8);
-        let smem = env_usize("REALIZAR_CUDA_BULK_SMEM")
-            .unwrap_or(96 * 1024)
-            .min(BULK_SMEM_MAX / blocks_per_sm - 1024);
-        let warps = if env_usize("REALIZAR_CUDA_BULK_WARPS") == Some(16) {
-            16
-        } else {
-            8
-        };
-        Bulk {
-            arch,
-            on,
-            all_types,
-            warps,
-            blocks_per_sm,
-            smem,
+        let mut b = Bulk {
+            limit,
+            on: limit > 0 && mode != "0",
+            all_types: mode == "all",
+            warps: 8,
+            blocks_per_sm: 2,
+            smem: 96 * 1024,
             launches: AtomicU64::new(0),
-        }
+        };
+        b.shape(
+            env_usize("REALIZAR_CUDA_BULK_WARPS").unwrap_or(8),
+            env_usize("REALIZAR_CUDA_BULK_BPS").unwrap_or(2),
+            env_usize("REALIZAR_CUDA_BULK_SMEM").unwrap_or(96 * 1024),
+        );
+        b
+    }
+
+    /// Consumer warps a block (16, or else 8), blocks an SM (at least 1, at most what the SM's
+    /// registers hold) and a block's shared memory (at most its share of the SM's).
+    fn shape(&mut self, warps: usize, blocks_per_sm: usize, smem: usize) {
+        self.warps = if warps == 16 { 16 } else { 8 };
+        self.blocks_per_sm = blocks_per_sm.clamp(1, max_blocks(self.warps));
+        self.smem = smem.min((self.limit / self.blocks_per_sm).saturating_sub(1024));
     }
 
     /// The launch of a one-token group: (kernel, stages), or None where the kernels do not
@@ -150,32 +182,30 @@ impl Bulk {
 }
 
 impl CudaBackend {
-    /// Whether one-token matmuls of every type take the streamed kernels where they apply (by
-    /// default only `DEFAULT_TYPES`, where the device has the bulk copies): another order of a
-    /// row's sum than the multi-token kernels, so deterministic mode turns them off.
-    pub fn set_mmvq_bulk(&mut self, on: bool) {
-        self.bulk.on = on && self.bulk.arch;
-        self.bulk.all_types = on;
+    /// Whether one-token matmuls take the streamed kernels where they apply (on by default where
+    /// the device runs them), and for every type or only `DEFAULT_TYPES` (the default): another
+    /// order of a row's sum than the multi-token kernels, so deterministic mode turns them off.
+    pub fn set_mmvq_bulk(&mut self, on: bool, all_types: bool) {
+        self.bulk.on = on && self.bulk.limit > 0;
+        self.bulk.all_types = all_types;
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The streamed kernels' shape: consumer warps a block (16, or else 8), blocks an SM (1-8)
-    /// and a block's stages (bytes; at most what fits beside the other blocks of its SM). Set
-    /// from the environment at start; tests try others.
-    pub fn set_mmvq_bulk_shape(&mut self, warps: usize, blocks_per_sm: usize, stages: usize) {
-        self.bulk.warps = if warps == 16 { 16 } else { 8 };
-        let bps = blocks_per_sm.clamp(1, 8);
-        self.bulk.blocks_per_sm = bps;
-        self.bulk.smem = stages.min(BULK_SMEM_MAX / bps - 1024);
+    /// The streamed kernels' shape: consumer warps a block (16, or else 8), blocks an SM (at
+    /// most what the SM's registers hold: 3 of 8 warps, 1 of 16) and a block's shared memory
+    /// (bytes: the input's copy and the stages; at most its share of the SM's). Set from the
+    /// environment at start; tests try others.
+    pub fn set_mmvq_bulk_shape(&mut self, warps: usize, blocks_per_sm: usize, smem: usize) {
+        self.bulk.shape(warps, blocks_per_sm, smem);
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether the streamed kernels are on (they need sm_90 or sm_100/103: `bulk_arch`).
+    /// Whether the streamed kernels are on (the device runs them: `bulk_smem_limit`).
     pub fn mmvq_bulk(&self) -> bool {
         self.bulk.on
     }
 
-    /// Launches of the streamed kernels so far.
+    /// Launches of the streamed kernels so far (not counting replays of recorded steps).
     pub fn mmvq_bulk_launches(&self) -> u64 {
         self.bulk.launches.load(Ordering::Relaxed)
     }
@@ -219,7 +249,9 @@ impl CudaBackend {
             smem,
             &args,
         )?;
-        self.bulk.launches.fetch_add(1, Ordering::Relaxed);
+        if !self.replaying.load(Ordering::Relaxed) {
+            self.bulk.launches.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(true)
     }
 }
@@ -239,7 +271,7 @@ mod tests {
 
     fn config(on: bool) -> Bulk {
         Bulk {
-            arch: true,
+            limit: BULK_SMEM_MAX,
             on,
             all_types: true,
             warps: 8,
@@ -253,6 +285,35 @@ mod tests {
     fn archs_with_room_for_the_stages() {
         assert!(bulk_arch(9) && bulk_arch(10));
         assert!(!bulk_arch(8) && !bulk_arch(12));
+    }
+
+    /// The host's constants are the kernels' (kernels/mmvq.cu).
+    #[test]
+    fn constants_match_the_kernels() {
+        let src = include_str!("../../kernels/mmvq.cu");
+        assert!(src.contains(&format!("#define BULK_SLICE {SLICE}\n")));
+        assert!(src.contains(&format!("#define BULK_MAX_STAGES {MAX_STAGES}\n")));
+        assert!(src.contains(&format!("__maxnreg__({REGS})")));
+        assert!(src.contains("MMVQ_BULK(NAME, T, 8) MMVQ_BULK(NAME, T, 16)"));
+    }
+
+    #[test]
+    fn shapes_fit_the_sm() {
+        let mut b = config(true);
+        b.shape(8, 6, 200 * 1024);
+        assert_eq!((b.warps, b.blocks_per_sm), (8, 3));
+        assert_eq!(b.smem, BULK_SMEM_MAX / 3 - 1024);
+        b.shape(16, 2, 50 * 1024);
+        assert_eq!((b.warps, b.blocks_per_sm, b.smem), (16, 1, 50 * 1024));
+        b.shape(12, 0, 1 << 30);
+        assert_eq!((b.warps, b.blocks_per_sm), (8, 1));
+        assert_eq!(b.smem, BULK_SMEM_MAX - 1024);
+        let mut none = Bulk {
+            limit: 0,
+            ..config(true)
+        };
+        none.shape(8, 2, 96 * 1024);
+        assert_eq!(none.smem, 0);
     }
 
     #[test]
