@@ -384,8 +384,8 @@ impl CudaBackend {
             .new_stream()
             .map_err(|e| CudaError::call("cuStreamCreate", e))?;
         let kernels = Kernels::load(&ctx)?;
+        let bulk = bulk::Bulk::from_env(kernels.bulk_smem);
         let sm_count = mmq_sm_count(&ctx);
-        let bulk_smem = bulk_smem_limit(&ctx);
         let cc = ctx.compute_capability().ok();
         let has_pdl = matches!(cc, Some((major, _)) if major >= 9);
         let gqa_stages = matches!(cc, Some((major, minor)) if attention::stages_gqa(major, minor));
@@ -411,7 +411,7 @@ impl CudaBackend {
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|n| matches!(n, 1 | 2 | 4))
                 .unwrap_or(2),
-            bulk: bulk::Bulk::from_env(bulk_smem),
+            bulk,
             sm_count,
             mmq_wave: mmq_wave_from_env(),
             has_pdl,

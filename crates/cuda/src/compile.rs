@@ -211,6 +211,9 @@ pub struct Kernels {
     pub compiled: usize,
     /// Seconds spent compiling and loading the modules.
     pub load_secs: f64,
+    /// The dynamic shared memory the streamed matmuls were allowed (`bulk_smem_limit`; 0: the
+    /// device does not run them).
+    pub bulk_smem: usize,
 }
 
 impl Kernels {
@@ -290,6 +293,7 @@ impl Kernels {
             cache_dir,
             compiled,
             load_secs: start.elapsed().as_secs_f64(),
+            bulk_smem,
         })
     }
 

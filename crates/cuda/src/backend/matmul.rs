@@ -429,17 +429,20 @@ impl CudaBackend {
             (GgmlType::Q4K, GgmlType::Q5K) => "mmvq_mix_q4_k_q5_k_1r2",
             _ => return Ok(false),
         };
-        let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
-        // Where the streamed kernels take either type, each type's launch takes them, so a
-        // row has their bits whatever its group.
         let takes = x.rows == 1
             && mats.len() <= GROUP_MAX
             && mats[split..].iter().all(|(t, _)| *t == second)
             && self.mmvq_rows == 2
-            && self.one_token_mmvq(cols) == Some(true)
-            && !self.bulk_takes(mats[0].0, cols, &all[..split])
-            && !self.bulk_takes(second, cols, &all[split..]);
+            && self.one_token_mmvq(cols) == Some(true);
         if !takes {
+            return Ok(false);
+        }
+        let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
+        // Where the streamed kernels take either type, each type's launch takes them, so a
+        // row has their bits whatever its group.
+        if self.bulk_takes(mats[0].0, cols, &all[..split])
+            || self.bulk_takes(second, cols, &all[split..])
+        {
             return Ok(false);
         }
         let (xq, xds) = self.quantized_input(x, cols, &all)?;
