@@ -70,6 +70,24 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __rest
 
 __device__ __forceinline__ int4 ld_x4(const int* p) { return *(const int4*)p; }
 
+// The streamed kernels' shared-memory copy of the input, for types with XSWZ: 16-byte unit u of
+// each 128-byte group at u ^ ((address >> 7) & 7), so that 8 lanes reading the same unit of
+// consecutive 64-byte pieces (MQ4K2) hit 8 different bank groups. The copy starts 128-byte
+// aligned, so the address's own bits give the swizzle.
+__device__ __forceinline__ const int* xs_swz(const int* p) {
+    const int a = (int)(size_t)p, o = (a >> 4) & 7;
+    return p + 4 * ((o ^ ((a >> 7) & 7)) - o);
+}
+__device__ __forceinline__ int4 ld_xs(const int* p) { return *(const int4*)xs_swz(p); }
+template <class T, class = void>
+struct XSwz {
+    static constexpr bool on = false;
+};
+template <class T>
+struct XSwz<T, decltype(void(T::XSWZ))> {
+    static constexpr bool on = T::XSWZ;
+};
+
 // Sum of dp4a over 4 ints of weights and 4 of activations.
 __device__ __forceinline__ int dot4(int a0, int a1, int a2, int a3, int4 x, int s) {
     return dp4a(a3, x.w, dp4a(a2, x.z, dp4a(a1, x.y, dp4a(a0, x.x, s))));
@@ -228,6 +246,33 @@ struct MQ4K {
         float2 a = ds[2 * j], c = ds[2 * j + 1];
         float r = d0 * a.x * (float)v0 + d1 * c.x * (float)v1;
         return h == 0 ? r - (m0 * a.y + m1 * c.y) : r;
+    }
+};
+
+// Q4_K for the streamed kernels (XSWZ: the input's shared-memory copy is swizzled, ld_xs): piece
+// s (0..3) is quant bytes 32s..32s+31, i.e. the whole of chunks 2s (low nibbles) and 2s + 1
+// (high nibbles), so the chunks' scales are decoded once for 64 elements, not once for 32.
+struct MQ4K2 {
+    static constexpr int QK = 256, BYTES = 144, SUBS = 4;
+    static constexpr bool XSWZ = true;
+    int4 q0, q1;
+    float d0, m0, d1, m1;
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        k_scales(b, 2 * s, d0, m0, d1, m1);
+        q0 = *(const int4*)(b + 16 + 32 * s);
+        q1 = *(const int4*)(b + 32 + 32 * s);
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        const int m = 0x0F0F0F0F;
+        const int* xc = x + 16 * s;
+        int v0 = dot4(q0.x & m, q0.y & m, q0.z & m, q0.w & m, ld_xs(xc), 0);
+        v0 = dot4(q1.x & m, q1.y & m, q1.z & m, q1.w & m, ld_xs(xc + 4), v0);
+        int v1 = dot4((q0.x >> 4) & m, (q0.y >> 4) & m, (q0.z >> 4) & m, (q0.w >> 4) & m,
+                      ld_xs(xc + 8), 0);
+        v1 = dot4((q1.x >> 4) & m, (q1.y >> 4) & m, (q1.z >> 4) & m, (q1.w >> 4) & m,
+                  ld_xs(xc + 12), v1);
+        float4 a = *(const float4*)(ds + 2 * s);
+        return d0 * a.x * (float)v0 + d1 * a.z * (float)v1 - (m0 * a.y + m1 * a.w);
     }
 };
 
@@ -416,17 +461,19 @@ MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)
 // DRAM round trip: at 12 blocks an SM gate/up ran at 2.67 TB/s of the H200's 4.8 (DRAM 56%).
 // Here the weights come into shared memory by the copy engine (`cp.async.bulk`), which takes no
 // registers. A block has W consumer warps (8 or 16) and one producer warp. A chunk is a slice of
-// BULK_SLICE columns of W consecutive rows (one copy a row slice, into a stage of up to
+// BULK_SLICE columns of W * BULK_RW consecutive rows (one copy a row slice, into a stage of up to
 // BULK_MAX_STAGES); the block walks its row groups (group c, c + grid, ...) slice by slice. Each
-// consumer warp takes one row of the group: its lanes take the slice's pieces round robin (as the
-// 2-row kernel's threads), accumulate over the row's slices, and the warp's sum is the row's.
-// A stage's "full" barrier completes when its copies land; its "empty" barrier when every
-// consumer warp is done with it, and only then does the producer copy the next chunk into it:
-// the warps run decoupled, up to a ring of stages apart. A row's order of summation depends on
-// its width only, so it has the same bits whatever group it is launched in. The host takes
-// these kernels for one token in fast mode outside deterministic mode, where the row is a
-// multiple of BULK_SLICE columns, and by default for Q4_0 weights only: on an H200 they made
-// 8B Q4_0 decode 5% faster and 8B Q4_K_M 5-8% slower than the 2-row kernels (backend/bulk.rs).
+// consumer warp takes BULK_RW rows of the group: its lanes take the slice's pieces round robin
+// (as the 2-row kernel's threads), each lane reading its pieces of the input once for all its
+// rows, accumulate over the row's slices, and the warp's sums are the rows'. A stage's "full"
+// barrier completes when its copies land; its "empty" barrier when every consumer warp is done
+// with it, and only then does the producer copy the next chunk into it: the warps run
+// decoupled, up to a ring of stages apart. A row's order of summation depends on its width
+// only, so it has the same bits whatever group it is launched in. The host takes these kernels
+// for one token in fast mode outside deterministic mode, where the row is a multiple of
+// BULK_SLICE columns, by default for Q4_0, Q4_K and Q6_K weights (backend/bulk.rs has the
+// figures: on an H200, 8B Q4_0 decode +10%, 8B Q4_K_M +4%, 1B Q4_K_M +10-15% against the 2-row
+// kernels). Q4_K takes 64-element pieces here (MQ4K2: the scales decoded once for two chunks).
 // At most 64 registers (`__maxnreg__`): ptxas's own choice spilled at 40.
 //
 // The weights never change during a step, so the producer's copies start before the wait for
@@ -435,6 +482,7 @@ MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)
 
 #define BULK_SLICE 2048
 #define BULK_MAX_STAGES 8
+#define BULK_RW 2
 
 __device__ __forceinline__ void mbar_init(unsigned long long* bar, u32 count) {
 #if __CUDA_ARCH__ >= 900
@@ -520,7 +568,7 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
                                           const float2* __restrict__ xds, int cols, int stages) {
     constexpr int SLICE_BYTES = BULK_SLICE / T::QK * T::BYTES;
     constexpr int PIECES = BULK_SLICE / T::QK * T::SUBS;
-    constexpr int STAGE_BYTES = W * SLICE_BYTES;
+    constexpr int STAGE_BYTES = W * BULK_RW * SLICE_BYTES;
     extern __shared__ __align__(128) u8 bulk_buf[];
     __shared__ __align__(8) unsigned long long full[BULK_MAX_STAGES], empty[BULK_MAX_STAGES];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -552,7 +600,7 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
         if (lane == 0) {
             for (int q = 0; q < chunks; q++, at.next(stages, nslice, grid)) {
                 if (q >= stages) mbar_wait(&empty[at.s], (u32)(at.phase ^ 1));
-                const u8* w = bulk_rows<W>(g, at.c, row_bytes, out, row0, nrows);
+                const u8* w = bulk_rows<W * BULK_RW>(g, at.c, row_bytes, out, row0, nrows);
                 w += (size_t)at.k * SLICE_BYTES;
                 u8* dst = stage0 + at.s * STAGE_BYTES;
                 mbar_expect(&full[at.s], (u32)(nrows * SLICE_BYTES));
@@ -564,32 +612,44 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
     }
     pdl_entry();
     // The activations into shared memory: with the stages there, L1 has little room left.
-    for (int i = threadIdx.x; i < cols / 16; i += W * 32) ((int4*)xs)[i] = ((const int4*)xq)[i];
+    for (int i = threadIdx.x; i < cols / 16; i += W * 32) {
+        int* dst = xs + 4 * i;
+        if (XSwz<T>::on) dst = (int*)xs_swz(dst);
+        *(int4*)dst = ((const int4*)xq)[i];
+    }
     for (int i = threadIdx.x; i < cols / 64; i += W * 32) ((int4*)ds)[i] = ((const int4*)xds)[i];
     // The consumer warps only (the producer does not take part).
     asm volatile("bar.sync 1, %0;" ::"r"(W * 32) : "memory");
-    float acc = 0.0f;
+    float acc[BULK_RW];
+#pragma unroll
+    for (int r = 0; r < BULK_RW; r++) acc[r] = 0.0f;
     for (int q = 0; q < chunks; q++, at.next(stages, nslice, grid)) {
-        bulk_rows<W>(g, at.c, row_bytes, out, row0, nrows);
+        bulk_rows<W * BULK_RW>(g, at.c, row_bytes, out, row0, nrows);
         mbar_wait(&full[at.s], (u32)at.phase);
-        if (warp < nrows) {
-            const u8* wr = stage0 + at.s * STAGE_BYTES + warp * SLICE_BYTES;
+        if (warp * BULK_RW < nrows) {
+            const u8* wr = stage0 + at.s * STAGE_BYTES + warp * BULK_RW * SLICE_BYTES;
             const int* xk = xs + at.k * (BULK_SLICE / 4);
             const float2* dk = ds + at.k * (BULK_SLICE / 32);
 #pragma unroll
             for (int i = lane; i < PIECES; i += 32) {
                 const int blk = i / T::SUBS, sub = i % T::SUBS;
-                T wv;
-                wv.load(wr + blk * T::BYTES, sub);
-                acc += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
+#pragma unroll
+                for (int r = 0; r < BULK_RW; r++) {
+                    T wv;
+                    wv.load(wr + r * SLICE_BYTES + blk * T::BYTES, sub);
+                    acc[r] += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
+                }
             }
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[at.s]);
         if (at.k == nslice - 1) {
-            const float v = warp_sum(acc);
-            if (lane == 0 && warp < nrows) out[row0 + warp] = v;
-            acc = 0.0f;
+#pragma unroll
+            for (int r = 0; r < BULK_RW; r++) {
+                const float v = warp_sum(acc[r]);
+                if (lane == 0 && warp * BULK_RW + r < nrows) out[row0 + warp * BULK_RW + r] = v;
+                acc[r] = 0.0f;
+            }
         }
     }
 }
@@ -607,6 +667,6 @@ MMVQ_BULK_ALL(q4_1, MQ4_1)
 MMVQ_BULK_ALL(q5_0, MQ5_0)
 MMVQ_BULK_ALL(q5_1, MQ5_1)
 MMVQ_BULK_ALL(q8_0, MQ8_0)
-MMVQ_BULK_ALL(q4_k, MQ4K)
+MMVQ_BULK_ALL(q4_k, MQ4K2)
 MMVQ_BULK_ALL(q5_k, MQ5K)
 MMVQ_BULK_ALL(q6_k, MQ6K)

@@ -71,8 +71,10 @@ fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], w
 #[test]
 fn bulk_matmul_matches_reference() {
     let Some(mut g) = gpu() else { return };
-    // Every type (by default only Q4_0 takes them).
+    // Every type (by default only Q4_0 takes them), and groups of any size (by default only
+    // those that fill most of the GPU's block slots).
     g.set_mmvq_bulk(true, true);
+    g.set_mmvq_bulk_fill(0);
     if !g.mmvq_bulk() {
         eprintln!("skipping: the streamed kernels need sm_90 or later");
         return;
@@ -83,24 +85,31 @@ fn bulk_matmul_matches_reference() {
     for &ty in SUPPORTED_TYPES.iter().filter(|t| t.is_quantized()) {
         ok &= check_group(&mut g, ty, 2048, &[300, 33, 1], &format!("{ty} 2048"));
     }
-    // 8B's down projection (7 slices a row, 2 row groups a block on 132 SMs: 14 chunks through
-    // 5 stages, so the stage ring wraps) and gate/up (2 slices), and a Q4_0 down.
+    // 8B's down projection (7 slices a row, one 16-row group a block on 132 SMs: 7 chunks
+    // through 2 stages, so the stage ring wraps) and gate/up (2 slices), and a Q4_0 down.
     ok &= check_group(&mut g, GgmlType::Q6K, 14336, &[4096], "Q6_K down");
     ok &= check_group(&mut g, GgmlType::Q4K, 4096, &[14336, 14336], "Q4_K gate/up");
     ok &= check_group(&mut g, GgmlType::Q4_0, 14336, &[4096], "Q4_0 down");
-    // Other shapes of the grid (a block's shared memory: the input's copy, then the stages):
-    // one block an SM with two stages; 16 consumer warps a block, two blocks an SM with three
+    // Other shapes of the grid (a block's shared memory: the input's copy, then the stages of
+    // `rows` rows): one block an SM with two stages; 16 consumer warps a block with three
     // stages.
-    g.set_mmvq_bulk_shape(8, 1, 17920 + 2 * 8 * 1152);
+    g.set_mmvq_bulk_shape(8, 1, 0);
+    let rows = g.mmvq_bulk_rows();
+    g.set_mmvq_bulk_shape(8, 1, 17920 + 2 * rows * 1152);
     ok &= check_group(&mut g, GgmlType::Q4K, 14336, &[2048, 100], "Q4_K 2 stages");
-    g.set_mmvq_bulk_shape(16, 2, 5120 + 3 * 16 * 1680);
+    g.set_mmvq_bulk_shape(16, 1, 0);
+    let rows = g.mmvq_bulk_rows();
+    g.set_mmvq_bulk_shape(16, 1, 5120 + 3 * rows * 1680);
     ok &= check_group(&mut g, GgmlType::Q6K, 4096, &[4096, 1023], "Q6_K 16 warps");
     ok &= check_group(&mut g, GgmlType::Q4_1, 2048, &[300, 33, 1], "Q4_1 16 warps");
-    // Every type through several slices and a wrapping ring: one block an SM, 2 row groups a
-    // block of 4 slices each (8 chunks), 3 to 5 stages.
-    g.set_mmvq_bulk_shape(8, 1, 10240 + 3 * 17408);
+    // Every type through several slices and a wrapping ring: one block an SM, about 2 row
+    // groups a block of 4 slices each (8 chunks), 3 to 5 stages.
+    g.set_mmvq_bulk_shape(8, 1, 0);
+    let rows = g.mmvq_bulk_rows();
+    g.set_mmvq_bulk_shape(8, 1, 10240 + 3 * rows * 2176);
     for &ty in SUPPORTED_TYPES.iter().filter(|t| t.is_quantized()) {
-        ok &= check_group(&mut g, ty, 8192, &[2000], &format!("{ty} 8192, ring"));
+        let what = format!("{ty} 8192, ring");
+        ok &= check_group(&mut g, ty, 8192, &[250 * rows], &what);
     }
     assert!(ok, "the streamed kernels differ");
 }

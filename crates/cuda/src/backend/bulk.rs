@@ -1,12 +1,13 @@
 //! The streamed one-token matmul kernels (`mmvq_bulk_<type>_w<W>`, kernels/mmvq.cu; sm_90 and
 //! later): weight rows copied into shared memory by the copy engine (`cp.async.bulk`) a
-//! 2048-column slice of W rows at a time, up to 8 such chunks in flight a block, one producer
-//! warp and W consumer warps (a row each), a grid of a few blocks an SM walking the group's row
+//! 2048-column slice of 2W rows at a time, up to 8 such chunks in flight a block, one producer
+//! warp and W consumer warps (two rows each), a grid of a few blocks an SM walking the group's row
 //! groups. The 2-row mmvq kernels hold one batch of loads a block in flight and ran the 8B's
 //! gate/up at 2.67 TB/s of the H200's 4.8; the copies need no registers, so a block keeps far
 //! more bytes in flight. Same 8-bit activations and dp4a dots as mmvq; another order of the
 //! row's sum, so deterministic mode turns them off (a one-token row must add up as the
-//! multi-token kernels add it). They won for Q4_0 weights only (`DEFAULT_TYPES`).
+//! multi-token kernels add it). They take Q4_0, Q4_K and Q6_K weights by default
+//! (`DEFAULT_TYPES`), the K-quants only in groups that fill most of the GPU (`K_FILL`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,27 @@ const SLICE: usize = 2048;
 
 /// Most stages a block (kernels/mmvq.cu `BULK_MAX_STAGES`).
 const MAX_STAGES: usize = 8;
+
+/// The least share of the block slots, in percent, that a group's row groups fill where the
+/// streamed kernels take a K-quant group (`Bulk::plan`). H200, tg128 (`-p 0 -n 128 -r 3`, every
+/// type on them; 90 / 0 / 60 / the mmvq kernels): 8B Q4_K_M 397.03, 388.98 / 387.72, 384.52 /
+/// 384.60, 380.86 / 373.99, 382.02 (at 90 the q/k/v group, 384 row groups on 264 slots, goes
+/// back to mmvq: one `mmvq_mix_*` launch where its v is Q6_K); 1B Q4_K_M 1,127, 1,218 / 1,192,
+/// 1,194 / 1,202, 1,202 / 1,041, 1,054. The other types' mmvq kernels read 2-byte-aligned
+/// blocks with 16-bit loads and lose on every group: 8B Q4_0 411.42 / 419.83 / 415.90 / 382.61,
+/// 1B Q4_0 1,140 / 1,235 / 1,147 / 1,053, so they take every group (0).
+const K_FILL: usize = 90;
+
+fn default_fill(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => K_FILL,
+        _ => 0,
+    }
+}
+
+/// Rows a consumer warp (kernels/mmvq.cu `BULK_RW`): a lane reads its pieces of the input once
+/// for both rows (H200, 8B Q4_0 tg128: 404.05 -> 426.08 against one row a warp).
+const RW: usize = 2;
 
 /// Dynamic shared memory the kernels may ask for at most: the sm_90 opt-in limit (227 KiB) less
 /// their static shared memory (the barriers) and a margin.
@@ -87,27 +109,32 @@ pub(crate) const BULK_ENTRY_POINTS: [&str; 2 * KERNELS.len()] = {
     names
 };
 
-/// The types whose one-token matmuls take the streamed kernels by default. H200, tg128 against
-/// the 2-row mmvq kernels in the same call (`bench -p 0 -n 128 -r 3`): 8B Q4_0 376.49 ->
-/// 390.04; 8B Q4_K_M (Q4_K and Q6_K through them) 375.84 / 370.12 -> 357.69 / 352.70, so the
-/// K-quants keep mmvq (`REALIZAR_CUDA_MMVQ_BULK=all` takes every type, `0` none).
-const DEFAULT_TYPES: [GgmlType; 1] = [GgmlType::Q4_0];
+/// The types whose one-token matmuls take the streamed kernels by default: those measured
+/// faster than the 2-row mmvq kernels (H200, `K_FILL` has the figures; two rows a consumer warp
+/// and Q4_K's pieces of 64 elements made the K-quants win). Q4_1, Q5_0, Q5_1, Q8_0 and Q5_K have
+/// kernels too, not measured against mmvq (`REALIZAR_CUDA_MMVQ_BULK=all` takes every type, `0`
+/// none).
+const DEFAULT_TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K];
 
 /// How the streamed kernels run: whether at all and for which types, consumer warps a block,
 /// blocks an SM and a block's shared memory (the input's copy and the stages). The environment
-/// sets them (`REALIZAR_CUDA_MMVQ_BULK=0` turns the kernels off, `=all` takes every type;
-/// `REALIZAR_CUDA_BULK_WARPS`, `_BPS` and `_SMEM` are for measuring).
+/// sets them (`REALIZAR_CUDA_MMVQ_BULK=0` turns the kernels off, `=all` takes every type, a
+/// list such as `=q4_k,q6_k` those types; `REALIZAR_CUDA_BULK_WARPS`, `_BPS` and `_SMEM` are for
+/// measuring).
 #[derive(Debug)]
 pub(super) struct Bulk {
     /// A block's dynamic shared memory on this device (`bulk_smem_limit`; 0: not run here).
     limit: usize,
     on: bool,
-    /// Every type has its kernel, not only the default's (`DEFAULT_TYPES`).
-    all_types: bool,
+    /// The types that take them (by default `DEFAULT_TYPES`).
+    types: Vec<GgmlType>,
     /// Consumer warps a block: 8 or 16.
     warps: usize,
     blocks_per_sm: usize,
     smem: usize,
+    /// The least share of the grid's block slots (SMs x blocks an SM) that a group's row groups
+    /// must fill, in percent: the environment's for every type, or else `default_fill`'s.
+    fill: Option<usize>,
     /// Launches made, for tests.
     launches: AtomicU64,
 }
@@ -116,6 +143,39 @@ pub(super) struct Bulk {
 /// 32.
 fn x_bytes(cols: usize) -> usize {
     cols + cols / 4
+}
+
+/// The types `REALIZAR_CUDA_MMVQ_BULK` names: every type with a kernel for `all`, those of a
+/// comma-separated list (names as `GgmlType::name`; others are ignored, with a warning), the
+/// default types for anything else.
+fn types_from(mode: &str) -> Vec<GgmlType> {
+    let all = KERNELS.iter().map(|(t, _)| *t);
+    match mode.trim() {
+        "all" => all.collect(),
+        m if m.contains(|c: char| c.is_ascii_alphabetic()) => {
+            let named: Vec<GgmlType> = m
+                .split(',')
+                .filter_map(|n| {
+                    let t = GgmlType::from_name(n.trim()).filter(|t| all.clone().any(|k| k == *t));
+                    if t.is_none() {
+                        eprintln!("REALIZAR_CUDA_MMVQ_BULK: no streamed kernel for {n:?}");
+                    }
+                    t
+                })
+                .collect();
+            named
+        }
+        _ => DEFAULT_TYPES.to_vec(),
+    }
+}
+
+/// A streamed launch: kernel, stages, blocks and a block's dynamic shared memory.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    name: &'static str,
+    stages: usize,
+    grid: usize,
+    smem: usize,
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -130,10 +190,11 @@ impl Bulk {
         let mut b = Bulk {
             limit,
             on: limit > 0 && mode != "0",
-            all_types: mode == "all",
+            types: types_from(&mode),
             warps: 8,
             blocks_per_sm: 2,
             smem: 96 * 1024,
+            fill: env_usize("REALIZAR_CUDA_BULK_FILL"),
             launches: AtomicU64::new(0),
         };
         b.shape(
@@ -152,10 +213,11 @@ impl Bulk {
         self.smem = smem.min((self.limit / self.blocks_per_sm).saturating_sub(1024));
     }
 
-    /// The launch of a one-token group: (kernel, stages), or None where the kernels do not
-    /// take it (rows not a whole number of chunk slices, a weight not 16-byte aligned, fewer
-    /// than two stages).
-    fn plan(&self, ty: GgmlType, cols: usize, mats: &[Mat]) -> Option<(&'static str, usize)> {
+    /// The launch of a one-token group on a device of `sms` SMs, or None where the kernels do
+    /// not take it: rows not a whole number of chunk slices, a weight not 16-byte aligned, fewer
+    /// than two stages, or row groups that fill less of the block slots than the type's `fill`
+    /// when each block takes the same number of them.
+    fn plan(&self, ty: GgmlType, cols: usize, mats: &[Mat], sms: usize) -> Option<Plan> {
         if !self.on
             || mats.is_empty()
             || mats.len() > GROUP_MAX
@@ -165,19 +227,35 @@ impl Bulk {
         {
             return None;
         }
-        if !self.all_types && !DEFAULT_TYPES.contains(&ty) {
+        if !self.types.contains(&ty) {
             return None;
         }
         let names = KERNELS.iter().find(|(t, _)| *t == ty)?.1;
         let name = names[usize::from(self.warps == 16)];
         let stage = self.stage_bytes(ty);
         let stages = (self.smem.saturating_sub(x_bytes(cols)) / stage).min(MAX_STAGES);
-        (stages >= 2).then_some((name, stages))
+        // Whole shares: each block gets the same number of row groups, or one fewer.
+        let groups: usize = mats.iter().map(|m| m.rows.div_ceil(self.rows())).sum();
+        let slots = (sms * self.blocks_per_sm).max(1);
+        let each = groups.div_ceil(slots).max(1);
+        let fill = self.fill.unwrap_or_else(|| default_fill(ty));
+        let filled = 100 * groups >= fill * each * slots;
+        (stages >= 2 && filled).then_some(Plan {
+            name,
+            stages,
+            grid: groups.div_ceil(each),
+            smem: x_bytes(cols) + stages * stage,
+        })
+    }
+
+    /// Rows a chunk: `RW` a consumer warp.
+    fn rows(&self) -> usize {
+        self.warps * RW
     }
 
     /// A stage's bytes for `ty`.
     fn stage_bytes(&self, ty: GgmlType) -> usize {
-        self.warps * SLICE / ty.block_size() * ty.type_size()
+        self.rows() * SLICE / ty.block_size() * ty.type_size()
     }
 }
 
@@ -187,7 +265,7 @@ impl CudaBackend {
     /// order of a row's sum than the multi-token kernels, so deterministic mode turns them off.
     pub fn set_mmvq_bulk(&mut self, on: bool, all_types: bool) {
         self.bulk.on = on && self.bulk.limit > 0;
-        self.bulk.all_types = all_types;
+        self.bulk.types = types_from(if all_types { "all" } else { "" });
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -205,6 +283,20 @@ impl CudaBackend {
         self.bulk.on
     }
 
+    /// The least share of the block slots (percent) a group's row groups must fill for the
+    /// streamed kernels to take it (`REALIZAR_CUDA_BULK_FILL`; tests set 0 to run small
+    /// groups on them).
+    pub fn set_mmvq_bulk_fill(&mut self, percent: usize) {
+        self.bulk.fill = Some(percent);
+        self.gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rows a chunk of the streamed kernels (a stage holds a slice of 2,048 columns of them): two
+    /// a consumer warp.
+    pub fn mmvq_bulk_rows(&self) -> usize {
+        self.bulk.rows()
+    }
+
     /// Launches of the streamed kernels so far (not counting replays of recorded steps).
     pub fn mmvq_bulk_launches(&self) -> u64 {
         self.bulk.launches.load(Ordering::Relaxed)
@@ -213,7 +305,7 @@ impl CudaBackend {
     /// Whether the streamed kernels take one token's product with `mats` (of type `ty`, rows
     /// `cols` wide) where the mmvq kernels would.
     pub(super) fn bulk_takes(&self, ty: GgmlType, cols: usize, mats: &[Mat]) -> bool {
-        self.bulk.plan(ty, cols, mats).is_some()
+        self.bulk.plan(ty, cols, mats, self.sm_count).is_some()
     }
 
     /// One token's product with the group `mats` on the streamed kernels, from the 8-bit copy
@@ -226,27 +318,22 @@ impl CudaBackend {
         xq: u64,
         xds: u64,
     ) -> Result<bool, CudaError> {
-        let Some((name, stages)) = self.bulk.plan(ty, cols, mats) else {
+        let Some(plan) = self.bulk.plan(ty, cols, mats, self.sm_count) else {
             return Ok(false);
         };
-        let (group, row_groups) = Group::new(mats, self.bulk.warps);
-        // Whole shares: each block gets the same number of row groups, or one fewer.
-        let slots = (self.sm_count * self.bulk.blocks_per_sm).max(1);
-        let each = row_groups.div_ceil(slots).max(1);
-        let grid = row_groups.div_ceil(each);
-        let smem = (x_bytes(cols) + stages * self.bulk.stage_bytes(ty)) as u32;
+        let (group, _) = Group::new(mats, self.bulk.rows());
         let args = [
             Arg::Group(group),
             Arg::P(xq),
             Arg::P(xds),
             Arg::I(cols as i32),
-            Arg::I(stages as i32),
+            Arg::I(plan.stages as i32),
         ];
         self.launch_smem(
-            name,
-            (grid as u32, 1, 1),
+            plan.name,
+            (plan.grid as u32, 1, 1),
             32 * (self.bulk.warps as u32 + 1),
-            smem,
+            plan.smem as u32,
             &args,
         )?;
         if !self.replaying.load(Ordering::Relaxed) {
@@ -273,12 +360,24 @@ mod tests {
         Bulk {
             limit: BULK_SMEM_MAX,
             on,
-            all_types: true,
+            types: types_from("all"),
             warps: 8,
             blocks_per_sm: 2,
             smem: 96 * 1024,
+            fill: Some(0),
             launches: AtomicU64::new(0),
         }
+    }
+
+    #[test]
+    fn types_from_the_environment() {
+        assert_eq!(types_from(""), DEFAULT_TYPES.to_vec());
+        assert_eq!(types_from("1"), DEFAULT_TYPES.to_vec());
+        assert_eq!(types_from("all").len(), KERNELS.len());
+        assert_eq!(
+            types_from("q4_k, Q6_K,f16,bogus"),
+            vec![GgmlType::Q4K, GgmlType::Q6K]
+        );
     }
 
     #[test]
@@ -293,6 +392,7 @@ mod tests {
         let src = include_str!("../../kernels/mmvq.cu");
         assert!(src.contains(&format!("#define BULK_SLICE {SLICE}\n")));
         assert!(src.contains(&format!("#define BULK_MAX_STAGES {MAX_STAGES}\n")));
+        assert!(src.contains(&format!("#define BULK_RW {RW}\n")));
         assert!(src.contains(&format!("__maxnreg__({REGS})")));
         assert!(src.contains("MMVQ_BULK(NAME, T, 8) MMVQ_BULK(NAME, T, 16)"));
     }
@@ -319,47 +419,84 @@ mod tests {
     #[test]
     fn plans_follow_widths_and_stages() {
         let c = config(true);
-        // 8B gate/up (Q4_K, 1,152 bytes a row slice): 8 stages of 9 KiB after the input's
-        // 5 KiB.
+        // 8B gate/up (Q4_K, 1,152 bytes a row slice, 16 rows a chunk): 5 stages of 18 KiB after
+        // the input's 5 KiB.
         let gate = [mat(14336), mat(14336)];
         assert_eq!(
-            c.plan(GgmlType::Q4K, 4096, &gate),
-            Some(("mmvq_bulk_q4_k_w8", 8))
+            c.plan(GgmlType::Q4K, 4096, &gate, 132)
+                .map(|p| (p.name, p.stages)),
+            Some(("mmvq_bulk_q4_k_w8", 5))
         );
-        // 8B down in Q6_K: 13,440-byte stages, 5 in 96 KiB after the input's 17.5 KiB; Q8_0's
-        // 17,408: 5.
+        // 8B down in Q6_K: 26,880-byte stages, 2 in 96 KiB after the input's 17.5 KiB; Q8_0's
+        // 34,816: 2.
         assert_eq!(
-            c.plan(GgmlType::Q6K, 14336, &[mat(4096)]),
-            Some(("mmvq_bulk_q6_k_w8", 5))
+            c.plan(GgmlType::Q6K, 14336, &[mat(4096)], 132)
+                .map(|p| (p.name, p.stages)),
+            Some(("mmvq_bulk_q6_k_w8", 2))
         );
         assert_eq!(
-            c.plan(GgmlType::Q8_0, 2048, &[mat(33)]),
-            Some(("mmvq_bulk_q8_0_w8", 5))
+            c.plan(GgmlType::Q8_0, 2048, &[mat(33)], 132)
+                .map(|p| (p.name, p.stages)),
+            Some(("mmvq_bulk_q8_0_w8", 2))
         );
         // Any rows: a matrix's last row group may be short.
         let qkv = [mat(4096), mat(1023), mat(1)];
-        assert!(c.plan(GgmlType::Q4_0, 4096, &qkv).is_some());
+        assert!(c.plan(GgmlType::Q4_0, 4096, &qkv, 132).is_some());
         // Widths that are not whole slices (SmolLM2's 576), a weight that is not 16-byte
         // aligned, a type without a kernel, the switch off.
-        assert_eq!(c.plan(GgmlType::Q4_1, 576, &[mat(64)]), None);
-        assert_eq!(c.plan(GgmlType::Q4K, 3072, &[mat(64)]), None);
+        assert_eq!(c.plan(GgmlType::Q4_1, 576, &[mat(64)], 132), None);
+        assert_eq!(c.plan(GgmlType::Q4K, 3072, &[mat(64)], 132), None);
         let odd = [Mat { w: 8, ..mat(64) }];
-        assert_eq!(c.plan(GgmlType::Q4K, 4096, &odd), None);
-        assert_eq!(c.plan(GgmlType::Q2K, 4096, &[mat(64)]), None);
-        assert_eq!(config(false).plan(GgmlType::Q4K, 4096, &[mat(64)]), None);
-        // By default only Q4_0.
+        assert_eq!(c.plan(GgmlType::Q4K, 4096, &odd, 132), None);
+        assert_eq!(c.plan(GgmlType::Q2K, 4096, &[mat(64)], 132), None);
+        assert_eq!(
+            config(false).plan(GgmlType::Q4K, 4096, &[mat(64)], 132),
+            None
+        );
+        // By default Q4_0, Q4_K and Q6_K.
         let default = Bulk {
-            all_types: false,
+            types: types_from(""),
             ..config(true)
         };
-        assert_eq!(default.plan(GgmlType::Q4K, 4096, &gate), None);
-        assert!(default.plan(GgmlType::Q4_0, 4096, &gate).is_some());
+        assert_eq!(default.plan(GgmlType::Q8_0, 4096, &gate, 132), None);
+        assert!(default.plan(GgmlType::Q4K, 4096, &gate, 132).is_some());
+        assert!(default.plan(GgmlType::Q4_0, 4096, &gate, 132).is_some());
         // Room for fewer than two stages.
         let small = Bulk {
-            smem: 24 * 1024,
+            smem: 40 * 1024,
             ..config(true)
         };
-        assert_eq!(small.plan(GgmlType::Q8_0, 2048, &[mat(8)]), None);
-        assert!(small.plan(GgmlType::Q4K, 2048, &[mat(8)]).is_some());
+        assert_eq!(small.plan(GgmlType::Q8_0, 2048, &[mat(8)], 132), None);
+        assert!(small.plan(GgmlType::Q4K, 2048, &[mat(8)], 132).is_some());
+    }
+
+    #[test]
+    fn plans_fill_the_slots() {
+        let c = Bulk {
+            fill: None,
+            ..config(true)
+        };
+        // 8B gate/up on 132 SMs, 2 blocks an SM: 1,792 row groups of 16, 7 a block, 256 blocks
+        // (97% of the slots); 96 KiB of shared memory.
+        let gate = [mat(14336), mat(14336)];
+        let want = Plan {
+            name: "mmvq_bulk_q4_k_w8",
+            stages: 5,
+            grid: 256,
+            smem: 5120 + 5 * 18432,
+        };
+        assert_eq!(c.plan(GgmlType::Q4K, 4096, &gate, 132), Some(want));
+        // o (256 row groups, one a block: 97%), q/k/v (384: 2 a block, 73%) and a 1B's o
+        // (128: 48%).
+        let o = c.plan(GgmlType::Q4K, 4096, &[mat(4096)], 132);
+        assert_eq!(o.map(|p| p.grid), Some(256));
+        let qkv = [mat(4096), mat(1024), mat(1024)];
+        assert_eq!(c.plan(GgmlType::Q4K, 4096, &qkv, 132), None);
+        assert_eq!(c.plan(GgmlType::Q4K, 2048, &[mat(2048)], 132), None);
+        assert!(config(true)
+            .plan(GgmlType::Q4K, 2048, &[mat(2048)], 132)
+            .is_some());
+        // Q4_0 takes every group by default.
+        assert!(c.plan(GgmlType::Q4_0, 2048, &[mat(2048)], 132).is_some());
     }
 }
