@@ -38,7 +38,9 @@ __device__ __forceinline__ int ld_i4(const u8* p) { return *(const int*)p; }
 // every caller's block holds (p is 2 or more bytes into it), and nothing past p + 4N is read.
 template <int N>
 __device__ __forceinline__ void ld_a2(const u8* p, int (&v)[N]) {
-    const u32* a = (const u32*)((size_t)p & ~(size_t)3);
+    // From p itself (not an integer made a pointer), so that a shared-memory p stays a
+    // shared-memory load (the streamed kernels), not a generic one.
+    const u32* a = (const u32*)(p - ((size_t)p & 2));
     u32 sh = (u32)((size_t)p & 2) * 8;
     u32 w[N + 1];
 #pragma unroll
