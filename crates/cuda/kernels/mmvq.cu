@@ -474,7 +474,7 @@ MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)
 // only, so it has the same bits whatever group it is launched in. The host takes these kernels
 // for one token in fast mode outside deterministic mode, where the row is a multiple of
 // BULK_SLICE columns, by default for Q4_0, Q4_K and Q6_K weights (backend/bulk.rs has the
-// figures: on an H200, 8B Q4_0 decode +10%, 8B Q4_K_M +4%, 1B Q4_K_M +10-15% against the 2-row
+// figures: on an H200, 8B Q4_0 decode +10%, 8B Q4_K_M +2-5%, 1B Q4_K_M +14% against the 2-row
 // kernels). Q4_K takes 64-element pieces here (MQ4K2: the scales decoded once for two chunks).
 // At most 64 registers (`__maxnreg__`): ptxas's own choice spilled at 40.
 //

@@ -111,5 +111,17 @@ fn bulk_matmul_matches_reference() {
         let what = format!("{ty} 8192, ring");
         ok &= check_group(&mut g, ty, 8192, &[250 * rows], &what);
     }
+    // The default shape, and a fill that only some matrices of a group reach alone: the
+    // streamed kernels take those (8B gate: 85% of the slots at 80, k: 24%), mmvq the rest.
+    g.set_mmvq_bulk_shape(8, 2, 96 * 1024);
+    g.set_mmvq_bulk_fill(80);
+    ok &= check_group(
+        &mut g,
+        GgmlType::Q4K,
+        4096,
+        &[14336, 1024],
+        "Q4_K 14336 + 1024, fill",
+    );
+    g.set_mmvq_bulk_fill(0);
     assert!(ok, "the streamed kernels differ");
 }

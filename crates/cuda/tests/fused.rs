@@ -469,8 +469,16 @@ fn matmul_many_equals_one_matmul_per_weight() {
     let mut ok = true;
     const ROWS: [usize; 3] = [96, 33, 64];
     // (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K) and (Q4_K, Q5_K) take one launch for one token
-    // (`mmvq_mix_*`).
-    let sets: [(&[GgmlType], usize, [usize; 3]); 8] = [
+    // (`mmvq_mix_*`). On sm_90 the streamed kernels take, for one token, the K-quant matrices
+    // that fill the GPU alone (the 14336-row one, an 8B's q of 4096 rows, the 4096-row Q6_K) and
+    // the mmvq kernels the rest of their group.
+    let sets: [(&[GgmlType], usize, [usize; 3]); 10] = [
+        (
+            &[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K],
+            4096,
+            [4096, 1024, 1024],
+        ),
+        (&[GgmlType::Q4K, GgmlType::Q6K], 4096, [1024, 4096, 0]),
         (&[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K], 2048, ROWS),
         (&[GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q6K], 2048, ROWS),
         (&[GgmlType::Q4K, GgmlType::Q5K], 2048, ROWS),

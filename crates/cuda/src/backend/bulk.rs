@@ -7,7 +7,7 @@
 //! more bytes in flight. Same 8-bit activations and dp4a dots as mmvq; another order of the
 //! row's sum, so deterministic mode turns them off (a one-token row must add up as the
 //! multi-token kernels add it). They take Q4_0, Q4_K and Q6_K weights by default
-//! (`DEFAULT_TYPES`), the K-quants only in groups that fill most of the GPU (`K_FILL`).
+//! (`DEFAULT_TYPES`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,22 +27,14 @@ const SLICE: usize = 2048;
 /// Most stages a block (kernels/mmvq.cu `BULK_MAX_STAGES`).
 const MAX_STAGES: usize = 8;
 
-/// The least share of the block slots, in percent, that a group's row groups fill where the
-/// streamed kernels take a K-quant group (`Bulk::plan`). H200, tg128 (`-p 0 -n 128 -r 3`, every
-/// type on them; 90 / 0 / 60 / the mmvq kernels): 8B Q4_K_M 397.03, 388.98 / 387.72, 384.52 /
-/// 384.60, 380.86 / 373.99, 382.02 (at 90 the q/k/v group, 384 row groups on 264 slots, goes
-/// back to mmvq: one `mmvq_mix_*` launch where its v is Q6_K); 1B Q4_K_M 1,127, 1,218 / 1,192,
-/// 1,194 / 1,202, 1,202 / 1,041, 1,054. The other types' mmvq kernels read 2-byte-aligned
-/// blocks with 16-bit loads and lose on every group: 8B Q4_0 411.42 / 419.83 / 415.90 / 382.61,
-/// 1B Q4_0 1,140 / 1,235 / 1,147 / 1,053, so they take every group (0).
-const K_FILL: usize = 90;
-
-fn default_fill(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => K_FILL,
-        _ => 0,
-    }
-}
+// The figures behind the defaults (H200, tg128, `bench -p 0 -n 128 -r 3`, sides of one
+// binary alternating in one call). Every matrix of Q4_0, Q4_K and Q6_K on these kernels against
+// the 2-row mmvq kernels: 8B Q4_K_M 384.76 / 384.16 against 377.02 / 366.31, 1B Q4_K_M 1,123.18
+// against 983.03; 8B Q4_0 419.83 against 382.61, 1B Q4_0 1,234.78 against 1,052.86. Keeping
+// the matrices that fill less than 80% of the block slots alone on mmvq (an 8B's k and v, a 1B's
+// q, k, v, o and down; `REALIZAR_CUDA_BULK_FILL=80`) made 8B Q4_K_M 373.13 / 373.70 and 1B
+// 1,145.20: the q/k/v group then takes two launches. So by default every matrix takes them
+// (`fill` 0).
 
 /// Rows a consumer warp (kernels/mmvq.cu `BULK_RW`): a lane reads its pieces of the input once
 /// for both rows (H200, 8B Q4_0 tg128: 404.05 -> 426.08 against one row a warp).
@@ -110,7 +102,7 @@ pub(crate) const BULK_ENTRY_POINTS: [&str; 2 * KERNELS.len()] = {
 };
 
 /// The types whose one-token matmuls take the streamed kernels by default: those measured
-/// faster than the 2-row mmvq kernels (H200, `K_FILL` has the figures; two rows a consumer warp
+/// faster than the 2-row mmvq kernels (H200, see the figures above; two rows a consumer warp
 /// and Q4_K's pieces of 64 elements made the K-quants win). Q4_1, Q5_0, Q5_1, Q8_0 and Q5_K have
 /// kernels too, not measured against mmvq (`REALIZAR_CUDA_MMVQ_BULK=all` takes every type, `0`
 /// none).
@@ -133,8 +125,9 @@ pub(super) struct Bulk {
     blocks_per_sm: usize,
     smem: usize,
     /// The least share of the grid's block slots (SMs x blocks an SM) that a group's row groups
-    /// must fill, in percent: the environment's for every type, or else `default_fill`'s.
-    fill: Option<usize>,
+    /// must fill, in percent, for these kernels to take it (`REALIZAR_CUDA_BULK_FILL`, for
+    /// measuring; 0 by default).
+    fill: usize,
     /// Launches made, for tests.
     launches: AtomicU64,
 }
@@ -194,7 +187,7 @@ impl Bulk {
             warps: 8,
             blocks_per_sm: 2,
             smem: 96 * 1024,
-            fill: env_usize("REALIZAR_CUDA_BULK_FILL"),
+            fill: env_usize("REALIZAR_CUDA_BULK_FILL").unwrap_or(0),
             launches: AtomicU64::new(0),
         };
         b.shape(
@@ -215,8 +208,8 @@ impl Bulk {
 
     /// The launch of a one-token group on a device of `sms` SMs, or None where the kernels do
     /// not take it: rows not a whole number of chunk slices, a weight not 16-byte aligned, fewer
-    /// than two stages, or row groups that fill less of the block slots than the type's `fill`
-    /// when each block takes the same number of them.
+    /// than two stages, or a matrix whose row groups alone fill less of the block slots than
+    /// `fill` when each block takes the same number of them.
     fn plan(&self, ty: GgmlType, cols: usize, mats: &[Mat], sms: usize) -> Option<Plan> {
         if !self.on
             || mats.is_empty()
@@ -234,12 +227,14 @@ impl Bulk {
         let name = names[usize::from(self.warps == 16)];
         let stage = self.stage_bytes(ty);
         let stages = (self.smem.saturating_sub(x_bytes(cols)) / stage).min(MAX_STAGES);
-        // Whole shares: each block gets the same number of row groups, or one fewer.
-        let groups: usize = mats.iter().map(|m| m.rows.div_ceil(self.rows())).sum();
+        // Whole shares: each block gets the same number of row groups, or one fewer. Each
+        // matrix must fill the slots alone, so that whether a matrix takes these kernels does
+        // not depend on its group (a row's bits do not).
         let slots = (sms * self.blocks_per_sm).max(1);
+        let fills = |groups: usize| 100 * groups >= self.fill * groups.div_ceil(slots) * slots;
+        let groups: usize = mats.iter().map(|m| m.rows.div_ceil(self.rows())).sum();
+        let filled = mats.iter().all(|m| fills(m.rows.div_ceil(self.rows())));
         let each = groups.div_ceil(slots).max(1);
-        let fill = self.fill.unwrap_or_else(|| default_fill(ty));
-        let filled = 100 * groups >= fill * each * slots;
         (stages >= 2 && filled).then_some(Plan {
             name,
             stages,
@@ -283,11 +278,10 @@ impl CudaBackend {
         self.bulk.on
     }
 
-    /// The least share of the block slots (percent) a group's row groups must fill for the
-    /// streamed kernels to take it (`REALIZAR_CUDA_BULK_FILL`; tests set 0 to run small
-    /// groups on them).
+    /// The least share of the block slots (percent) a matrix's row groups must fill alone for
+    /// the streamed kernels to take it (`REALIZAR_CUDA_BULK_FILL`; 0, every matrix, by default).
     pub fn set_mmvq_bulk_fill(&mut self, percent: usize) {
-        self.bulk.fill = Some(percent);
+        self.bulk.fill = percent;
         self.gen.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -364,7 +358,7 @@ mod tests {
             warps: 8,
             blocks_per_sm: 2,
             smem: 96 * 1024,
-            fill: Some(0),
+            fill: 0,
             launches: AtomicU64::new(0),
         }
     }
@@ -472,12 +466,13 @@ mod tests {
 
     #[test]
     fn plans_fill_the_slots() {
+        // REALIZAR_CUDA_BULK_FILL=80.
         let c = Bulk {
-            fill: None,
+            fill: 80,
             ..config(true)
         };
-        // 8B gate/up on 132 SMs, 2 blocks an SM: 1,792 row groups of 16, 7 a block, 256 blocks
-        // (97% of the slots); 96 KiB of shared memory.
+        // 8B gate/up on 132 SMs, 2 blocks an SM: 1,792 row groups of 16, 7 a block, 256 blocks;
+        // each matrix alone 896, 4 a block (85% of the slots); 96 KiB of shared memory.
         let gate = [mat(14336), mat(14336)];
         let want = Plan {
             name: "mmvq_bulk_q4_k_w8",
@@ -486,17 +481,23 @@ mod tests {
             smem: 5120 + 5 * 18432,
         };
         assert_eq!(c.plan(GgmlType::Q4K, 4096, &gate, 132), Some(want));
-        // o (256 row groups, one a block: 97%), q/k/v (384: 2 a block, 73%) and a 1B's o
-        // (128: 48%).
+        // At a fill of 80: o (256 row groups, one a block: 97%) but not k (64: 24%), alone or
+        // with q; a 1B's o (128: 48%).
         let o = c.plan(GgmlType::Q4K, 4096, &[mat(4096)], 132);
         assert_eq!(o.map(|p| p.grid), Some(256));
-        let qkv = [mat(4096), mat(1024), mat(1024)];
-        assert_eq!(c.plan(GgmlType::Q4K, 4096, &qkv, 132), None);
+        assert_eq!(c.plan(GgmlType::Q4K, 4096, &[mat(1024)], 132), None);
+        let qk = [mat(4096), mat(1024)];
+        assert_eq!(c.plan(GgmlType::Q4K, 4096, &qk, 132), None);
         assert_eq!(c.plan(GgmlType::Q4K, 2048, &[mat(2048)], 132), None);
+        // Every matrix at the default fill (0).
         assert!(config(true)
             .plan(GgmlType::Q4K, 2048, &[mat(2048)], 132)
             .is_some());
-        // Q4_0 takes every group by default.
-        assert!(c.plan(GgmlType::Q4_0, 2048, &[mat(2048)], 132).is_some());
+        assert_eq!(
+            config(true)
+                .plan(GgmlType::Q4K, 4096, &qk, 132)
+                .map(|p| p.grid),
+            Some(160)
+        );
     }
 }

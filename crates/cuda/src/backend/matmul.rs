@@ -377,9 +377,35 @@ impl CudaBackend {
             return self.mmq(k, cols, mats, x, input);
         }
         let (xq, xds) = self.quantized_input(x, cols, mats)?;
-        if nt == 1 && self.matmul_bulk(ty, cols, mats, xq, xds)? {
-            return Ok(());
+        if nt == 1 {
+            // The streamed kernels take the matrices they would take alone, the mmvq kernels
+            // the rest.
+            let takes = |m: &Mat| self.bulk_takes(ty, cols, std::slice::from_ref(m));
+            let n = mats.iter().filter(|m| takes(m)).count();
+            if n == mats.len() && self.matmul_bulk(ty, cols, mats, xq, xds)? {
+                return Ok(());
+            }
+            if n > 0 && n < mats.len() {
+                let (on, off): (Vec<Mat>, Vec<Mat>) = mats.iter().partition(|m| takes(m));
+                if self.matmul_bulk(ty, cols, &on, xq, xds)? {
+                    return self.mmvq(name, 1, cols, &off, (xq, xds), 1);
+                }
+            }
         }
+        self.mmvq(name, nt, cols, mats, (xq, xds), ntok)
+    }
+
+    /// The mmvq launch of `matmul_mats`: kernel `name` (`nt` tokens a block) on the 8-bit input
+    /// `xq` of `ntok` tokens.
+    fn mmvq(
+        &self,
+        name: &'static str,
+        nt: usize,
+        cols: usize,
+        mats: &[Mat],
+        (xq, xds): (u64, u64),
+        ntok: usize,
+    ) -> Result<(), CudaError> {
         // Rows per block: REALIZAR_CUDA_MMVQ_ROWS (2 by default) for one token, 2 for more
         // (kernels/mmvq.cu).
         let per_block = match nt {
@@ -411,8 +437,9 @@ impl CudaBackend {
 
     /// One launch for a one-token group of two weight types (`mmvq_mix_*`: the first matrices
     /// of one type, the rest of another, as an 8B Q4_K_M's q, k in Q4_K and v in Q6_K), where
-    /// each type alone would take the 2-row mmvq kernel; the same bits as those launches.
-    /// Ok(false) where it does not apply.
+    /// each type alone would take the 2-row mmvq kernel; the same bits as those launches. The
+    /// matrices the streamed kernels would take alone go to them first (`bulk_takes`), a launch
+    /// a type. Ok(false) where it does not apply.
     pub(super) fn matmul_mixed(
         &self,
         mats: &[(GgmlType, Mat)],
@@ -437,16 +464,49 @@ impl CudaBackend {
         if !takes {
             return Ok(false);
         }
+        // The streamed kernels take the matrices they would take alone (one launch a type),
+        // the mix kernel the rest, or the rest's one type's kernel: a row has the bits of its
+        // own kernel whatever its group.
+        let streamed =
+            |(t, m): &(GgmlType, Mat)| self.bulk_takes(*t, cols, std::slice::from_ref(m));
         let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
-        // Where the streamed kernels take either type, each type's launch takes them, so a
-        // row has their bits whatever its group.
-        if self.bulk_takes(mats[0].0, cols, &all[..split])
-            || self.bulk_takes(second, cols, &all[split..])
-        {
-            return Ok(false);
-        }
         let (xq, xds) = self.quantized_input(x, cols, &all)?;
-        let (group, blocks) = Group::new(&all, 2);
+        if !mats.iter().any(streamed) {
+            return self.mix(name, cols, &all, split, (xq, xds));
+        }
+        for ty in [mats[0].0, second] {
+            let on: Vec<Mat> = mats
+                .iter()
+                .filter(|p| p.0 == ty && streamed(p))
+                .map(|p| p.1)
+                .collect();
+            if !on.is_empty() && !self.matmul_bulk(ty, cols, &on, xq, xds)? {
+                self.matmul_mats(ty, cols, &on, x)?;
+            }
+        }
+        let left: Vec<&(GgmlType, Mat)> = mats.iter().filter(|p| !streamed(p)).collect();
+        let rest: Vec<Mat> = left.iter().map(|p| p.1).collect();
+        let split = left.iter().take_while(|p| p.0 == mats[0].0).count();
+        if 0 < split && split < rest.len() {
+            return self.mix(name, cols, &rest, split, (xq, xds));
+        }
+        if let Some(p) = left.first() {
+            self.matmul_mats(p.0, cols, &rest, x)?;
+        }
+        Ok(true)
+    }
+
+    /// The launch of `matmul_mixed`: kernel `name` on `mats`, those from `split` on of the
+    /// second type.
+    fn mix(
+        &self,
+        name: &'static str,
+        cols: usize,
+        all: &[Mat],
+        split: usize,
+        (xq, xds): (u64, u64),
+    ) -> Result<bool, CudaError> {
+        let (group, blocks) = Group::new(all, 2);
         let args = [
             Arg::Group(group),
             Arg::P(xq),
