@@ -635,6 +635,8 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
 #pragma unroll
             for (int i = lane; i < PIECES; i += 32) {
                 const int blk = i / T::SUBS, sub = i % T::SUBS;
+                // A warp's rows past the group's last (a matrix's short last group) read
+                // stage bytes this chunk did not copy; their sums are not stored.
 #pragma unroll
                 for (int r = 0; r < BULK_RW; r++) {
                     T wv;

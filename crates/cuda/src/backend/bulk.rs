@@ -124,8 +124,8 @@ pub(super) struct Bulk {
     warps: usize,
     blocks_per_sm: usize,
     smem: usize,
-    /// The least share of the grid's block slots (SMs x blocks an SM) that a group's row groups
-    /// must fill, in percent, for these kernels to take it (`REALIZAR_CUDA_BULK_FILL`, for
+    /// The least share of the grid's block slots (SMs x blocks an SM) that a matrix's row groups
+    /// must fill alone, in percent, for these kernels to take it (`REALIZAR_CUDA_BULK_FILL`, for
     /// measuring; 0 by default).
     fill: usize,
     /// Launches made, for tests.
@@ -145,19 +145,16 @@ fn types_from(mode: &str) -> Vec<GgmlType> {
     let all = KERNELS.iter().map(|(t, _)| *t);
     match mode.trim() {
         "all" => all.collect(),
-        m if m.contains(|c: char| c.is_ascii_alphabetic()) => {
-            let named: Vec<GgmlType> = m
-                .split(',')
-                .filter_map(|n| {
-                    let t = GgmlType::from_name(n.trim()).filter(|t| all.clone().any(|k| k == *t));
-                    if t.is_none() {
-                        eprintln!("REALIZAR_CUDA_MMVQ_BULK: no streamed kernel for {n:?}");
-                    }
-                    t
-                })
-                .collect();
-            named
-        }
+        m if m.contains(|c: char| c.is_ascii_alphabetic()) => m
+            .split(',')
+            .filter_map(|n| {
+                let t = GgmlType::from_name(n.trim()).filter(|t| all.clone().any(|k| k == *t));
+                if t.is_none() {
+                    eprintln!("REALIZAR_CUDA_MMVQ_BULK: no streamed kernel for {n:?}");
+                }
+                t
+            })
+            .collect(),
         _ => DEFAULT_TYPES.to_vec(),
     }
 }
