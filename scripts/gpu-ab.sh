@@ -76,7 +76,8 @@ build() {
             cp "$bin" "$DEV/$side/realizar"
             echo "$side: $AB_PATCH" >> "$DEV/sides.txt"
         else
-            cp "$bin" "$DEV/$side/realizar"
+            # Side a's binary: after a patched side, $bin is that side's build.
+            cp "$DEV/a/realizar" "$DEV/$side/realizar"
         fi
     done
     local n
