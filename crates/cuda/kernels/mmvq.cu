@@ -251,7 +251,8 @@ struct MQ4K {
     }
 };
 
-// Q4_K for the streamed kernels (XSWZ: the input's shared-memory copy is swizzled, ld_xs): piece
+// Q4_K for the streamed kernels only (XSWZ: the input's shared-memory copy is swizzled, ld_xs;
+// mmvq<> refuses it at compile time): piece
 // s (0..3) is quant bytes 32s..32s+31, i.e. the whole of chunks 2s (low nibbles) and 2s + 1
 // (high nibbles), so the chunks' scales are decoded once for 64 elements, not once for 32.
 struct MQ4K2 {
@@ -348,6 +349,7 @@ template <class T, int NT, int ROWS>
 __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __restrict__ xq,
                                      const float2* __restrict__ xds, float* __restrict__ out,
                                      int rows, int cols, int ntok, int bx) {
+    static_assert(!XSwz<T>::on, "XSWZ types read a swizzled shared-memory input: mmvq_bulk only");
     __shared__ float part[THREADS / 32][ROWS * NT];
     int tid = threadIdx.x;
     int row0 = bx * ROWS;

@@ -71,8 +71,8 @@ fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], w
 #[test]
 fn bulk_matmul_matches_reference() {
     let Some(mut g) = gpu() else { return };
-    // Every type (by default only Q4_0 takes them), and groups of any size (by default only
-    // those that fill most of the GPU's block slots).
+    // Every type (by default Q4_0, Q4_K and Q6_K take them), and matrices of any size (the
+    // default; `set_mmvq_bulk_fill` below tries a threshold).
     g.set_mmvq_bulk(true, true);
     g.set_mmvq_bulk_fill(0);
     if !g.mmvq_bulk() {

@@ -469,9 +469,9 @@ fn matmul_many_equals_one_matmul_per_weight() {
     let mut ok = true;
     const ROWS: [usize; 3] = [96, 33, 64];
     // (Q4_K, Q4_K, Q6_K), (Q5_K, Q6_K, Q6_K) and (Q4_K, Q5_K) take one launch for one token
-    // (`mmvq_mix_*`). On sm_90 the streamed kernels take, for one token, the K-quant matrices
-    // that fill the GPU alone (the 14336-row one, an 8B's q of 4096 rows, the 4096-row Q6_K) and
-    // the mmvq kernels the rest of their group.
+    // (`mmvq_mix_*`). On sm_90 the streamed kernels take, for one token, the matrices of their
+    // default types (Q4_0, Q4_K, Q6_K) at 2048 or 4096 columns, the mmvq kernels the rest of
+    // their group (Q5_K here): an 8B-shaped q/k/v and a Q4_K + Q6_K pair among them.
     let sets: [(&[GgmlType], usize, [usize; 3]); 10] = [
         (
             &[GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K],

@@ -76,8 +76,8 @@ fn max_blocks(warps: usize) -> usize {
     (SM_REGS / (REGS * 32 * (warps + 1))).max(1)
 }
 
-/// Every type's kernels: 8 and 16 consumer warps a block (kernels/mmvq.cu `W`), each warp a
-/// row of a chunk; one more warp copies.
+/// Every type's kernels: 8 and 16 consumer warps a block (kernels/mmvq.cu `W`), each warp
+/// `RW` rows of a chunk; one more warp copies.
 const KERNELS: [(GgmlType, [&str; 2]); 8] = [
     (GgmlType::Q4_0, ["mmvq_bulk_q4_0_w8", "mmvq_bulk_q4_0_w16"]),
     (GgmlType::Q4_1, ["mmvq_bulk_q4_1_w8", "mmvq_bulk_q4_1_w16"]),
@@ -139,12 +139,12 @@ fn x_bytes(cols: usize) -> usize {
 }
 
 /// The types `REALIZAR_CUDA_MMVQ_BULK` names: every type with a kernel for `all`, those of a
-/// comma-separated list (names as `GgmlType::name`; others are ignored, with a warning), the
-/// default types for anything else.
+/// comma-separated list (names as `GgmlType::name`, any case; others are ignored, with a
+/// warning), the default types for anything else, and for a list that names none.
 fn types_from(mode: &str) -> Vec<GgmlType> {
     let all = KERNELS.iter().map(|(t, _)| *t);
-    match mode.trim() {
-        "all" => all.collect(),
+    let named: Vec<GgmlType> = match mode.trim() {
+        m if m.eq_ignore_ascii_case("all") => all.collect(),
         m if m.contains(|c: char| c.is_ascii_alphabetic()) => m
             .split(',')
             .filter_map(|n| {
@@ -155,7 +155,12 @@ fn types_from(mode: &str) -> Vec<GgmlType> {
                 t
             })
             .collect(),
-        _ => DEFAULT_TYPES.to_vec(),
+        _ => Vec::new(),
+    };
+    if named.is_empty() {
+        DEFAULT_TYPES.to_vec()
+    } else {
+        named
     }
 }
 
@@ -365,6 +370,8 @@ mod tests {
         assert_eq!(types_from(""), DEFAULT_TYPES.to_vec());
         assert_eq!(types_from("1"), DEFAULT_TYPES.to_vec());
         assert_eq!(types_from("all").len(), KERNELS.len());
+        assert_eq!(types_from("ALL").len(), KERNELS.len());
+        assert_eq!(types_from("on"), DEFAULT_TYPES.to_vec());
         assert_eq!(
             types_from("q4_k, Q6_K,f16,bogus"),
             vec![GgmlType::Q4K, GgmlType::Q6K]
