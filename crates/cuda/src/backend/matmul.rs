@@ -467,24 +467,30 @@ impl CudaBackend {
         // The streamed kernels take the matrices they would take alone (one launch a type),
         // the mix kernel the rest, or the rest's one type's kernel: a row has the bits of its
         // own kernel whatever its group.
-        let streamed =
-            |(t, m): &(GgmlType, Mat)| self.bulk_takes(*t, cols, std::slice::from_ref(m));
+        let streamed: Vec<bool> = mats
+            .iter()
+            .map(|(t, m)| self.bulk_takes(*t, cols, std::slice::from_ref(m)))
+            .collect();
         let all: Vec<Mat> = mats.iter().map(|(_, m)| *m).collect();
         let (xq, xds) = self.quantized_input(x, cols, &all)?;
-        if !mats.iter().any(streamed) {
+        if !streamed.contains(&true) {
             return self.mix(name, cols, &all, split, (xq, xds));
         }
+        // The matrices of type `ty` that do (`on`) or do not stream, in their order.
+        let pick = |ty: Option<GgmlType>, on: bool| -> Vec<(GgmlType, Mat)> {
+            mats.iter()
+                .zip(&streamed)
+                .filter(|(p, &s)| s == on && ty.is_none_or(|t| p.0 == t))
+                .map(|(p, _)| *p)
+                .collect()
+        };
         for ty in [mats[0].0, second] {
-            let on: Vec<Mat> = mats
-                .iter()
-                .filter(|p| p.0 == ty && streamed(p))
-                .map(|p| p.1)
-                .collect();
+            let on: Vec<Mat> = pick(Some(ty), true).iter().map(|p| p.1).collect();
             if !on.is_empty() && !self.matmul_bulk(ty, cols, &on, xq, xds)? {
                 self.matmul_mats(ty, cols, &on, x)?;
             }
         }
-        let left: Vec<&(GgmlType, Mat)> = mats.iter().filter(|p| !streamed(p)).collect();
+        let left = pick(None, false);
         let rest: Vec<Mat> = left.iter().map(|p| p.1).collect();
         let split = left.iter().take_while(|p| p.0 == mats[0].0).count();
         if 0 < split && split < rest.len() {
