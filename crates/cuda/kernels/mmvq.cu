@@ -73,12 +73,14 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __rest
 __device__ __forceinline__ int4 ld_x4(const int* p) { return *(const int4*)p; }
 
 // The streamed kernels' shared-memory copy of the input, for types with XSWZ: 16-byte unit u of
-// each 128-byte group at u ^ ((address >> 7) & 7), so that 8 lanes reading the same unit of
-// consecutive 64-byte pieces (MQ4K2) hit 8 different bank groups. The copy starts 128-byte
-// aligned, so the address's own bits give the swizzle.
+// each 128-byte row r at u ^ f, f = (r ^ 2r) & 7 over r's low two bits (0, 3, 6, 5). The 8 lanes
+// of a quarter-warp then hit 8 different bank groups both where they read the same unit of
+// consecutive 64-byte pieces (MQ4K2: f's low two bits differ over 4 rows) and where they read
+// unit 2j + h of rows 4q + r (MQ6K2: f's high two bits differ). The copy starts 128-byte aligned,
+// so the address's own bits give the swizzle.
 __device__ __forceinline__ const int* xs_swz(const int* p) {
-    const int a = (int)(size_t)p, o = (a >> 4) & 7;
-    return p + 4 * ((o ^ ((a >> 7) & 7)) - o);
+    const int a = (int)(size_t)p, o = (a >> 4) & 7, r = (a >> 7) & 3;
+    return p + 4 * ((o ^ ((r ^ (r << 1)) & 7)) - o);
 }
 __device__ __forceinline__ int4 ld_xs(const int* p) { return *(const int4*)xs_swz(p); }
 template <class T, class = void>
@@ -345,6 +347,52 @@ struct MQ6K {
     }
 };
 
+// Q6_K for the streamed kernels only (XSWZ): piece s (0..3) = (n, h) = (s / 2, s % 2) is elements
+// 16h..16h+15 of each of the chunks 4n + j (j = 0..3): low-quant bytes 64n + 16h.. (chunk j = 0 in
+// the low nibbles, 2 in the high) and 64n + 32 + 16h.. (1 and 3), high-bit bytes 128 + 32n + 16h..
+// (bits 2j, 2j + 1), scales 8n + 2j + h. So a high-bit byte is read once (MQ6K reads it for two
+// pieces) and the scales, four bytes, in one. The quants are taken as 0..63: the dot subtracts
+// 32 times the sum of the 16 inputs (dp4a with bytes of -32), which the two rows of a consumer
+// warp share.
+struct MQ6K2 {
+    static constexpr int QK = 256, BYTES = 210, SUBS = 4;
+    static constexpr bool XSWZ = true;
+    int la[4], lb[4], hb[4];
+    float d, sc[4];
+    __device__ __forceinline__ void load(const u8* b, int s) {
+        const int n = s >> 1, h = s & 1;
+        ld_a2(b + 64 * n + 16 * h, la);
+        ld_a2(b + 64 * n + 32 + 16 * h, lb);
+        ld_a2(b + 128 + 32 * n + 16 * h, hb);
+        int w[2];
+        ld_a2(b + 192 + 8 * n, w);
+        d = h2f(ld16(b + 208));
+#pragma unroll
+        for (int j = 0; j < 4; j++) sc[j] = (float)((w[j >> 1] << (24 - 8 * h - 16 * (j & 1))) >> 24);
+    }
+    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+        const int n = s >> 1, h = s & 1;
+        const int* xc = x + 32 * n + 4 * h;
+        float r = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int4 xv = ld_xs(xc + 8 * j);
+            const int m32 = (int)0xE0E0E0E0;
+            const int off = dot4(m32, m32, m32, m32, xv, 0);
+            int q[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int l = (j & 1) ? lb[k] : la[k];
+                const int lo = (j < 2 ? l : l >> 4) & 0x0F0F0F0F;
+                q[k] = lo | (((hb[k] >> (2 * j)) & 0x03030303) << 4);
+            }
+            const int v = dot4(q[0], q[1], q[2], q[3], xv, off);
+            r += sc[j] * ds[4 * n + j].x * (float)v;
+        }
+        return d * r;
+    }
+};
+
 template <class T, int NT, int ROWS>
 __device__ __forceinline__ void mmvq(const u8* __restrict__ w, const int* __restrict__ xq,
                                      const float2* __restrict__ xds, float* __restrict__ out,
@@ -477,8 +525,10 @@ MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)
 // for one token in fast mode outside deterministic mode, where the row is a multiple of
 // BULK_SLICE columns, by default for Q4_0, Q4_K and Q6_K weights (backend/bulk.rs has the
 // figures: on an H200, 8B Q4_0 decode +10%, 8B Q4_K_M +2-5%, 1B Q4_K_M +14% against the 2-row
-// kernels). Q4_K takes 64-element pieces here (MQ4K2: the scales decoded once for two chunks).
-// At most 64 registers (`__maxnreg__`): ptxas's own choice spilled at 40.
+// kernels; MQ6K2 and the mixed launch below made 8B Q4_K_M +6% more). Q4_K and Q6_K take
+// 64-element pieces here (MQ4K2, MQ6K2: the scales decoded once for two or four chunks). A group
+// of two types (q and k in Q4_K, v in Q6_K) takes one launch (MMVQ_BULK_MIX). At most 64
+// registers (`__maxnreg__`): ptxas's own choice spilled at 40.
 //
 // The weights never change during a step, so the producer's copies start before the wait for
 // the kernel ahead (a norm, glu, attention): they overlap its end. The consumers read the
@@ -537,24 +587,28 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, u32 parity) {
 }
 
 // Row group c of the group's matrices (W rows of one matrix, fewer in a matrix's last group;
-// `Group`'s block counts are row-group counts here): its weights, output, first row and row
-// count.
-template <int W>
-__device__ __forceinline__ const u8* bulk_rows(const Group& g, int c, size_t row_bytes,
-                                               float*& out, int& row0, int& nrows) {
+// `Group`'s block counts are row-group counts here): its matrix's weights, output and index, its
+// first row and row count.
+struct BulkRows {
     const u8* w;
+    float* out;
+    int m, row0, nrows;
+};
+template <int W>
+__device__ __forceinline__ BulkRows bulk_rows(const Group& g, int c) {
+    BulkRows r;
     int rows;
     if (c < g.n0) {
-        w = g.w0, out = g.o0, rows = g.r0;
+        r.w = g.w0, r.out = g.o0, rows = g.r0, r.m = 0;
     } else if ((c -= g.n0) < g.n1) {
-        w = g.w1, out = g.o1, rows = g.r1;
+        r.w = g.w1, r.out = g.o1, rows = g.r1, r.m = 1;
     } else {
         c -= g.n1;
-        w = g.w2, out = g.o2, rows = g.r2;
+        r.w = g.w2, r.out = g.o2, rows = g.r2, r.m = 2;
     }
-    row0 = c * W;
-    nrows = min(W, rows - row0);
-    return w + (size_t)row0 * row_bytes;
+    r.row0 = c * W;
+    r.nrows = min(W, rows - r.row0);
+    return r;
 }
 
 // A walk over a block's chunks: stage s (parity `phase` of its barriers' use), slice k of row
@@ -567,17 +621,51 @@ struct BulkWalk {
     }
 };
 
-template <class T, int W>
-__device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict__ xq,
-                                          const float2* __restrict__ xds, int cols, int stages) {
+template <class A, class B>
+struct Same {
+    static constexpr bool v = false;
+};
+template <class A>
+struct Same<A, A> {
+    static constexpr bool v = true;
+};
+
+// A consumer warp's share of a chunk of type T (`wr`: its first row's slice): each lane's pieces
+// of the slice dotted with the input's (`xk`, `dk`), for each of its rows.
+template <class T>
+__device__ __forceinline__ void bulk_dot(const u8* wr, const int* xk, const float2* dk, int lane,
+                                         float (&acc)[BULK_RW]) {
     constexpr int SLICE_BYTES = BULK_SLICE / T::QK * T::BYTES;
     constexpr int PIECES = BULK_SLICE / T::QK * T::SUBS;
-    constexpr int STAGE_BYTES = W * BULK_RW * SLICE_BYTES;
+#pragma unroll
+    for (int i = lane; i < PIECES; i += 32) {
+        const int blk = i / T::SUBS, sub = i % T::SUBS;
+        // A warp's rows past the group's last (a matrix's short last group) read stage bytes
+        // this chunk did not copy; their sums are not stored.
+#pragma unroll
+        for (int r = 0; r < BULK_RW; r++) {
+            T wv;
+            wv.load(wr + r * SLICE_BYTES + blk * T::BYTES, sub);
+            acc[r] += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
+        }
+    }
+}
+
+// The matrices of the group from `split` on are of type T2, the others of T (T2 = T: one type).
+// A row's arithmetic is its type's whatever the other type, so a mixed launch gives the bits of
+// one launch a type; a stage holds the larger type's chunk.
+template <class T, class T2, int W>
+__device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict__ xq,
+                                          const float2* __restrict__ xds, int cols, int stages,
+                                          int split) {
+    constexpr bool MIXED = !Same<T, T2>::v;
+    static_assert(XSwz<T>::on == XSwz<T2>::on, "one layout of the input's copy for both types");
+    constexpr int SB = BULK_SLICE / T::QK * T::BYTES, SB2 = BULK_SLICE / T2::QK * T2::BYTES;
+    constexpr int STAGE_BYTES = W * BULK_RW * (SB > SB2 ? SB : SB2);
     extern __shared__ __align__(128) u8 bulk_buf[];
     __shared__ __align__(8) unsigned long long full[BULK_MAX_STAGES], empty[BULK_MAX_STAGES];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int nslice = cols / BULK_SLICE;
-    const size_t row_bytes = (size_t)nslice * SLICE_BYTES;
     const int total = g.n0 + g.n1 + g.n2, grid = gridDim.x, b = blockIdx.x;
     const int chunks = (b < total ? (total - b + grid - 1) / grid : 0) * nslice;
     // The activations' copy (cols int8 values, then cols / 32 (d, d * sum) pairs), then the
@@ -595,8 +683,6 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
 #endif
     }
     __syncthreads();
-    float* out;
-    int row0, nrows;
     BulkWalk at = {0, 0, 0, b};
     if (warp == W) {
         // The producer: each chunk into its stage once the consumers are done with the stage's
@@ -604,12 +690,14 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
         if (lane == 0) {
             for (int q = 0; q < chunks; q++, at.next(stages, nslice, grid)) {
                 if (q >= stages) mbar_wait(&empty[at.s], (u32)(at.phase ^ 1));
-                const u8* w = bulk_rows<W * BULK_RW>(g, at.c, row_bytes, out, row0, nrows);
-                w += (size_t)at.k * SLICE_BYTES;
+                const BulkRows rg = bulk_rows<W * BULK_RW>(g, at.c);
+                const u32 sb = MIXED && rg.m >= split ? SB2 : SB;
+                const size_t row_bytes = (size_t)nslice * sb;
+                const u8* w = rg.w + (size_t)rg.row0 * row_bytes + (size_t)at.k * sb;
                 u8* dst = stage0 + at.s * STAGE_BYTES;
-                mbar_expect(&full[at.s], (u32)(nrows * SLICE_BYTES));
-                for (int r = 0; r < nrows; r++)
-                    bulk_copy(dst + r * SLICE_BYTES, w + r * row_bytes, SLICE_BYTES, &full[at.s]);
+                mbar_expect(&full[at.s], (u32)rg.nrows * sb);
+                for (int r = 0; r < rg.nrows; r++)
+                    bulk_copy(dst + r * sb, w + r * row_bytes, sb, &full[at.s]);
             }
         }
         return;
@@ -628,24 +716,16 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
 #pragma unroll
     for (int r = 0; r < BULK_RW; r++) acc[r] = 0.0f;
     for (int q = 0; q < chunks; q++, at.next(stages, nslice, grid)) {
-        bulk_rows<W * BULK_RW>(g, at.c, row_bytes, out, row0, nrows);
+        const BulkRows rg = bulk_rows<W * BULK_RW>(g, at.c);
         mbar_wait(&full[at.s], (u32)at.phase);
-        if (warp * BULK_RW < nrows) {
-            const u8* wr = stage0 + at.s * STAGE_BYTES + warp * BULK_RW * SLICE_BYTES;
+        if (warp * BULK_RW < rg.nrows) {
+            const u8* st = stage0 + at.s * STAGE_BYTES;
             const int* xk = xs + at.k * (BULK_SLICE / 4);
             const float2* dk = ds + at.k * (BULK_SLICE / 32);
-#pragma unroll
-            for (int i = lane; i < PIECES; i += 32) {
-                const int blk = i / T::SUBS, sub = i % T::SUBS;
-                // A warp's rows past the group's last (a matrix's short last group) read
-                // stage bytes this chunk did not copy; their sums are not stored.
-#pragma unroll
-                for (int r = 0; r < BULK_RW; r++) {
-                    T wv;
-                    wv.load(wr + r * SLICE_BYTES + blk * T::BYTES, sub);
-                    acc[r] += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
-                }
-            }
+            if (MIXED && rg.m >= split)
+                bulk_dot<T2>(st + warp * BULK_RW * SB2, xk, dk, lane, acc);
+            else
+                bulk_dot<T>(st + warp * BULK_RW * SB, xk, dk, lane, acc);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[at.s]);
@@ -653,7 +733,8 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
 #pragma unroll
             for (int r = 0; r < BULK_RW; r++) {
                 const float v = warp_sum(acc[r]);
-                if (lane == 0 && warp * BULK_RW + r < nrows) out[row0 + warp * BULK_RW + r] = v;
+                if (lane == 0 && warp * BULK_RW + r < rg.nrows)
+                    rg.out[rg.row0 + warp * BULK_RW + r] = v;
                 acc[r] = 0.0f;
             }
         }
@@ -664,9 +745,18 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
     extern "C" __global__ void __maxnreg__(64)                                                  \
         mmvq_bulk_##NAME##_w##W(Group g, const int* xq, const float2* xds, int cols,            \
                                 int stages) {                                                   \
-        mmvq_bulk<T, W>(g, xq, xds, cols, stages);                                              \
+        mmvq_bulk<T, T, W>(g, xq, xds, cols, stages, 3);                                        \
     }
 #define MMVQ_BULK_ALL(NAME, T) MMVQ_BULK(NAME, T, 8) MMVQ_BULK(NAME, T, 16)
+
+// A one-token group of two types in one streamed launch (an 8B Q4_K_M's q and k in Q4_K, its v
+// in Q6_K): the matrices from `split` on of type T2.
+#define MMVQ_BULK_MIX(NAME, T, T2, W)                                                           \
+    extern "C" __global__ void __maxnreg__(64)                                                  \
+        mmvq_bulk_mix_##NAME##_w##W(Group g, const int* xq, const float2* xds, int cols,        \
+                                    int stages, int split) {                                    \
+        mmvq_bulk<T, T2, W>(g, xq, xds, cols, stages, split);                                   \
+    }
 
 MMVQ_BULK_ALL(q4_0, MQ4_0)
 MMVQ_BULK_ALL(q4_1, MQ4_1)
@@ -675,4 +765,6 @@ MMVQ_BULK_ALL(q5_1, MQ5_1)
 MMVQ_BULK_ALL(q8_0, MQ8_0)
 MMVQ_BULK_ALL(q4_k, MQ4K2)
 MMVQ_BULK_ALL(q5_k, MQ5K)
-MMVQ_BULK_ALL(q6_k, MQ6K)
+MMVQ_BULK_ALL(q6_k, MQ6K2)
+MMVQ_BULK_MIX(q4_k_q6_k, MQ4K2, MQ6K2, 8)
+MMVQ_BULK_MIX(q4_k_q6_k, MQ4K2, MQ6K2, 16)

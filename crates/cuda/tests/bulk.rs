@@ -13,19 +13,33 @@ fn nan_buf(g: &CudaBackend, rows: usize) -> CudaBuf {
     g.buf_from_host(1, rows, &vec![f32::NAN; rows]).unwrap()
 }
 
-/// One token through a group of matrices of `ty`, `cols` wide: the grouped launch against
-/// the reference, each matrix alone (the same bits: a row's order does not depend on its group),
-/// and the 2-row mmvq kernels (the same products, another order of the sum).
+/// One token through a group of matrices of `ty`, `cols` wide: `check_mixed` with one type.
 fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], what: &str) -> bool {
-    let mut rng = rng(&format!("bulk {ty} {cols} {rows:?}"));
+    check_mixed(g, &vec![ty; rows.len()], cols, rows, what)
+}
+
+/// One token through a group of matrices of types `tys`, `cols` wide, in one streamed launch:
+/// the grouped launch against the reference, each matrix alone (the same bits: a row's order
+/// does not depend on its group), and the 2-row mmvq kernels (the same products, another order
+/// of the sum).
+fn check_mixed(
+    g: &mut CudaBackend,
+    tys: &[GgmlType],
+    cols: usize,
+    rows: &[usize],
+    what: &str,
+) -> bool {
+    let mut rng = rng(&format!("bulk {tys:?} {cols} {rows:?}"));
     let data: Vec<Vec<u8>> = rows
         .iter()
-        .map(|&r| quantize(ty, &normal(&mut rng, r * cols, 1.0), r, cols))
+        .zip(tys)
+        .map(|(&r, &ty)| quantize(ty, &normal(&mut rng, r * cols, 1.0), r, cols))
         .collect();
     let ws: Vec<CudaWeight> = rows
         .iter()
+        .zip(tys)
         .zip(&data)
-        .map(|(&r, d)| upload(g, ty, r, cols, d, WeightUse::Matrix))
+        .map(|((&r, &ty), d)| upload(g, ty, r, cols, d, WeightUse::Matrix))
         .collect();
     let x = normal(&mut rng, cols, 1.0);
     let gx = g.buf_from_host(1, cols, &x).unwrap();
@@ -46,7 +60,7 @@ fn check_group(g: &mut CudaBackend, ty: GgmlType, cols: usize, rows: &[usize], w
     let xr = q8_1_round(&x);
     for (i, &r) in rows.iter().enumerate() {
         let w = format!("{what} matrix {i} ({r} rows)");
-        let want = reference_matmul(ty, &data[i], r, cols, &xr);
+        let want = reference_matmul(tys[i], &data[i], r, cols, &xr);
         ok &= check_dot(
             &format!("{w} vs q8_1 reference"),
             &got[i],
@@ -123,5 +137,18 @@ fn bulk_matmul_matches_reference() {
         "Q4_K 14336 + 1024, fill",
     );
     g.set_mmvq_bulk_fill(0);
+    // Two types in one launch (`mmvq_bulk_mix_*`): an 8B Q4_K_M's q, k and v (v in Q6_K, whose
+    // chunks are larger, so a stage holds a Q6_K chunk), and a group with a short last row
+    // group in each type.
+    let qkv = [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K];
+    ok &= check_mixed(&mut g, &qkv, 4096, &[4096, 1024, 1024], "Q4_K + Q6_K q/k/v");
+    let (q4k, q6k) = (GgmlType::Q4K, GgmlType::Q6K);
+    ok &= check_mixed(
+        &mut g,
+        &[q4k, q6k, q6k],
+        8192,
+        &[33, 300, 1],
+        "Q4_K + Q6_K short",
+    );
     assert!(ok, "the streamed kernels differ");
 }

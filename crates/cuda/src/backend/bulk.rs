@@ -7,7 +7,7 @@
 //! more bytes in flight. Same 8-bit activations and dp4a dots as mmvq; another order of the
 //! row's sum, so deterministic mode turns them off (a one-token row must add up as the
 //! multi-token kernels add it). They take Q4_0, Q4_K and Q6_K weights by default
-//! (`DEFAULT_TYPES`).
+//! (`DEFAULT_TYPES`), and a group of Q4_K and Q6_K matrices in one launch (`MIX_KERNELS`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +35,12 @@ const MAX_STAGES: usize = 8;
 // q, k, v, o and down; `REALIZAR_CUDA_BULK_FILL=80`) made 8B Q4_K_M 373.13 / 373.70 and 1B
 // 1,145.20: the q/k/v group then takes two launches. So by default every matrix takes them
 // (`fill` 0).
+//
+// Seventeenth session (same method, call 2): Q6_K in 64-element pieces (`MQ6K2`) and a group of
+// Q4_K and Q6_K matrices in one launch (`MIX_KERNELS`) made 8B Q4_K_M 406.02 / 401.21 against
+// 384.52 / 377.52 before; `MQ6K2` alone (`REALIZAR_CUDA_BULK_MIX=0`) 387.55 / 385.31. 1B
+// Q4_K_M 1,192.64 against 1,196.64 +- 58.59 (mixing off: 1,160.10). 112 KiB of shared memory a
+// block instead of 96: 8B Q4_K_M 404.00 / 402.79, 1B 1,144.16, 8B Q4_0 424.41 against 417.13.
 
 /// Rows a consumer warp (kernels/mmvq.cu `BULK_RW`): a lane reads its pieces of the input once
 /// for both rows (H200, 8B Q4_0 tg128: 404.05 -> 426.08 against one row a warp).
@@ -89,14 +95,28 @@ const KERNELS: [(GgmlType, [&str; 2]); 8] = [
     (GgmlType::Q6K, ["mmvq_bulk_q6_k_w8", "mmvq_bulk_q6_k_w16"]),
 ];
 
+/// The kernels for a one-token group of two types in one launch (kernels/mmvq.cu
+/// `MMVQ_BULK_MIX`): the matrices of the first type, then those of the second (an 8B Q4_K_M's q
+/// and k, then its v in Q6_K).
+const MIX_KERNELS: [((GgmlType, GgmlType), [&str; 2]); 1] = [(
+    (GgmlType::Q4K, GgmlType::Q6K),
+    ["mmvq_bulk_mix_q4_k_q6_k_w8", "mmvq_bulk_mix_q4_k_q6_k_w16"],
+)];
+
 /// The entry points, for compile.rs.
-pub(crate) const BULK_ENTRY_POINTS: [&str; 2 * KERNELS.len()] = {
-    let mut names = [""; 2 * KERNELS.len()];
+pub(crate) const BULK_ENTRY_POINTS: [&str; 2 * (KERNELS.len() + MIX_KERNELS.len())] = {
+    let mut names = [""; 2 * (KERNELS.len() + MIX_KERNELS.len())];
     let mut i = 0;
     while i < KERNELS.len() {
         names[2 * i] = KERNELS[i].1[0];
         names[2 * i + 1] = KERNELS[i].1[1];
         i += 1;
+    }
+    let mut j = 0;
+    while j < MIX_KERNELS.len() {
+        names[2 * (i + j)] = MIX_KERNELS[j].1[0];
+        names[2 * (i + j) + 1] = MIX_KERNELS[j].1[1];
+        j += 1;
     }
     names
 };
@@ -111,8 +131,8 @@ const DEFAULT_TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q
 /// How the streamed kernels run: whether at all and for which types, consumer warps a block,
 /// blocks an SM and a block's shared memory (the input's copy and the stages). The environment
 /// sets them (`REALIZAR_CUDA_MMVQ_BULK=0` turns the kernels off, `=all` takes every type, a
-/// list such as `=q4_k,q6_k` those types; `REALIZAR_CUDA_BULK_WARPS`, `_BPS` and `_SMEM` are for
-/// measuring).
+/// list such as `=q4_k,q6_k` those types; `REALIZAR_CUDA_BULK_WARPS`, `_BPS`, `_SMEM` and `_MIX`
+/// are for measuring).
 #[derive(Debug)]
 pub(super) struct Bulk {
     /// A block's dynamic shared memory on this device (`bulk_smem_limit`; 0: not run here).
@@ -128,6 +148,9 @@ pub(super) struct Bulk {
     /// must fill alone, in percent, for these kernels to take it (`REALIZAR_CUDA_BULK_FILL`, for
     /// measuring; 0 by default).
     fill: usize,
+    /// Whether a group of two types whose matrices all stream takes one launch (`MIX_KERNELS`)
+    /// rather than one a type (`REALIZAR_CUDA_BULK_MIX=0`: one a type, for measuring).
+    mix: bool,
     /// Launches made, for tests.
     launches: AtomicU64,
 }
@@ -190,6 +213,7 @@ impl Bulk {
             blocks_per_sm: 2,
             smem: 96 * 1024,
             fill: env_usize("REALIZAR_CUDA_BULK_FILL").unwrap_or(0),
+            mix: std::env::var("REALIZAR_CUDA_BULK_MIX").map_or(true, |v| v.trim() != "0"),
             launches: AtomicU64::new(0),
         };
         b.shape(
@@ -213,21 +237,47 @@ impl Bulk {
     /// than two stages, or a matrix whose row groups alone fill less of the block slots than
     /// `fill` when each block takes the same number of them.
     fn plan(&self, ty: GgmlType, cols: usize, mats: &[Mat], sms: usize) -> Option<Plan> {
+        let names = KERNELS.iter().find(|(t, _)| *t == ty)?.1;
+        self.plan_for(names, &[ty], cols, mats, sms)
+    }
+
+    /// As `plan`, for a group whose matrices from some point on are of type `second`, the
+    /// others of `first`, in one launch (`MIX_KERNELS`; `mix` on): a stage holds the larger
+    /// type's chunk.
+    fn plan_mix(
+        &self,
+        (first, second): (GgmlType, GgmlType),
+        cols: usize,
+        mats: &[Mat],
+        sms: usize,
+    ) -> Option<Plan> {
+        if !self.mix {
+            return None;
+        }
+        let names = MIX_KERNELS.iter().find(|(p, _)| *p == (first, second))?.1;
+        self.plan_for(names, &[first, second], cols, mats, sms)
+    }
+
+    fn plan_for(
+        &self,
+        names: [&'static str; 2],
+        types: &[GgmlType],
+        cols: usize,
+        mats: &[Mat],
+        sms: usize,
+    ) -> Option<Plan> {
         if !self.on
             || mats.is_empty()
             || mats.len() > GROUP_MAX
             || cols == 0
             || !cols.is_multiple_of(SLICE)
             || mats.iter().any(|m| !m.w.is_multiple_of(16))
+            || !types.iter().all(|t| self.types.contains(t))
         {
             return None;
         }
-        if !self.types.contains(&ty) {
-            return None;
-        }
-        let names = KERNELS.iter().find(|(t, _)| *t == ty)?.1;
         let name = names[usize::from(self.warps == 16)];
-        let stage = self.stage_bytes(ty);
+        let stage = types.iter().map(|&t| self.stage_bytes(t)).max()?;
         let stages = (self.smem.saturating_sub(x_bytes(cols)) / stage).min(MAX_STAGES);
         // Whole shares: each block gets the same number of row groups, or one fewer. Each
         // matrix must fill the slots alone, so that whether a matrix takes these kernels does
@@ -314,23 +364,51 @@ impl CudaBackend {
         xq: u64,
         xds: u64,
     ) -> Result<bool, CudaError> {
-        let Some(plan) = self.bulk.plan(ty, cols, mats, self.sm_count) else {
+        let plan = self.bulk.plan(ty, cols, mats, self.sm_count);
+        self.launch_bulk(plan, cols, mats, (xq, xds), None)
+    }
+
+    /// As `matmul_bulk` in one launch for a group of two types: `mats[..split]` of `first`, the
+    /// rest of `second`. Ok(false) where no kernel takes the pair (or `REALIZAR_CUDA_BULK_MIX=0`).
+    pub(super) fn matmul_bulk_mix(
+        &self,
+        types: (GgmlType, GgmlType),
+        cols: usize,
+        mats: &[Mat],
+        split: usize,
+        (xq, xds): (u64, u64),
+    ) -> Result<bool, CudaError> {
+        let plan = self.bulk.plan_mix(types, cols, mats, self.sm_count);
+        self.launch_bulk(plan, cols, mats, (xq, xds), Some(split))
+    }
+
+    fn launch_bulk(
+        &self,
+        plan: Option<Plan>,
+        cols: usize,
+        mats: &[Mat],
+        (xq, xds): (u64, u64),
+        split: Option<usize>,
+    ) -> Result<bool, CudaError> {
+        let Some(plan) = plan else {
             return Ok(false);
         };
         let (group, _) = Group::new(mats, self.bulk.rows());
+        // The mixed kernels take `split` after the stages.
         let args = [
             Arg::Group(group),
             Arg::P(xq),
             Arg::P(xds),
             Arg::I(cols as i32),
             Arg::I(plan.stages as i32),
+            Arg::I(split.unwrap_or(0) as i32),
         ];
         self.launch_smem(
             plan.name,
             (plan.grid as u32, 1, 1),
             32 * (self.bulk.warps as u32 + 1),
             plan.smem as u32,
-            &args,
+            &args[..5 + usize::from(split.is_some())],
         )?;
         if !self.replaying.load(Ordering::Relaxed) {
             self.bulk.launches.fetch_add(1, Ordering::Relaxed);
@@ -361,6 +439,7 @@ mod tests {
             blocks_per_sm: 2,
             smem: 96 * 1024,
             fill: 0,
+            mix: true,
             launches: AtomicU64::new(0),
         }
     }
@@ -393,6 +472,13 @@ mod tests {
         assert!(src.contains(&format!("#define BULK_RW {RW}\n")));
         assert!(src.contains(&format!("__maxnreg__({REGS})")));
         assert!(src.contains("MMVQ_BULK(NAME, T, 8) MMVQ_BULK(NAME, T, 16)"));
+        for (_, names) in MIX_KERNELS {
+            for (name, w) in names.iter().zip(["8", "16"]) {
+                let base = name.trim_start_matches("mmvq_bulk_mix_");
+                let base = base.strip_suffix(&format!("_w{w}")).unwrap();
+                assert!(src.contains(&format!("MMVQ_BULK_MIX({base}, ")), "{name}");
+            }
+        }
     }
 
     #[test]
@@ -466,6 +552,42 @@ mod tests {
         };
         assert_eq!(small.plan(GgmlType::Q8_0, 2048, &[mat(8)], 132), None);
         assert!(small.plan(GgmlType::Q4K, 2048, &[mat(8)], 132).is_some());
+    }
+
+    #[test]
+    fn mixed_plans_hold_the_larger_chunk() {
+        let c = config(true);
+        // 8B q/k/v with v in Q6_K: a stage holds 16 rows of Q6_K's 1,680-byte slices (26,880
+        // bytes), 3 stages after the input's 5 KiB; 384 row groups of 16 rows, two a block.
+        let qkv = [mat(4096), mat(1024), mat(1024)];
+        let types = (GgmlType::Q4K, GgmlType::Q6K);
+        let want = Plan {
+            name: "mmvq_bulk_mix_q4_k_q6_k_w8",
+            stages: 3,
+            grid: 192,
+            smem: 5120 + 3 * 26880,
+        };
+        assert_eq!(c.plan_mix(types, 4096, &qkv, 132), Some(want));
+        // No kernel for the pair, the pair's order reversed, a type not taken, mixing off.
+        assert_eq!(
+            c.plan_mix((GgmlType::Q4_0, GgmlType::Q6K), 4096, &qkv, 132),
+            None
+        );
+        assert_eq!(
+            c.plan_mix((GgmlType::Q6K, GgmlType::Q4K), 4096, &qkv, 132),
+            None
+        );
+        let q4k_only = Bulk {
+            types: vec![GgmlType::Q4K],
+            ..config(true)
+        };
+        assert_eq!(q4k_only.plan_mix(types, 4096, &qkv, 132), None);
+        let off = Bulk {
+            mix: false,
+            ..config(true)
+        };
+        assert_eq!(off.plan_mix(types, 4096, &qkv, 132), None);
+        assert!(off.plan(GgmlType::Q4K, 4096, &qkv, 132).is_some());
     }
 
     #[test]

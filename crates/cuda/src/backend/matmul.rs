@@ -438,8 +438,9 @@ impl CudaBackend {
     /// One launch for a one-token group of two weight types (`mmvq_mix_*`: the first matrices
     /// of one type, the rest of another, as an 8B Q4_K_M's q, k in Q4_K and v in Q6_K), where
     /// each type alone would take the 2-row mmvq kernel; the same bits as those launches. The
-    /// matrices the streamed kernels would take alone go to them first (`bulk_takes`), a launch
-    /// a type. Ok(false) where it does not apply.
+    /// matrices the streamed kernels would take alone go to them first (`bulk_takes`): one
+    /// launch for both types where a mixed streamed kernel takes the pair (`matmul_bulk_mix`),
+    /// else a launch a type. Ok(false) where it does not apply.
     pub(super) fn matmul_mixed(
         &self,
         mats: &[(GgmlType, Mat)],
@@ -464,9 +465,10 @@ impl CudaBackend {
         if !takes {
             return Ok(false);
         }
-        // The streamed kernels take the matrices they would take alone (one launch a type),
-        // the mix kernel the rest, or the rest's one type's kernel: a row has the bits of its
-        // own kernel whatever its group.
+        // The streamed kernels take the matrices they would take alone (one launch for both
+        // types where a mixed kernel takes the pair, else one a type), the mix kernel the rest,
+        // or the rest's one type's kernel: a row has the bits of its own kernel whatever its
+        // group.
         let streamed: Vec<bool> = mats
             .iter()
             .map(|(t, m)| self.bulk_takes(*t, cols, std::slice::from_ref(m)))
@@ -484,7 +486,15 @@ impl CudaBackend {
                 .map(|(p, _)| *p)
                 .collect()
         };
-        for ty in [mats[0].0, second] {
+        // The streamed matrices of both types in one launch where a kernel takes the pair, else
+        // one launch a type.
+        let on = pick(None, true);
+        let on_split = on.iter().take_while(|p| p.0 == mats[0].0).count();
+        let on_mats: Vec<Mat> = on.iter().map(|p| p.1).collect();
+        let one = 0 < on_split
+            && on_split < on.len()
+            && self.matmul_bulk_mix((mats[0].0, second), cols, &on_mats, on_split, (xq, xds))?;
+        for ty in [mats[0].0, second].into_iter().filter(|_| !one) {
             let on: Vec<Mat> = pick(Some(ty), true).iter().map(|p| p.1).collect();
             if !on.is_empty() && !self.matmul_bulk(ty, cols, &on, xq, xds)? {
                 self.matmul_mats(ty, cols, &on, x)?;
