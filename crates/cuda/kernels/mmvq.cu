@@ -73,16 +73,18 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __rest
 __device__ __forceinline__ int4 ld_x4(const int* p) { return *(const int4*)p; }
 
 // The streamed kernels' shared-memory copy of the input, for types with XSWZ: 16-byte unit u of
-// each 128-byte row r at u ^ f, f = (r ^ 2r) & 7 over r's low two bits (0, 3, 6, 5). The 8 lanes
-// of a quarter-warp then hit 8 different bank groups both where they read the same unit of
-// consecutive 64-byte pieces (MQ4K2: f's low two bits differ over 4 rows) and where they read
-// unit 2j + h of rows 4q + r (MQ6K2: f's high two bits differ). The copy starts 128-byte aligned,
-// so the address's own bits give the swizzle.
-__device__ __forceinline__ const int* xs_swz(const int* p) {
-    const int a = (int)(size_t)p, o = (a >> 4) & 7, r = (a >> 7) & 3;
-    return p + 4 * ((o ^ ((r ^ (r << 1)) & 7)) - o);
+// each 128-byte row r of the copy at u ^ f, f = (r ^ 2r) & 7 over r's low two bits (0, 3, 6, 5).
+// The 8 lanes of a quarter-warp then hit 8 different bank groups both where they read the same
+// unit of consecutive 64-byte pieces (MQ4K2: f's low two bits differ over 4 rows) and where they
+// read unit 2j + h of rows 4q + r (MQ6K2: f's high two bits differ). `o` is an offset in ints from
+// the copy's start, which is 128-byte aligned; the swizzle flips its bits 2..4 only, by its bits
+// 5 and 6, so a slice's start (a multiple of 2,048 bytes) keeps its offsets, and an offset whose
+// bits 2..4 a piece adds to stays the piece's swizzled offset with those bits flipped: the
+// readers swizzle a lane's first offset once (`XSWZ` types' `dot_xs`).
+__device__ __forceinline__ int xs_off(int o) {
+    const int r = (o >> 5) & 3;
+    return o ^ (((r ^ (r << 1)) & 7) << 2);
 }
-__device__ __forceinline__ int4 ld_xs(const int* p) { return *(const int4*)xs_swz(p); }
 template <class T, class = void>
 struct XSwz {
     static constexpr bool on = false;
@@ -203,16 +205,13 @@ struct MQ8_0 {
 // Scale and minimum of chunk k (0..7) of a K-quant block, as scale_min_k4, from the 12 scale
 // bytes held in three 32-bit words (bytes 4..7, 8..11, 12..15 of the block): shifts by a
 // run-time amount, where indexing a register array at run time would go through local memory.
+// Selects, not branches: lanes of a warp decode chunks of both halves (a branch there diverged).
 __device__ __forceinline__ void k_scale_min(u32 w1, u32 w2, u32 w3, int k, float* sc, float* mn) {
     int sh = 8 * (k & 3);
     u32 a = (w1 >> sh) & 0xFFu, b = (w2 >> sh) & 0xFFu, c = (w3 >> sh) & 0xFFu;
-    if (k < 4) {
-        *sc = (float)(a & 63u);
-        *mn = (float)(b & 63u);
-    } else {
-        *sc = (float)((c & 15u) | ((a >> 6) << 4));
-        *mn = (float)((c >> 4) | ((b >> 6) << 4));
-    }
+    const bool lo = k < 4;
+    *sc = (float)(lo ? (a & 63u) : ((c & 15u) | ((a >> 6) << 4)));
+    *mn = (float)(lo ? (b & 63u) : ((c >> 4) | ((b >> 6) << 4)));
 }
 
 // d * scale and dmin * minimum of chunks c and c + 1 of a Q4_K/Q5_K block from its 16-byte
@@ -253,7 +252,7 @@ struct MQ4K {
     }
 };
 
-// Q4_K for the streamed kernels only (XSWZ: the input's shared-memory copy is swizzled, ld_xs;
+// Q4_K for the streamed kernels only (XSWZ: the input's shared-memory copy is swizzled, dot_xs;
 // mmvq<> refuses it at compile time): piece
 // s (0..3) is quant bytes 32s..32s+31, i.e. the whole of chunks 2s (low nibbles) and 2s + 1
 // (high nibbles), so the chunks' scales are decoded once for 64 elements, not once for 32.
@@ -267,15 +266,16 @@ struct MQ4K2 {
         q0 = *(const int4*)(b + 16 + 32 * s);
         q1 = *(const int4*)(b + 32 + 32 * s);
     }
-    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+    // xb: the slice's input copy, o: the block's offset (ints) in it.
+    __device__ __forceinline__ float dot_xs(int s, const int* xb, int o, const float2* ds) const {
         const int m = 0x0F0F0F0F;
-        const int* xc = x + 16 * s;
-        int v0 = dot4(q0.x & m, q0.y & m, q0.z & m, q0.w & m, ld_xs(xc), 0);
-        v0 = dot4(q1.x & m, q1.y & m, q1.z & m, q1.w & m, ld_xs(xc + 4), v0);
+        const int w = xs_off(o + 16 * s);
+        int v0 = dot4(q0.x & m, q0.y & m, q0.z & m, q0.w & m, ld_x4(xb + w), 0);
+        v0 = dot4(q1.x & m, q1.y & m, q1.z & m, q1.w & m, ld_x4(xb + (w ^ 4)), v0);
         int v1 = dot4((q0.x >> 4) & m, (q0.y >> 4) & m, (q0.z >> 4) & m, (q0.w >> 4) & m,
-                      ld_xs(xc + 8), 0);
+                      ld_x4(xb + (w ^ 8)), 0);
         v1 = dot4((q1.x >> 4) & m, (q1.y >> 4) & m, (q1.z >> 4) & m, (q1.w >> 4) & m,
-                  ld_xs(xc + 12), v1);
+                  ld_x4(xb + (w ^ 12)), v1);
         float4 a = *(const float4*)(ds + 2 * s);
         return d0 * a.x * (float)v0 + d1 * a.z * (float)v1 - (m0 * a.y + m1 * a.w);
     }
@@ -370,13 +370,13 @@ struct MQ6K2 {
 #pragma unroll
         for (int j = 0; j < 4; j++) sc[j] = (float)((w[j >> 1] << (24 - 8 * h - 16 * (j & 1))) >> 24);
     }
-    __device__ __forceinline__ float dot(int s, const int* x, const float2* ds) const {
+    __device__ __forceinline__ float dot_xs(int s, const int* xb, int o, const float2* ds) const {
         const int n = s >> 1, h = s & 1;
-        const int* xc = x + 32 * n + 4 * h;
+        const int w = xs_off(o + 32 * n + 4 * h);
         float r = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            const int4 xv = ld_xs(xc + 8 * j);
+            const int4 xv = ld_x4(xb + (w ^ (8 * j)));
             const int m32 = (int)0xE0E0E0E0;
             const int off = dot4(m32, m32, m32, m32, xv, 0);
             int q[4];
@@ -646,7 +646,10 @@ __device__ __forceinline__ void bulk_dot(const u8* wr, const int* xk, const floa
         for (int r = 0; r < BULK_RW; r++) {
             T wv;
             wv.load(wr + r * SLICE_BYTES + blk * T::BYTES, sub);
-            acc[r] += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
+            if constexpr (XSwz<T>::on)
+                acc[r] += wv.dot_xs(sub, xk, blk * (T::QK / 4), dk + blk * (T::QK / 32));
+            else
+                acc[r] += wv.dot(sub, xk + blk * (T::QK / 4), dk + blk * (T::QK / 32));
         }
     }
 }
@@ -705,8 +708,7 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
     pdl_entry();
     // The activations into shared memory: with the stages there, L1 has little room left.
     for (int i = threadIdx.x; i < cols / 16; i += W * 32) {
-        int* dst = xs + 4 * i;
-        if (XSwz<T>::on) dst = (int*)xs_swz(dst);
+        int* dst = xs + (XSwz<T>::on ? xs_off(4 * i) : 4 * i);
         *(int4*)dst = ((const int4*)xq)[i];
     }
     for (int i = threadIdx.x; i < cols / 64; i += W * 32) ((int4*)ds)[i] = ((const int4*)xds)[i];

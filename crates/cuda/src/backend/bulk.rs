@@ -41,6 +41,9 @@ const MAX_STAGES: usize = 8;
 // 384.52 / 377.52 before; `MQ6K2` alone (`REALIZAR_CUDA_BULK_MIX=0`) 387.55 / 385.31. 1B
 // Q4_K_M 1,192.64 against 1,196.64 +- 58.59 (mixing off: 1,160.10). 112 KiB of shared memory a
 // block instead of 96: 8B Q4_K_M 404.00 / 402.79, 1B 1,144.16, 8B Q4_0 424.41 against 417.13.
+// Then (call 5) each lane's swizzled input offsets made once, not a load, and the K-quant scale
+// decode without a branch (lanes of a warp took both sides): 8B Q4_K_M 405.58 / 412.01 against
+// 391.25 / 391.11, 1B 1,243.11 against 1,156.98; 3 blocks an SM (74,000 bytes) 396.20 / 399.00.
 
 /// Rows a consumer warp (kernels/mmvq.cu `BULK_RW`): a lane reads its pieces of the input once
 /// for both rows (H200, 8B Q4_0 tg128: 404.05 -> 426.08 against one row a warp).
