@@ -120,6 +120,29 @@ struct MQ4_0 {
     }
 };
 
+// Q4_0 for the streamed kernels only (XSWZ): a piece is a whole block (SUBS 1), 16 quant bytes at
+// a 2-byte-aligned address read as 4 words (ld_a2), and the scale once for 32 elements (MQ4_0
+// reads it for each half and the quants as 16-bit halves).
+struct MQ4_0W {
+    static constexpr int QK = 32, BYTES = 18, SUBS = 1;
+    static constexpr bool XSWZ = true;
+    int q[4];
+    float d;
+    __device__ __forceinline__ void load(const u8* b, int) {
+        d = h2f(ld16(b));
+        ld_a2(b + 2, q);
+    }
+    __device__ __forceinline__ float dot_xs(int, const int* xb, int o, const float2* ds) const {
+        const int m = 0x0F0F0F0F;
+        const int w = xs_off(o);
+        int v = dot4(q[0] & m, q[1] & m, q[2] & m, q[3] & m, ld_x4(xb + w), 0);
+        v = dot4((q[0] >> 4) & m, (q[1] >> 4) & m, (q[2] >> 4) & m, (q[3] >> 4) & m,
+                 ld_x4(xb + (w ^ 4)), v);
+        const float2 a = ds[0];
+        return d * (a.x * (float)v - 8.0f * a.y);
+    }
+};
+
 struct MQ4_1 {
     static constexpr int QK = 32, BYTES = 20, SUBS = 2;
     int q0, q1;
@@ -525,10 +548,11 @@ MMVQ_MIX(q4_k_q5_k, MQ4K, MQ5K)
 // for one token in fast mode outside deterministic mode, where the row is a multiple of
 // BULK_SLICE columns, by default for Q4_0, Q4_K and Q6_K weights (backend/bulk.rs has the
 // figures: on an H200, 8B Q4_0 decode +10%, 8B Q4_K_M +2-5%, 1B Q4_K_M +14% against the 2-row
-// kernels; MQ6K2 and the mixed launch below made 8B Q4_K_M +6% more). Q4_K and Q6_K take
-// 64-element pieces here (MQ4K2, MQ6K2: the scales decoded once for two or four chunks). A group
-// of two types (q and k in Q4_K, v in Q6_K) takes one launch (MMVQ_BULK_MIX). At most 64
-// registers (`__maxnreg__`): ptxas's own choice spilled at 40.
+// kernels; then MQ6K2 and the mixed launch below 8B Q4_K_M +6%, the swizzle offsets made once a
+// lane and branchless K scales +4-5%, MQ4_0W 8B Q4_0 +5-10%). Q4_K and Q6_K take 64-element
+// pieces here (MQ4K2, MQ6K2: the scales decoded once for two or four chunks), Q4_0 whole blocks
+// (MQ4_0W). A group of two types (q and k in Q4_K, v in Q6_K) takes one launch (MMVQ_BULK_MIX).
+// At most 64 registers (`__maxnreg__`): ptxas's own choice spilled at 40.
 //
 // The weights never change during a step, so the producer's copies start before the wait for
 // the kernel ahead (a norm, glu, attention): they overlap its end. The consumers read the
@@ -760,7 +784,7 @@ __device__ __forceinline__ void mmvq_bulk(const Group& g, const int* __restrict_
         mmvq_bulk<T, T2, W>(g, xq, xds, cols, stages, split);                                   \
     }
 
-MMVQ_BULK_ALL(q4_0, MQ4_0)
+MMVQ_BULK_ALL(q4_0, MQ4_0W)
 MMVQ_BULK_ALL(q4_1, MQ4_1)
 MMVQ_BULK_ALL(q5_0, MQ5_0)
 MMVQ_BULK_ALL(q5_1, MQ5_1)

@@ -44,6 +44,8 @@ const MAX_STAGES: usize = 8;
 // Then (call 5) each lane's swizzled input offsets made once, not a load, and the K-quant scale
 // decode without a branch (lanes of a warp took both sides): 8B Q4_K_M 405.58 / 412.01 against
 // 391.25 / 391.11, 1B 1,243.11 against 1,156.98; 3 blocks an SM (74,000 bytes) 396.20 / 399.00.
+// Q4_0 in whole-block pieces (`MQ4_0W`, call 6): 8B Q4_0 454.99 / 453.44 against 413.29 /
+// 431.27, 1B Q4_0 1,412.54 against 1,337.44.
 
 /// Rows a consumer warp (kernels/mmvq.cu `BULK_RW`): a lane reads its pieces of the input once
 /// for both rows (H200, 8B Q4_0 tg128: 404.05 -> 426.08 against one row a warp).
