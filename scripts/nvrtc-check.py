@@ -4,7 +4,7 @@
 Usage: scripts/nvrtc-check.py [sm_90 [sm_80 ...]] [--verbose]
 
 Finds libnvrtc.so.13 in the nvidia-cuda-nvrtc wheel (python3 -m pip install nvidia-cuda-nvrtc)
-or on the loader path, prepends common.cuh (and dequant.cuh where compile.rs does), and prints
+or on the loader path, prepends common.cuh and the headers compile.rs names, and prints
 NVRTC's messages; with --verbose, ptxas's register and spill report for each kernel. Exit status 1
 when any file fails. A development check before spending device time; CI does not run it.
 """
@@ -36,9 +36,10 @@ def load_nvrtc():
 
 
 def sources():
+    """(file, [headers]) of each source! in compile.rs."""
     rs = open(os.path.join(ROOT, "src", "compile.rs")).read()
-    for name, dq in re.findall(r'source!\("([^"]+)",\s*(true|false)\)', rs):
-        yield name, dq == "true"
+    for name, headers in re.findall(r'source!\("([^"]+)",\s*\[([^\]]*)\]\)', rs):
+        yield name, re.findall(r'"([^"]+)"', headers)
 
 
 def main():
@@ -48,11 +49,12 @@ def main():
     lib = load_nvrtc()
     k = os.path.join(ROOT, "kernels")
     common = open(os.path.join(k, "common.cuh")).read()
-    dequant = open(os.path.join(k, "dequant.cuh")).read()
     failed = False
     for arch in archs:
-        for name, dq in sources():
-            text = common + "\n" + (dequant + "\n" if dq else "")
+        for name, headers in sources():
+            text = common + "\n"
+            for h in headers:
+                text += open(os.path.join(k, h)).read() + "\n"
             text += f'#line 1 "{name}"\n' + open(os.path.join(k, name)).read()
             prog = ctypes.c_void_p()
             rc = lib.nvrtcCreateProgram(ctypes.byref(prog), text.encode(), name.encode(), 0, None, None)

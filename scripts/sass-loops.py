@@ -5,7 +5,7 @@ shuffles (the streamed matmuls' consumer loop) the loop's length and its most co
 
 Usage: scripts/sass-loops.py [FILE.cu] [REGEX] [--arch sm_90] [--dump DIR]
 
-FILE.cu defaults to mmvq.cu, REGEX (kernel names) to "bulk.*_w8$". --dump writes each matching
+FILE.cu defaults to bulk.cu, REGEX (kernel names) to "bulk.*_w8$". --dump writes each matching
 kernel's SASS to DIR/<kernel>.sass. Needs libnvrtc (python3 -m pip install nvidia-cuda-nvrtc),
 cuobjdump and nvdisasm (python3 -m pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm), or
 those tools on PATH. A development check for instruction counts before spending device time:
@@ -48,12 +48,12 @@ def tool_path():
 
 def cubin(nc, name, arch):
     k = os.path.join(nc.ROOT, "kernels")
-    dq = dict(nc.sources()).get(name)
-    if dq is None:
+    headers = dict(nc.sources()).get(name)
+    if headers is None:
         sys.exit(f"{name}: not a kernel file of compile.rs")
     text = open(os.path.join(k, "common.cuh")).read() + "\n"
-    if dq:
-        text += open(os.path.join(k, "dequant.cuh")).read() + "\n"
+    for h in headers:
+        text += open(os.path.join(k, h)).read() + "\n"
     text += f'#line 1 "{name}"\n' + open(os.path.join(k, name)).read()
     lib = nc.load_nvrtc()
     prog = ctypes.c_void_p()
@@ -116,7 +116,7 @@ def main():
     if "--dump" in args:
         dump = args.pop(args.index("--dump") + 1)
         args.remove("--dump")
-    name = args[0] if args else "mmvq.cu"
+    name = args[0] if args else "bulk.cu"
     pattern = re.compile(args[1] if len(args) > 1 else r"bulk.*_w8$")
     env = dict(os.environ, PATH=tool_path())
     if not shutil.which("cuobjdump", path=env["PATH"]):

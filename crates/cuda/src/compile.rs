@@ -1,8 +1,8 @@
 //! Kernel sources, NVRTC compilation for the device's own architecture, and the on-disk cache.
 //!
-//! Each `kernels/*.cu` file is one module: `common.cuh` (and `dequant.cuh` where the file works on
-//! weight blocks) is prepended, then a `#line` directive so NVRTC's messages name the file and
-//! line. The CUBIN for `sm_XY` is cached under `$REALIZAR_CUDA_CACHE` (default
+//! Each `kernels/*.cu` file is one module: `common.cuh` and the headers it asks for
+//! (`dequant.cuh` where the file dequantizes weight blocks, `dots.cuh` where it takes their dp4a
+//! dots) are prepended, then a `#line` directive so NVRTC's messages name the file and line. The CUBIN for `sm_XY` is cached under `$REALIZAR_CUDA_CACHE` (default
 //! `~/.cache/realizar/cuda/`), keyed by a hash of the full source, the options and the arch, so a
 //! changed kernel or another GPU compiles afresh. A cache that cannot be read or written only
 //! costs a compile.
@@ -20,37 +20,42 @@ use sha2::{Digest, Sha256};
 use crate::CudaError;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
-const DEQUANT: &str = include_str!("../kernels/dequant.cuh");
+/// The headers a kernel file may ask for, prepended in this order after `common.cuh`.
+const HEADERS: &[(&str, &str)] = &[
+    ("dequant.cuh", include_str!("../kernels/dequant.cuh")),
+    ("dots.cuh", include_str!("../kernels/dots.cuh")),
+];
 
-/// One kernel file: its name, source, and whether it needs the block-format helpers.
+/// One kernel file: its name, source, and the `HEADERS` it needs.
 struct Source {
     file: &'static str,
     text: &'static str,
-    dequant: bool,
+    headers: &'static [&'static str],
 }
 
-/// A `Source` for `kernels/FILE`.
+/// A `Source` for `kernels/FILE` with the headers named.
 macro_rules! source {
-    ($file:literal, $dequant:expr) => {
+    ($file:literal, [$($header:literal),*]) => {
         Source {
             file: $file,
             text: include_str!(concat!("../kernels/", $file)),
-            dequant: $dequant,
+            headers: &[$($header),*],
         }
     };
 }
 
 const SOURCES: &[Source] = &[
-    source!("norm.cu", false),
-    source!("rope.cu", false),
-    source!("matvec.cu", true),
-    source!("mmvq.cu", true),
-    source!("mmq.cu", false),
-    source!("gemm.cu", true),
-    source!("sample.cu", false),
-    source!("attention.cu", false),
-    source!("flash.cu", false),
-    source!("elementwise.cu", true),
+    source!("norm.cu", []),
+    source!("rope.cu", []),
+    source!("matvec.cu", ["dequant.cuh"]),
+    source!("mmvq.cu", ["dots.cuh"]),
+    source!("bulk.cu", ["dots.cuh"]),
+    source!("mmq.cu", []),
+    source!("gemm.cu", ["dequant.cuh"]),
+    source!("sample.cu", []),
+    source!("attention.cu", []),
+    source!("flash.cu", []),
+    source!("elementwise.cu", ["dequant.cuh"]),
 ];
 
 /// Every kernel entry point, by file.
@@ -158,7 +163,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "mmvq_mix_q4_k_q5_k_1r2",
         ],
     ),
-    ("mmvq.cu", &crate::backend::BULK_ENTRY_POINTS),
+    ("bulk.cu", &crate::backend::BULK_ENTRY_POINTS),
     ("mmq.cu", &crate::backend::MMQ_ENTRY_POINTS),
     (
         "gemm.cu",
@@ -304,12 +309,16 @@ impl Kernels {
 }
 
 fn full_source(src: &Source) -> String {
-    let mut s = String::with_capacity(COMMON.len() + DEQUANT.len() + src.text.len() + 64);
+    let headers = HEADERS
+        .iter()
+        .filter(|(name, _)| src.headers.contains(name));
+    let len: usize = headers.clone().map(|(_, text)| text.len() + 32).sum();
+    let mut s = String::with_capacity(COMMON.len() + len + src.text.len() + 64);
     s.push_str("#line 1 \"common.cuh\"\n");
     s.push_str(COMMON);
-    if src.dequant {
-        s.push_str("#line 1 \"dequant.cuh\"\n");
-        s.push_str(DEQUANT);
+    for (name, text) in headers {
+        s.push_str(&format!("#line 1 \"{name}\"\n"));
+        s.push_str(text);
     }
     s.push_str(&format!("#line 1 \"{}\"\n", src.file));
     s.push_str(src.text);
@@ -464,7 +473,13 @@ mod tests {
                 let bulk = n
                     .strip_prefix("mmvq_bulk_")
                     .and_then(|r| r.rsplit_once("_w"))
-                    .is_some_and(|(ty, _)| src.text.contains(&format!("MMVQ_BULK_ALL({ty},")));
+                    .is_some_and(|(ty, _)| src.text.contains(&format!("MMVQ_BULK_ALL({ty},")))
+                    || n.strip_prefix("mmvq_bulk_mix_")
+                        .and_then(|r| r.rsplit_once("_w"))
+                        .is_some_and(|(pair, w)| {
+                            src.text.contains(&format!("MMVQ_BULK_MIX({pair}, "))
+                                && src.text.contains(&format!(", {w})"))
+                        });
                 assert!(
                     bulk || src
                         .text
@@ -547,7 +562,8 @@ mod tests {
         for (file, text) in SOURCES
             .iter()
             .map(|s| (s.file, s.text))
-            .chain([("common.cuh", COMMON), ("dequant.cuh", DEQUANT)])
+            .chain([("common.cuh", COMMON)])
+            .chain(HEADERS.iter().copied())
         {
             for (at, _) in text.match_indices("__global__") {
                 let rest = &text[at..];
@@ -558,7 +574,7 @@ mod tests {
                 }
                 let body = after_parens(sig).map(skip_blank).unwrap_or("");
                 let first = body.strip_prefix('{').map(skip_blank).unwrap_or("");
-                // The streamed matmuls issue their first weight copies, then wait (mmvq.cu).
+                // The streamed matmuls issue their first weight copies, then wait (bulk.cu).
                 let streamed = first.starts_with("mmvq_bulk<") && bulk_waits(text);
                 assert!(
                     first.starts_with("pdl_entry();") || streamed,

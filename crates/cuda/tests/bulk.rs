@@ -150,5 +150,24 @@ fn bulk_matmul_matches_reference() {
         &[33, 300, 1],
         "Q4_K + Q6_K short",
     );
+    // Only some matrices streamed (fill 80): q and v (4,096 rows each) in one mixed launch and
+    // k (1,024: 24% of the slots) on mmvq; only q streamed and k, v on one `mmvq_mix` launch.
+    g.set_mmvq_bulk_fill(80);
+    let (qv, qkv_rows) = ([4096, 1024, 4096], [4096, 1024, 1024]);
+    ok &= check_mixed(&mut g, &qkv, 4096, &qv, "Q4_K + Q6_K, k on mmvq");
+    ok &= check_mixed(
+        &mut g,
+        &qkv,
+        4096,
+        &qkv_rows,
+        "Q4_K + Q6_K, k and v on mmvq_mix",
+    );
+    g.set_mmvq_bulk_fill(0);
+    // The 16-warp mixed kernel (a stage of 32 Q6_K rows: three of them).
+    g.set_mmvq_bulk_shape(16, 1, 0);
+    let rows = g.mmvq_bulk_rows();
+    g.set_mmvq_bulk_shape(16, 1, 5120 + 3 * rows * 1680);
+    ok &= check_mixed(&mut g, &qkv, 4096, &qkv_rows, "Q4_K + Q6_K q/k/v, 16 warps");
+    g.set_mmvq_bulk_shape(8, 2, 96 * 1024);
     assert!(ok, "the streamed kernels differ");
 }

@@ -1,4 +1,4 @@
-//! The streamed one-token matmul kernels (`mmvq_bulk_<type>_w<W>`, kernels/mmvq.cu; sm_90 and
+//! The streamed one-token matmul kernels (`mmvq_bulk_<type>_w<W>`, kernels/bulk.cu; sm_90 and
 //! later): weight rows copied into shared memory by the copy engine (`cp.async.bulk`) a
 //! 2048-column slice of 2W rows at a time, up to 8 such chunks in flight a block, one producer
 //! warp and W consumer warps (two rows each), a grid of a few blocks an SM walking the group's row
@@ -20,11 +20,11 @@ use super::matmul::{Group, Mat, GROUP_MAX};
 use super::{Arg, CudaBackend};
 use crate::CudaError;
 
-/// Columns a chunk (kernels/mmvq.cu `BULK_SLICE`): whole blocks of every type, and a multiple of
+/// Columns a chunk (kernels/bulk.cu `BULK_SLICE`): whole blocks of every type, and a multiple of
 /// 16 bytes for each (Q6_K: 8 blocks, 1,680 bytes).
 const SLICE: usize = 2048;
 
-/// Most stages a block (kernels/mmvq.cu `BULK_MAX_STAGES`).
+/// Most stages a block (kernels/bulk.cu `BULK_MAX_STAGES`).
 const MAX_STAGES: usize = 8;
 
 // The figures behind the defaults (H200, tg128, `bench -p 0 -n 128 -r 3`, sides of one
@@ -47,7 +47,7 @@ const MAX_STAGES: usize = 8;
 // Q4_0 in whole-block pieces (`MQ4_0W`, call 6): 8B Q4_0 454.99 / 453.44 against 413.29 /
 // 431.27, 1B Q4_0 1,412.54 against 1,337.44.
 
-/// Rows a consumer warp (kernels/mmvq.cu `BULK_RW`): a lane reads its pieces of the input once
+/// Rows a consumer warp (kernels/bulk.cu `BULK_RW`): a lane reads its pieces of the input once
 /// for both rows (H200, 8B Q4_0 tg128: 404.05 -> 426.08 against one row a warp).
 const RW: usize = 2;
 
@@ -87,7 +87,7 @@ fn max_blocks(warps: usize) -> usize {
     (SM_REGS / (REGS * 32 * (warps + 1))).max(1)
 }
 
-/// Every type's kernels: 8 and 16 consumer warps a block (kernels/mmvq.cu `W`), each warp
+/// Every type's kernels: 8 and 16 consumer warps a block (kernels/bulk.cu `W`), each warp
 /// `RW` rows of a chunk; one more warp copies.
 const KERNELS: [(GgmlType, [&str; 2]); 8] = [
     (GgmlType::Q4_0, ["mmvq_bulk_q4_0_w8", "mmvq_bulk_q4_0_w16"]),
@@ -100,7 +100,7 @@ const KERNELS: [(GgmlType, [&str; 2]); 8] = [
     (GgmlType::Q6K, ["mmvq_bulk_q6_k_w8", "mmvq_bulk_q6_k_w16"]),
 ];
 
-/// The kernels for a one-token group of two types in one launch (kernels/mmvq.cu
+/// The kernels for a one-token group of two types in one launch (kernels/bulk.cu
 /// `MMVQ_BULK_MIX`): the matrices of the first type, then those of the second (an 8B Q4_K_M's q
 /// and k, then its v in Q6_K).
 const MIX_KERNELS: [((GgmlType, GgmlType), [&str; 2]); 1] = [(
@@ -199,6 +199,8 @@ struct Plan {
     stages: usize,
     grid: usize,
     smem: usize,
+    /// A mixed kernel's first matrix of the second type (its last argument); None for one type.
+    split: Option<usize>,
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -246,21 +248,26 @@ impl Bulk {
         self.plan_for(names, &[ty], cols, mats, sms)
     }
 
-    /// As `plan`, for a group whose matrices from some point on are of type `second`, the
-    /// others of `first`, in one launch (`MIX_KERNELS`; `mix` on): a stage holds the larger
-    /// type's chunk.
+    /// As `plan`, for a group whose matrices from `split` on are of type `second`, the others
+    /// of `first`, in one launch (`MIX_KERNELS`; `mix` on): a stage holds the larger type's
+    /// chunk.
     fn plan_mix(
         &self,
         (first, second): (GgmlType, GgmlType),
         cols: usize,
         mats: &[Mat],
+        split: usize,
         sms: usize,
     ) -> Option<Plan> {
-        if !self.mix {
+        if !self.mix || split == 0 || split >= mats.len() {
             return None;
         }
         let names = MIX_KERNELS.iter().find(|(p, _)| *p == (first, second))?.1;
-        self.plan_for(names, &[first, second], cols, mats, sms)
+        let plan = self.plan_for(names, &[first, second], cols, mats, sms)?;
+        Some(Plan {
+            split: Some(split),
+            ..plan
+        })
     }
 
     fn plan_for(
@@ -297,6 +304,7 @@ impl Bulk {
             stages,
             grid: groups.div_ceil(each),
             smem: x_bytes(cols) + stages * stage,
+            split: None,
         })
     }
 
@@ -370,7 +378,7 @@ impl CudaBackend {
         xds: u64,
     ) -> Result<bool, CudaError> {
         let plan = self.bulk.plan(ty, cols, mats, self.sm_count);
-        self.launch_bulk(plan, cols, mats, (xq, xds), None)
+        self.launch_bulk(plan, cols, mats, (xq, xds))
     }
 
     /// As `matmul_bulk` in one launch for a group of two types: `mats[..split]` of `first`, the
@@ -383,8 +391,8 @@ impl CudaBackend {
         split: usize,
         (xq, xds): (u64, u64),
     ) -> Result<bool, CudaError> {
-        let plan = self.bulk.plan_mix(types, cols, mats, self.sm_count);
-        self.launch_bulk(plan, cols, mats, (xq, xds), Some(split))
+        let plan = self.bulk.plan_mix(types, cols, mats, split, self.sm_count);
+        self.launch_bulk(plan, cols, mats, (xq, xds))
     }
 
     fn launch_bulk(
@@ -393,7 +401,6 @@ impl CudaBackend {
         cols: usize,
         mats: &[Mat],
         (xq, xds): (u64, u64),
-        split: Option<usize>,
     ) -> Result<bool, CudaError> {
         let Some(plan) = plan else {
             return Ok(false);
@@ -406,14 +413,14 @@ impl CudaBackend {
             Arg::P(xds),
             Arg::I(cols as i32),
             Arg::I(plan.stages as i32),
-            Arg::I(split.unwrap_or(0) as i32),
+            Arg::I(plan.split.unwrap_or(0) as i32),
         ];
         self.launch_smem(
             plan.name,
             (plan.grid as u32, 1, 1),
             32 * (self.bulk.warps as u32 + 1),
             plan.smem as u32,
-            &args[..5 + usize::from(split.is_some())],
+            &args[..5 + usize::from(plan.split.is_some())],
         )?;
         if !self.replaying.load(Ordering::Relaxed) {
             self.bulk.launches.fetch_add(1, Ordering::Relaxed);
@@ -468,10 +475,10 @@ mod tests {
         assert!(!bulk_arch(8) && !bulk_arch(12));
     }
 
-    /// The host's constants are the kernels' (kernels/mmvq.cu).
+    /// The host's constants are the kernels' (kernels/bulk.cu).
     #[test]
     fn constants_match_the_kernels() {
-        let src = include_str!("../../kernels/mmvq.cu");
+        let src = include_str!("../../kernels/bulk.cu");
         assert!(src.contains(&format!("#define BULK_SLICE {SLICE}\n")));
         assert!(src.contains(&format!("#define BULK_MAX_STAGES {MAX_STAGES}\n")));
         assert!(src.contains(&format!("#define BULK_RW {RW}\n")));
@@ -571,27 +578,31 @@ mod tests {
             stages: 3,
             grid: 192,
             smem: 5120 + 3 * 26880,
+            split: Some(2),
         };
-        assert_eq!(c.plan_mix(types, 4096, &qkv, 132), Some(want));
+        assert_eq!(c.plan_mix(types, 4096, &qkv, 2, 132), Some(want));
+        // A split with no matrix of one type.
+        assert_eq!(c.plan_mix(types, 4096, &qkv, 0, 132), None);
+        assert_eq!(c.plan_mix(types, 4096, &qkv, 3, 132), None);
         // No kernel for the pair, the pair's order reversed, a type not taken, mixing off.
         assert_eq!(
-            c.plan_mix((GgmlType::Q4_0, GgmlType::Q6K), 4096, &qkv, 132),
+            c.plan_mix((GgmlType::Q4_0, GgmlType::Q6K), 4096, &qkv, 2, 132),
             None
         );
         assert_eq!(
-            c.plan_mix((GgmlType::Q6K, GgmlType::Q4K), 4096, &qkv, 132),
+            c.plan_mix((GgmlType::Q6K, GgmlType::Q4K), 4096, &qkv, 2, 132),
             None
         );
         let q4k_only = Bulk {
             types: vec![GgmlType::Q4K],
             ..config(true)
         };
-        assert_eq!(q4k_only.plan_mix(types, 4096, &qkv, 132), None);
+        assert_eq!(q4k_only.plan_mix(types, 4096, &qkv, 2, 132), None);
         let off = Bulk {
             mix: false,
             ..config(true)
         };
-        assert_eq!(off.plan_mix(types, 4096, &qkv, 132), None);
+        assert_eq!(off.plan_mix(types, 4096, &qkv, 2, 132), None);
         assert!(off.plan(GgmlType::Q4K, 4096, &qkv, 132).is_some());
     }
 
@@ -610,6 +621,7 @@ mod tests {
             stages: 5,
             grid: 256,
             smem: 5120 + 5 * 18432,
+            split: None,
         };
         assert_eq!(c.plan(GgmlType::Q4K, 4096, &gate, 132), Some(want));
         // At a fill of 80: o (256 row groups, one a block: 97%) but not k (64: 24%), alone or
