@@ -15,11 +15,22 @@
 #                               # `bench` and `serve --device cuda` through the real binary, the
 #                               # upload progress bar on a terminal, --gpu-memory sizing
 #
-# .device/ must be ignored (`echo /.device/ >> .git/info/exclude`). Logs go to $OUT when set.
+# .device/ must be ignored (`echo /.device/ >> .git/info/exclude`). Logs go to $LOGS
+# (/tmp/realizar-gpu-test); with OUT set they are packed into $OUT/gpu-test-logs.tgz after each
+# step, so that a call cut by its time limit still returns them, in one file (the device tool
+# returns only some of a folder of many files).
 set -u
 cd "$(dirname "$0")/.."
 DEV=.device
+LOGS=/tmp/realizar-gpu-test
 . scripts/device-pack.sh
+
+# The logs so far into $OUT/gpu-test-logs.tgz (OUT set: a device call's output folder).
+pack_logs() {
+    [ -n "${OUT:-}" ] || return 0
+    tar czf "$OUT/gpu-test-logs.tgz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")" 2>/dev/null
+    return 0
+}
 
 build() {
     set -e
@@ -65,7 +76,7 @@ unpack() {
 }
 
 run() {
-    local out="${OUT:-/tmp/realizar-gpu-test}"
+    local out=$LOGS
     mkdir -p "$out"
     unpack
     . scripts/device-env.sh
@@ -80,17 +91,21 @@ run() {
         local rc=$?
         echo "--- $name: exit $rc"
         [ $rc -eq 0 ] || fails=$((fails + 1))
+        pack_logs
     done
     if [ -x "$DEV/bin/model" ] && [ "${SPEED:-1}" = 1 ]; then
         "$DEV/bin/model" --ignored --exact decode_speed_real_shapes --nocapture \
             >"$out/speed.log" 2>&1 || fails=$((fails + 1))
+        pack_logs
     fi
     # Out-of-bounds accesses and shared-memory races in the kernels (firecracker machines).
     if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null && [ -x "$DEV/bin/ops" ]; then
         compute-sanitizer --tool memcheck --error-exitcode 1 "$DEV/bin/ops" --test-threads=1 \
             >"$out/memcheck.log" 2>&1 || fails=$((fails + 1))
+        pack_logs
         compute-sanitizer --tool racecheck --error-exitcode 1 "$DEV/bin/ops" --test-threads=1 \
             kv_store_and_attention norms_bias >"$out/racecheck.log" 2>&1 || fails=$((fails + 1))
+        pack_logs
     fi
     echo "=== summary"
     for f in "$out"/*.log; do
@@ -109,7 +124,7 @@ run() {
 # `realizar quantize` would (so narrow rows fall back as llama.cpp's do, and the head is Q6_K
 # for most types). One file at a time, deleted after its run.
 matrix() {
-    local out="${OUT:-/tmp/realizar-gpu-test}" dir=/tmp/realizar-matrix
+    local out=$LOGS dir=/tmp/realizar-matrix
     mkdir -p "$out"
     unpack
     . scripts/device-env.sh
@@ -129,6 +144,7 @@ matrix() {
             grep -E "^(PASS|FAIL) model" "$out/matrix-$s-$t.log" | cut -c1-260
             grep -E "panicked" "$out/matrix-$s-$t.log" | head -3
             echo "    ($s $t: synth $((t1 - t0)) s, parity $((SECONDS - t1)) s)"
+            pack_logs
         done
     done
     rm -rf "$dir"
@@ -139,7 +155,7 @@ matrix() {
 # The real binary on the GPU: `run`, `bench`, `serve` (completions and chat, streamed and not,
 # metrics, graceful stop), the upload progress bar under a terminal, and --gpu-memory sizing.
 e2e() {
-    local out="${OUT:-/tmp/realizar-gpu-test}" m=/tmp/realizar-e2e.gguf fails=0
+    local out=$LOGS m=/tmp/realizar-e2e.gguf fails=0
     local r="$DEV/cli/realizar"
     mkdir -p "$out"
     unpack
@@ -150,6 +166,7 @@ e2e() {
         shift
         if "$@" >"$out/e2e-$name.log" 2>&1; then echo "PASS $name"; else
             echo "FAIL $name"; tail -5 "$out/e2e-$name.log"; fails=$((fails + 1)); fi
+        pack_logs
     }
     "$r" synth --shape smollm2-135m --type Q4_1 -o "$m" >/dev/null 2>&1
     check run-json bash -c "'$r' run -m $m --device cuda -p 'Hello there' -n 16 --json \
